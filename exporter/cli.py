@@ -1,0 +1,152 @@
+"""fleetwatch-exporter: serve host, GPU and top-process metrics for Prometheus to scrape."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+
+from prometheus_client import ProcessCollector, start_http_server
+
+from exporter import __version__
+from exporter.registry import ExporterConfig, build_registry
+
+log = logging.getLogger("fleetwatch.exporter")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse HOST:PORT (HOST may be empty for all interfaces, or a [v6] address)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 0.0.0.0:9101, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _bounded(kind, low, high):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return number
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fleetwatch-exporter",
+        description="Serve node_exporter- and dcgm-exporter-compatible metrics at /metrics.",
+    )
+    p.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("0.0.0.0", 9101),
+        metavar="HOST:PORT",
+        help="address to serve /metrics on (default 0.0.0.0:9101)",
+    )
+    p.add_argument(
+        "--host",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="host metrics in node_exporter's names (default on)",
+    )
+    p.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NVIDIA GPU metrics in dcgm-exporter's names (default on; no GPU is fine)",
+    )
+    p.add_argument(
+        "--processes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="top-N processes by CPU, memory and GPU memory (default on)",
+    )
+    p.add_argument(
+        "--top-n",
+        type=_bounded(int, 1, 100),
+        default=10,
+        metavar="N",
+        help="processes kept in each top-N ranking (1-100, default 10)",
+    )
+    p.add_argument(
+        "--process-interval",
+        type=_bounded(float, 0.5, 300),
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the process table is scanned (default 5)",
+    )
+    p.add_argument(
+        "--gpu-interval",
+        type=_bounded(float, 0.5, 300),
+        default=5.0,
+        metavar="SECONDS",
+        help="how often NVML is sampled (default 5)",
+    )
+    p.add_argument(
+        "--proc-root",
+        default="/proc",
+        metavar="DIR",
+        help="procfs to read, e.g. /host/proc in a container (default /proc)",
+    )
+    p.add_argument(
+        "--hostname",
+        default=socket.gethostname(),
+        help="value of the GPU series' hostname label (default: this host's name)",
+    )
+    p.add_argument(
+        "--hostname-label",
+        choices=["Hostname", "hostname"],
+        default="Hostname",
+        help="key of that label: dcgm-exporter releases use Hostname, newer builds hostname",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ExporterConfig(
+        host=args.host,
+        gpu=args.gpu,
+        processes=args.processes,
+        top_n=args.top_n,
+        process_interval_s=args.process_interval,
+        gpu_interval_s=args.gpu_interval,
+        proc_root=args.proc_root,
+        hostname=args.hostname,
+        hostname_label=args.hostname_label,
+    )
+    # Handlers first: a signal that arrives once /metrics answers must stop us cleanly.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    registry, background = build_registry(config)
+    ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
+    host, port = args.listen
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for collector in background:
+        collector.start()
+    log.info("serving metrics on http://%s:%d/metrics", host, port)
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+    for collector in background:
+        collector.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""fleetwatch: the `fleetwatch` command that runs the local stack."""

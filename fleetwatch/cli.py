@@ -1,0 +1,119 @@
+"""`fleetwatch up`: run Prometheus, Alertmanager and the exporter together until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig
+
+log = logging.getLogger("fleetwatch")
+
+
+def _duration(value: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h|d|w)", value):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 5s or 1m, got {value!r}")
+    return value
+
+
+def _base_port(value: str) -> int:
+    if not value.isdigit() or not 1024 <= int(value) <= 65531:
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65531, got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetwatch", description="Run the fleetwatch stack locally.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack and stop it cleanly on Ctrl-C")
+    up.add_argument(
+        "--state-dir", type=Path, default=Path("state"), help="where configs, data and logs go (default ./state)"
+    )
+    up.add_argument(
+        "--base-port",
+        type=_base_port,
+        metavar="N",
+        help="Prometheus at N, Alertmanager N+1, exporter N+2, gateway N+3, long-term "
+        "Prometheus N+4 (default: 9090, 9093, 9101, 8080, 9091)",
+    )
+    up.add_argument(
+        "--listen-host",
+        default="127.0.0.1",
+        help="address every service binds (default 127.0.0.1; 0.0.0.0 to expose them)",
+    )
+    up.add_argument("--scrape-interval", type=_duration, default="5s")
+    up.add_argument("--evaluation-interval", type=_duration, default="30s")
+    up.add_argument(
+        "--retention", type=_duration, default="7d", help="how long the raw tier keeps samples (default 7d)"
+    )
+    up.add_argument(
+        "--exporter-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra flag for fleetwatch-exporter (repeatable)",
+    )
+    return p
+
+
+def up(args: argparse.Namespace) -> int:
+    ports = Ports.from_base(args.base_port) if args.base_port else Ports()
+    config = StackConfig(
+        state_dir=args.state_dir,
+        ports=ports,
+        listen_host=args.listen_host,
+        scrape_interval=args.scrape_interval,
+        evaluation_interval=args.evaluation_interval,
+        raw_retention=args.retention,
+        exporter_args=args.exporter_arg,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(config)
+    try:
+        stack.start()
+    except ServiceFailed as exc:
+        print(f"fleetwatch: {exc}", file=sys.stderr)
+        return 1
+    print("fleetwatch is up (Ctrl-C stops it):")
+    for name, url in stack.urls().items():
+        print(f"  {name:<13} {url}")
+    print(f"  state         {config.state_dir.resolve()} (logs in logs/)")
+    if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
+        print(
+            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "
+            f"{Path(sys.executable).parent}/fleetwatch-gateway create-user --role admin EMAIL\n"
+            "                (or start with FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD set)"
+        )
+    sys.stdout.flush()
+    rc = 0
+    while not stop.wait(1.0):
+        failed = stack.exited()
+        if failed is not None:
+            print(
+                f"fleetwatch: {failed.name} stopped by itself (exit {failed.process.returncode}):\n{failed.log_tail()}",
+                file=sys.stderr,
+            )
+            rc = 1
+            break
+    print("fleetwatch: stopping …", flush=True)
+    stack.stop()
+    print("fleetwatch: stopped", flush=True)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

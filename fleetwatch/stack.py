@@ -1,0 +1,341 @@
+"""The local stack: configs rendered into a state directory, services started, watched and stopped.
+
+Prometheus, Alertmanager and the exporter run as child processes in their own
+sessions, so a Ctrl-C reaches only the supervisor, which then stops them in
+reverse order; each child also gets SIGTERM should the supervisor die.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import jinja2
+import requests
+
+from rules_compiler.catalog import CATALOG
+from rules_compiler.recording import rate_window_for, render_normalisation_rules
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PR_SET_PDEATHSIG = 1
+
+
+class Ports(NamedTuple):
+    prometheus: int = 9090
+    alertmanager: int = 9093
+    exporter: int = 9101
+    gateway: int = 8080
+    longterm: int = 9091  # the long-term Prometheus (downsampled tier)
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        """N, N+1, … in the order documented in the README."""
+        return cls(base, base + 1, base + 2, base + 3, base + 4)
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    ports: Ports = Ports()
+    listen_host: str = "127.0.0.1"
+    scrape_interval: str = "5s"
+    evaluation_interval: str = "30s"
+    out_of_order_window: str = "1h"
+    raw_retention: str = "7d"
+    exporter_args: list[str] = field(default_factory=list)
+    gateway_workers: int = 2
+    config_dir: Path = REPO_ROOT
+
+
+class ServiceFailed(RuntimeError):
+    """A service did not start, or stopped by itself; the message ends with its log."""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        try:
+            wait_http(self.ready_url, self.process, timeout_s)
+        except ServiceFailed as exc:
+            raise ServiceFailed(f"{self.name}: {exc}:\n{self.log_tail()}") from None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killed", self.name, timeout_s)
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def wait_http(url: str, process: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+    """Wait until ``url`` answers 200; fail at once if ``process`` exits first.
+
+    Raises:
+        ServiceFailed: the process exited, or the URL did not answer in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceFailed(f"exited with {process.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise ServiceFailed(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for tests and benchmarks that start services).
+
+    Chosen outside the kernel's ephemeral range: a port from bind(0) can be
+    taken by any outgoing connection (a scrape, a client) in the moments
+    before the service that was meant to get it binds it. A port is never
+    handed out twice by one process, so five calls give five distinct ports.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(10000, 32768) if p not in ephemeral and p not in _handed_out]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServiceFailed("no free port between 10000 and 32767")
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: no orphans if the supervisor is killed.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_binary(*names: str) -> str:
+    """The first of ``names`` on PATH.
+
+    Raises:
+        ServiceFailed: none is installed.
+    """
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ServiceFailed(
+        f"{names[0]} is not installed: `make run` installs Debian's package, or run `apt-get install {names[0]}`"
+    )
+
+
+def render_configs(config: StackConfig) -> dict[str, Path]:
+    """Write every config the stack reads into the state directory; return their paths by name."""
+    state = config.state_dir.resolve()
+    for sub in ("prometheus/data", "alertmanager/data", "rules", "file_sd", "logs"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(config.config_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    interval_s = _seconds(config.scrape_interval)
+    values = {
+        "state_dir": str(state),
+        "ports": config.ports,
+        "listen_host": config.listen_host,
+        "scrape_interval": config.scrape_interval,
+        "scrape_timeout": f"{max(1, int(interval_s * 0.8))}s" if interval_s < 10 else "10s",
+        "evaluation_interval": config.evaluation_interval,
+        "out_of_order_window": config.out_of_order_window,
+    }
+    paths = {
+        "prometheus": state / "prometheus" / "prometheus.yml",
+        "alertmanager": state / "alertmanager" / "alertmanager.yml",
+    }
+    for name, path in paths.items():
+        text = env.get_template(f"{name}/{name}.yml.j2").render(values)
+        _write_atomic(path, text)
+    # The catalog's normalisation layer, evaluated at the scrape interval.
+    paths["normalisation_rules"] = state / "rules" / "fleet-normalisation.yml"
+    _write_atomic(
+        paths["normalisation_rules"],
+        render_normalisation_rules(CATALOG, config.scrape_interval, rate_window_for(interval_s)),
+    )
+    # The local exporter is one more target beside the hosts the gateway will add.
+    local = [
+        {
+            "targets": [f"{config.listen_host}:{config.ports.exporter}"],
+            "labels": {"host_id": socket.gethostname()},
+        }
+    ]
+    paths["local_target"] = state / "file_sd" / "local.json"
+    _write_atomic(paths["local_target"], json.dumps(local, indent=2) + "\n")
+    return paths
+
+
+def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]:
+    """The services in start order."""
+    state = config.state_dir.resolve()
+    host, ports = config.listen_host, config.ports
+    logs = state / "logs"
+    return [
+        Service(
+            "prometheus",
+            [
+                find_binary("prometheus"),
+                f"--config.file={paths['prometheus']}",
+                f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
+                f"--storage.tsdb.retention.time={config.raw_retention}",
+                f"--web.listen-address={host}:{ports.prometheus}",
+                "--web.enable-lifecycle",
+                "--web.enable-remote-write-receiver",
+            ],
+            f"http://{host}:{ports.prometheus}/-/ready",
+            logs / "prometheus.log",
+        ),
+        Service(
+            "alertmanager",
+            [
+                # Debian names the binary prometheus-alertmanager; upstream, alertmanager.
+                find_binary("prometheus-alertmanager", "alertmanager"),
+                f"--config.file={paths['alertmanager']}",
+                f"--storage.path={state / 'alertmanager' / 'data'}",
+                f"--web.listen-address={host}:{ports.alertmanager}",
+                "--cluster.listen-address=",  # one instance: no gossip port to collide with
+            ],
+            f"http://{host}:{ports.alertmanager}/-/ready",
+            logs / "alertmanager.log",
+        ),
+        Service(
+            "exporter",
+            [sys.executable, "-m", "exporter.cli", f"--listen={host}:{ports.exporter}", *config.exporter_args],
+            f"http://{host}:{ports.exporter}/metrics",
+            logs / "exporter.log",
+        ),
+        Service(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                f"--bind={host}:{ports.gateway}",
+                f"--workers={config.gateway_workers}",
+            ],
+            f"http://{host}:{ports.gateway}/health",
+            logs / "gateway.log",
+            env={"FLEETWATCH_STATE_DIR": str(state), "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}"},
+        ),
+    ]
+
+
+class Stack:
+    """Starts the services in order and stops them in reverse; usable as a context manager."""
+
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.paths = render_configs(config)
+        self.services = build_services(config, self.paths)
+
+    def start(self) -> Stack:
+        try:
+            for service in self.services:
+                service.start()
+                service.wait_ready()
+                log.info("%s ready (pid %d)", service.name, service.process.pid)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+
+    def exited(self) -> Service | None:
+        """The first service that stopped by itself, if any."""
+        return next((s for s in self.services if s.process and s.process.poll() is not None), None)
+
+    def urls(self) -> dict[str, str]:
+        host, ports = self.config.listen_host, self.config.ports
+        return {
+            "prometheus": f"http://{host}:{ports.prometheus}",
+            "alertmanager": f"http://{host}:{ports.alertmanager}",
+            "exporter": f"http://{host}:{ports.exporter}/metrics",
+            "gateway": f"http://{host}:{ports.gateway}",
+            "api docs": f"http://{host}:{ports.gateway}/api/docs",
+        }
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for suffix in ("ms", "s", "m", "h"):
+        if duration.endswith(suffix) and duration[: -len(suffix)].isdigit():
+            return int(duration[: -len(suffix)]) * units[suffix]
+    raise ValueError(f"not a duration: {duration!r}")

@@ -1,0 +1,122 @@
+"""The fleetwatch gateway: the REST API of the product spec, over Prometheus, with its own state in a DB."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, request, send_from_directory
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: defaults, then FLEETWATCH_* environment variables, then ``test_config``."""
+    from gateway import auth, hosts, metrics, observability, processes, reports, users
+    from gateway.db import User, db
+    from gateway.errors import Api
+    from gateway.promql import Prometheus
+
+    app = Flask(__name__)
+    state_dir = Path(os.environ.get("FLEETWATCH_STATE_DIR", "state")).resolve()
+    app.config.from_mapping(
+        STATE_DIR=str(state_dir),
+        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL") or f"sqlite:///{state_dir / 'gateway.db'}",
+        PROMETHEUS_URL="http://127.0.0.1:9090",
+        PROMETHEUS_TIMEOUT_S=10.0,
+        QUERY_CACHE_TTL_S=2.0,
+        ACCESS_TOKEN_TTL=timedelta(minutes=15),
+        REFRESH_TOKEN_TTL=timedelta(days=7),
+        BCRYPT_ROUNDS=12,
+        RATE_LIMIT_READS_PER_MIN=60,
+        RATE_LIMIT_WRITES_PER_MIN=30,
+        LOGIN_ATTEMPTS_PER_MIN=20,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        EXPORTER_PORT=9101,
+        ADMIN_EMAIL=None,
+        ADMIN_PASSWORD=None,
+        LOG_LEVEL="INFO",
+        LOG_JSON=True,
+        API_TITLE="fleetwatch",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        # Served from the swagger-ui-bundle package, not a CDN: air-gapped clusters get docs too.
+        OPENAPI_SWAGGER_UI_URL="/api/docs/assets/",
+    )
+    app.config.from_prefixed_env("FLEETWATCH")
+    if test_config:
+        app.config.from_mapping(test_config)
+    for key in ("ACCESS_TOKEN_TTL", "REFRESH_TOKEN_TTL"):
+        if not isinstance(app.config[key], timedelta):  # from the environment: seconds
+            app.config[key] = timedelta(seconds=float(app.config[key]))
+    if app.config["LOG_JSON"]:
+        observability.setup_logging(app.config["LOG_LEVEL"])
+    Path(app.config["STATE_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    db.init_app(app)
+    app.extensions["prometheus"] = Prometheus(
+        app.config["PROMETHEUS_URL"], app.config["PROMETHEUS_TIMEOUT_S"], app.config["QUERY_CACHE_TTL_S"]
+    )
+    request_metrics = observability.RequestMetrics(app)
+    app.extensions["request_metrics"] = request_metrics
+
+    api = Api(app)
+    for module in (observability, auth, users, hosts, metrics, processes, reports):
+        api.register_blueprint(module.blp)
+    _serve_swagger_assets(app)
+
+    app.before_request(auth.authorize)
+    app.before_request(_require_json_body)
+
+    with app.app_context():
+        db.create_all()
+        request_metrics.watch_db(db.engine)
+        _bootstrap_admin(app, db, User)
+
+    return app
+
+
+def _require_json_body() -> None:
+    from gateway.errors import ApiError
+
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        raise ApiError(
+            "send the body as JSON (Content-Type: application/json)",
+            {"content_type": request.content_type or ""},
+            status=415,
+        )
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    import swagger_ui_bundle
+
+    from gateway.auth import PUBLIC
+
+    def assets(filename: str):
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    assets.access_policy = PUBLIC
+    app.add_url_rule("/api/docs/assets/<path:filename>", "swagger_assets", assets)
+
+
+def _bootstrap_admin(app: Flask, db, User) -> None:
+    """The first admin comes from FLEETWATCH_ADMIN_EMAIL/PASSWORD on a start that finds none."""
+    from gateway.users import create_user
+
+    if db.session.execute(db.select(User.pk).filter_by(role="admin")).first():
+        return
+    email, password = app.config["ADMIN_EMAIL"], app.config["ADMIN_PASSWORD"]
+    if not email or not password:
+        log.warning(
+            "no admin exists: set FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD, "
+            "or run `fleetwatch-gateway create-user --role admin EMAIL`"
+        )
+        return
+    create_user(email, password, "admin")
+    db.session.commit()
+    log.info("created the first admin", extra={"email": email})

@@ -1,0 +1,282 @@
+"""Who is calling and may they: JWT login/refresh/logout, API keys, roles, per-user rate limits.
+
+Access is decided for every request in one ``before_request`` hook, deny by
+default: a view is readable by viewers and writable by admins unless it says
+otherwise with ``@access(...)``, so a forgotten decorator cannot open a hole.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import bcrypt
+import jwt
+import marshmallow as ma
+from flask import current_app, g, request
+from flask.views import MethodView
+from sqlalchemy import text
+
+from gateway.db import ApiKey, AuditEvent, LoginSession, User, db, secret, utcnow
+from gateway.errors import ApiError, Blueprint, Forbidden, Unauthorized
+from gateway.schemas import utc_text
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login, token refresh, logout")
+
+PUBLIC, VIEWER, ADMIN, AGENT = "public", "viewer", "admin", "agent"
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+API_KEY_PREFIX = "fwk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "user" | "api_key"
+    id: str
+    role: str  # "viewer" | "admin" | "agent"
+    email: str | None = None
+    session_id: str | None = None
+
+
+def access(policy: str):
+    """Mark a view method's access policy: PUBLIC, VIEWER, ADMIN or AGENT."""
+
+    def mark(fn):
+        fn.access_policy = policy
+        return fn
+
+    return mark
+
+
+def hash_password(password: str) -> str:
+    rounds = current_app.config["BCRYPT_ROUNDS"]
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+@functools.lru_cache(maxsize=4)
+def _dummy_hash(rounds: int) -> str:
+    # Checked for an unknown email at the same cost as a real hash: no user enumeration by timing.
+    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds)).decode()
+
+
+def check_password(password: str, hashed: str | None) -> bool:
+    ok = bcrypt.checkpw(password.encode(), (hashed or _dummy_hash(current_app.config["BCRYPT_ROUNDS"])).encode())
+    return ok and hashed is not None
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def audit(action: str, target: str | None = None, **details) -> None:
+    """Record an admin action or login in the audit log (and the JSON log)."""
+    principal = g.get("principal")
+    user_id = details.pop("user_id", None) or (principal.id if principal else None)
+    db.session.add(AuditEvent(user_id=user_id, action=action, target=target, ip=request.remote_addr, details=details))
+    log.info(
+        "audit %s", action, extra={"user_id": user_id, "action": action, "target": target, "ip": request.remote_addr}
+    )
+
+
+def _policy(method: str) -> str | None:
+    view = current_app.view_functions.get(request.endpoint)
+    if view is None:
+        return None  # no such route: Flask answers 404/405 in our error shape
+    if request.blueprint == "api-docs":
+        return PUBLIC  # flask-smorest's OpenAPI document and Swagger UI
+    fn = getattr(getattr(view, "view_class", None), method.lower(), view)
+    default = ADMIN if method in WRITES else VIEWER
+    return getattr(fn, "access_policy", getattr(view, "access_policy", default))
+
+
+def authorize() -> None:
+    """before_request: authenticate, check the role, count the request against the user's limit."""
+    if request.method == "OPTIONS":
+        return
+    policy = _policy(request.method)
+    if policy in (None, PUBLIC):
+        return
+    principal = _api_key_principal() if policy == AGENT else _token_principal()
+    if policy == ADMIN and principal.role != "admin":
+        raise Forbidden("this action needs the admin role", {"role": principal.role})
+    g.principal = principal
+    if principal.kind == "user":
+        kind = "write" if request.method in WRITES else "read"
+        limit = current_app.config[f"RATE_LIMIT_{kind.upper()}S_PER_MIN"]
+        count_request(f"{principal.id}:{kind}", limit)
+
+
+def count_request(key: str, limit: int, window_s: float = 60.0) -> None:
+    """Count one request against ``key``; 429 past ``limit`` in the window that began with the first one.
+
+    The counter is a single atomic upsert in the shared DB, so the limit holds
+    across every gateway worker and replica.
+    """
+    now = time.time()
+    row = db.session.execute(
+        text(
+            "INSERT INTO rate_counters (key, window_start, count) VALUES (:k, :now, 1) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "count = CASE WHEN :now - rate_counters.window_start >= :w THEN 1 ELSE rate_counters.count + 1 END, "
+            "window_start = CASE WHEN :now - rate_counters.window_start >= :w "
+            "THEN :now ELSE rate_counters.window_start END "
+            "RETURNING count, window_start"
+        ),
+        {"k": key, "now": now, "w": window_s},
+    ).one()
+    db.session.commit()
+    count, started = row
+    g.rate_limit_remaining = max(0, limit - count)
+    if count > limit:
+        retry = max(1, int(started + window_s - now + 0.999))
+        raise ApiError(
+            f"rate limit of {limit} requests a minute exceeded; retry in {retry} s",
+            {"limit": limit, "retry_after_s": retry},
+            status=429,
+            headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
+        )
+
+
+def _token_principal() -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing bearer token", {"header": "Authorization: Bearer <token>"})
+    return live_session(decode_token(token, "access"))
+
+
+def live_session(claims: dict) -> Principal:
+    """The user of a verified token, if its login session is not revoked and the user not disabled."""
+    # One plain row, not two ORM entities: this runs for every request.
+    row = db.session.execute(
+        text(
+            "SELECT s.revoked_at, u.id, u.role, u.email, u.status FROM login_sessions s "
+            "JOIN users u ON u.pk = s.user_pk WHERE s.id = :sid"
+        ),
+        {"sid": claims["sid"]},
+    ).first()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("session ended; log in again")
+    if row.status != "active":
+        raise Unauthorized("user disabled")
+    return Principal("user", row.id, row.role, row.email, claims["sid"])
+
+
+def _api_key_principal() -> Principal:
+    key = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not key.startswith(API_KEY_PREFIX):
+        raise Unauthorized("missing API key", {"header": "X-API-Key: <key>"})
+    row = db.session.execute(db.select(ApiKey).filter_by(key_hash=hash_api_key(key))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("invalid or revoked API key")
+    return Principal("api_key", row.id, AGENT)
+
+
+def issue_token(user: Principal, kind: str, ttl: timedelta) -> tuple[str, int]:
+    """A signed token for ``user``'s login session; returns it with its expiry (Unix seconds)."""
+    now = int(time.time())
+    exp = now + int(ttl.total_seconds())
+    claims = {"sub": user.id, "sid": user.session_id, "typ": kind, "role": user.role, "iat": now, "exp": exp}
+    return jwt.encode(claims, secret("jwt"), algorithm="HS256"), exp
+
+
+def decode_token(token: str, kind: str) -> dict:
+    """Verify signature (HS256 only: "alg": "none" and key confusion are refused), expiry and type."""
+    try:
+        claims = jwt.decode(
+            token, secret("jwt"), algorithms=["HS256"], options={"require": ["exp", "iat", "sub", "sid", "typ"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.InvalidTokenError:
+        raise Unauthorized("invalid token") from None
+    if claims["typ"] != kind:
+        raise Unauthorized(f"expected an {kind} token")
+    return claims
+
+
+class LoginSchema(ma.Schema):
+    email = ma.fields.Email(required=True)
+    password = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1024))
+
+
+class RefreshSchema(ma.Schema):
+    refresh_token = ma.fields.String(required=True)
+
+
+class TokenSchema(ma.Schema):
+    token = ma.fields.String(metadata={"description": '"Bearer <access token>", as the spec shows it'})
+    access_token = ma.fields.String()
+    token_type = ma.fields.String()
+    role = ma.fields.String(metadata={"example": "Admin"})
+    expires_at = ma.fields.String()
+    refresh_token = ma.fields.String()
+    refresh_expires_at = ma.fields.String()
+
+
+class StatusSchema(ma.Schema):
+    status = ma.fields.String()
+
+
+def _tokens(user: Principal, with_refresh: bool) -> dict:
+    access_token, exp = issue_token(user, "access", current_app.config["ACCESS_TOKEN_TTL"])
+    out = {
+        "token": f"Bearer {access_token}",
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "role": user.role.capitalize(),
+        "expires_at": utc_text(exp),
+    }
+    if with_refresh:
+        refresh, rexp = issue_token(user, "refresh", current_app.config["REFRESH_TOKEN_TTL"])
+        out |= {"refresh_token": refresh, "refresh_expires_at": utc_text(rexp)}
+    return out
+
+
+@blp.route("/login")
+class Login(MethodView):
+    @access(PUBLIC)
+    @blp.arguments(LoginSchema)
+    @blp.response(200, TokenSchema)
+    def post(self, body):
+        """Log in with email and password: an access token (15 min) and a refresh token (7 d)."""
+        count_request(f"login:{request.remote_addr}", current_app.config["LOGIN_ATTEMPTS_PER_MIN"])
+        user = db.session.execute(db.select(User).filter_by(email=body["email"].lower())).scalar_one_or_none()
+        if not check_password(body["password"], user.password_hash if user else None) or user.status != "active":
+            audit("login_failed", body["email"].lower(), user_id=user.id if user else None)
+            db.session.commit()
+            raise Unauthorized("wrong email or password")
+        session = LoginSession(user_pk=user.pk, expires_at=utcnow() + current_app.config["REFRESH_TOKEN_TTL"])
+        db.session.add(session)
+        db.session.flush()
+        audit("login", user.email, user_id=user.id)
+        db.session.commit()
+        return _tokens(Principal("user", user.id, user.role, user.email, session.id), with_refresh=True)
+
+
+@blp.route("/refresh")
+class Refresh(MethodView):
+    @access(PUBLIC)
+    @blp.arguments(RefreshSchema)
+    @blp.response(200, TokenSchema)
+    def post(self, body):
+        """Trade a refresh token for a new access token (same session)."""
+        return _tokens(live_session(decode_token(body["refresh_token"], "refresh")), with_refresh=False)
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    @access(VIEWER)
+    @blp.response(200, StatusSchema)
+    def post(self):
+        """End this login: its access and refresh tokens stop working at once."""
+        session = db.session.get(LoginSession, g.principal.session_id)
+        session.revoked_at = utcnow()
+        audit("logout", g.principal.email)
+        db.session.commit()
+        return {"status": "ok"}

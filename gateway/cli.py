@@ -1,0 +1,83 @@
+"""fleetwatch-gateway: serve the API under gunicorn, or manage users from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def serve(args: argparse.Namespace) -> int:
+    # Every worker writes its request metrics here; /metrics adds them up. It must
+    # be set before prometheus_client is first imported: the mode is chosen then.
+    metrics_dir = Path(os.environ.get("FLEETWATCH_STATE_DIR", "state")).resolve() / "gateway-metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    from gunicorn.app.base import BaseApplication
+    from prometheus_client import multiprocess
+
+    from gateway import create_app
+
+    app = create_app()  # in the master: the schema and first admin exist before workers fork
+
+    class Gateway(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", args.bind)
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 60)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
+
+        def load(self):
+            return app
+
+    Gateway().run()
+    return 0
+
+
+def create_user(args: argparse.Namespace) -> int:
+    from gateway import create_app
+    from gateway.db import db
+    from gateway.errors import ApiError
+    from gateway.users import create_user as add
+
+    password = os.environ.get("FLEETWATCH_NEW_USER_PASSWORD") or getpass.getpass(f"password for {args.email}: ")
+    if len(password) < 12:
+        print("fleetwatch-gateway: the password needs at least 12 characters", file=sys.stderr)
+        return 2
+    app = create_app()
+    with app.app_context():
+        try:
+            user = add(args.email, password, args.role)
+        except ApiError as exc:
+            print(f"fleetwatch-gateway: {exc.message}", file=sys.stderr)
+            return 1
+        db.session.commit()
+        print(f"created {user.id} {user.email} ({user.role})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fleetwatch-gateway", description="The fleetwatch REST API.")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="serve the API (the default)")
+    for parser in (p, s):
+        parser.add_argument("--bind", default=os.environ.get("FLEETWATCH_BIND", "127.0.0.1:8080"))
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("FLEETWATCH_WORKERS", "2")))
+        parser.add_argument("--threads", type=int, default=int(os.environ.get("FLEETWATCH_THREADS", "8")))
+    u = sub.add_parser("create-user", help="add a user (password from FLEETWATCH_NEW_USER_PASSWORD or a prompt)")
+    u.add_argument("email")
+    u.add_argument("--role", choices=["viewer", "admin"], default="viewer")
+    args = p.parse_args(argv)
+    return create_user(args) if args.command == "create-user" else serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The gateway's own state: SQLite by default, PostgreSQL by DATABASE_URL; no time series live here."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from flask import current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Stamped:
+    """Integer key for the database, ``<prefix>-NNN`` for the API (the spec's ids look so)."""
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class User(Stamped, db.Model):
+    __tablename__ = "users"
+    prefix = "user"
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))  # "viewer" | "admin"
+    status: Mapped[str] = mapped_column(String(16), default="active")  # "active" | "disabled"
+
+
+class LoginSession(db.Model):
+    """One login: its access and refresh tokens carry the id; logout revokes both at once."""
+
+    __tablename__ = "login_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: secrets.token_hex(16))
+    user_pk: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Stamped, db.Model):
+    __tablename__ = "api_keys"
+    prefix = "key"
+    name: Mapped[str] = mapped_column(String(100))
+    # The key is 32 random bytes: a SHA-256 of it cannot be brute-forced and,
+    # unlike bcrypt, costs microseconds on every agent request.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    key_prefix: Mapped[str] = mapped_column(String(12))
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Host(Stamped, db.Model):
+    __tablename__ = "hosts"
+    prefix = "host"
+    hostname: Mapped[str] = mapped_column(String(253), index=True)
+    ips: Mapped[list] = mapped_column(JSON, default=list)
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    has_gpu: Mapped[bool] = mapped_column(Boolean, default=False)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    exporter: Mapped[str | None] = mapped_column(String(300))  # HOST:PORT Prometheus scrapes
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_log"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(300))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class RateCounter(db.Model):
+    """Requests in the current window per user and kind; in the DB so every worker shares it."""
+
+    __tablename__ = "rate_counters"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[float] = mapped_column(db.Float)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class Secret(db.Model):
+    """Keys that sign tokens and download links: made once, kept, so a restart logs nobody out."""
+
+    __tablename__ = "secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
+def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:
+    """Insert ``row`` and give it ``public_id`` or ``<prefix>-NNN`` from its key."""
+    db.session.add(row)
+    db.session.flush()
+    row.id = public_id or f"{row.prefix}-{row.pk:03d}"
+    return row
+
+
+def secret(name: str) -> str:
+    """The named secret, created on first use; concurrent first uses agree on one value."""
+    # Secrets never change once made: read each from the DB once per process and app.
+    cache = current_app.extensions.setdefault("secrets", {})
+    if name not in cache:
+        cache[name] = _stored_secret(name)
+    return cache[name]
+
+
+def _stored_secret(name: str) -> str:
+    found = db.session.get(Secret, name)
+    if found is not None:
+        return found.value
+    db.session.add(Secret(name=name, value=secrets.token_urlsafe(48)))
+    try:
+        db.session.commit()
+    except IntegrityError:  # another worker made it first: theirs wins
+        db.session.rollback()
+    return db.session.get(Secret, name).value
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets readers go on while one worker writes; busy_timeout makes
+    # concurrent writers from several gunicorn workers wait instead of failing.
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        # In WAL mode NORMAL cannot corrupt the DB; a power cut may lose the last
+        # commits (a rate counter, a login), and each request stops paying an fsync.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()

@@ -1,0 +1,141 @@
+"""The one error shape of the API, ``{"error": {"code", "message", "details"}}``, made in one place."""
+
+from __future__ import annotations
+
+import logging
+
+import flask_smorest
+import marshmallow as ma
+from flask import jsonify
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+# HTTP status -> the spec's code (§8.8), and ours where the spec names none.
+CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    502: "UPSTREAM_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class ApiError(Exception):
+    """A failure the caller should see as-is: status, spec code, message and details."""
+
+    status = 400
+
+    def __init__(self, message: str, details: dict | None = None, status: int | None = None, headers=None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class Unavailable(ApiError):
+    """A backend (Prometheus, the DB) does not answer: 503, with Retry-After."""
+
+    status = 503
+
+
+class ErrorSchema(ma.Schema):
+    class Inner(ma.Schema):
+        code = ma.fields.String(metadata={"example": "NOT_FOUND"})
+        message = ma.fields.String()
+        details = ma.fields.Dict()
+
+    error = ma.fields.Nested(Inner)
+
+
+def error_response(status: int, message: str, details: dict | None = None, headers: dict | None = None):
+    body = {"error": {"code": CODES.get(status, "ERROR"), "message": message, "details": details or {}}}
+    return jsonify(body), status, headers or {}
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api with our error shape for every HTTP error, abort() and domain exception."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def _register_error_handlers(self):
+        super()._register_error_handlers()
+        self._app.register_error_handler(ApiError, self.handle_api_error)
+        self._app.register_error_handler(Exception, self.handle_unexpected)
+
+    def handle_http_exception(self, error: HTTPException):
+        data = getattr(error, "data", None) or {}
+        details = data.get("errors") or data.get("messages") or {}
+        if error.code == 400 and details:
+            message = "invalid request: " + _summarise(details)
+        else:
+            message = data.get("message") or error.description or error.name
+        return error_response(error.code or 500, message, _plain(details), data.get("headers"))
+
+    def handle_api_error(self, error: ApiError):
+        return error_response(error.status, error.message, error.details, error.headers)
+
+    def handle_unexpected(self, error: Exception):
+        if isinstance(error, HTTPException):
+            return self.handle_http_exception(error)
+        log.exception("unhandled error")
+        return error_response(500, "internal error; it has been logged")
+
+
+class Parser(FlaskParser):
+    # webargs answers 422 by default; the spec's clients expect 400 for bad input.
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+
+def _plain(details) -> dict:
+    return details if isinstance(details, dict) else {"errors": details}
+
+
+def _summarise(details: dict) -> str:
+    """'field: reason; …' from marshmallow's nested messages (location → field → [reasons])."""
+    parts = []
+    for location, fields in details.items():
+        if isinstance(fields, dict):
+            for name, reasons in fields.items():
+                parts.append(f"{name}: {_first(reasons)}")
+        else:
+            parts.append(f"{location}: {_first(fields)}")
+    return "; ".join(parts)
+
+
+def _first(reasons) -> str:
+    if isinstance(reasons, list | tuple) and reasons:
+        return str(reasons[0])
+    if isinstance(reasons, dict):
+        return _summarise({"": reasons}) if reasons else ""
+    return str(reasons)

@@ -1,0 +1,299 @@
+"""Hosts (§8.2): inventory with tags in the DB, status and metrics from Prometheus.
+
+A page of the host list costs three PromQL queries for the whole fleet (now,
+sustained over 1 min, last seen), never one per host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import marshmallow as ma
+from flask import current_app
+from flask.views import MethodView
+
+from gateway.auth import audit
+from gateway.db import Host, add_with_id, db
+from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.promql import selector
+from gateway.schemas import Page, PageArgs, UtcDateTime, fast_json, utc_text
+from gateway.series import RANGES, fetch_series
+from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
+
+blp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts", description="Hosts, their tags and status")
+
+WARN_PCT, CRIT_PCT = 70.0, 90.0
+HEARTBEAT_LOST_S = 120
+DETAIL_METRICS = ("cpu.utilization", "mem.used_pct", "gpu.utilization", "disk.used_pct", "net.tx_mbps", "net.rx_mbps")
+RESERVED_TAGS = {"host_id", "hostname", "instance", "job"}
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
+
+
+def _tag_key(key: str) -> None:
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}", key) or key in RESERVED_TAGS:
+        raise ma.ValidationError(
+            f"tag name {key!r} must be a Prometheus label name (letters, digits, _) "
+            f"and not one of {', '.join(sorted(RESERVED_TAGS))}"
+        )
+
+
+class IPText(ma.fields.IP):
+    """An IPv4/IPv6 address, validated, kept as its text (it is stored as JSON)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return str(super()._deserialize(value, attr, data, **kwargs))
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
+class Tags(ma.fields.Dict):
+    def __init__(self, **kwargs):
+        super().__init__(
+            keys=ma.fields.String(validate=_tag_key),
+            values=ma.fields.String(validate=ma.validate.Length(max=200)),
+            validate=ma.validate.Length(max=32),
+            **kwargs,
+        )
+
+
+class HostSchema(ma.Schema):
+    id = ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))
+    hostname = ma.fields.String(required=True, validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    ips = ma.fields.List(IPText(), load_default=list, validate=ma.validate.Length(max=64))
+    tags = Tags(load_default=dict)
+    has_gpu = ma.fields.Boolean(load_default=False)
+    agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
+    exporter = ma.fields.String(
+        allow_none=True,
+        validate=ma.validate.Regexp(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
+        metadata={"description": "where Prometheus scrapes its exporter; default <first ip or hostname>:9101"},
+    )
+    last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
+    status = ma.fields.String(dump_only=True)
+    status_reasons = ma.fields.List(ma.fields.String(), dump_only=True)
+    metrics_summary = ma.fields.Dict(dump_only=True)
+
+
+class HostPatchSchema(HostSchema):
+    class Meta:
+        exclude = ("id",)
+
+    hostname = ma.fields.String(validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    ips = ma.fields.List(IPText(), validate=ma.validate.Length(max=64))
+    tags = Tags()
+    has_gpu = ma.fields.Boolean()
+
+
+class HostListArgs(PageArgs):
+    tags = ma.fields.String(metadata={"description": "role:web,zone:us-west (all must match)"})
+    status = ma.fields.String(validate=ma.validate.OneOf(["ok", "warn", "crit"]))
+
+
+class HostListSchema(Page):
+    hosts = ma.fields.List(ma.fields.Nested(HostSchema))
+
+
+class DetailArgs(ma.Schema):
+    range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
+
+
+class CreatedSchema(ma.Schema):
+    id = ma.fields.String()
+    status = ma.fields.String()
+
+
+def parse_tag_filter(text: str) -> dict[str, str]:
+    wanted = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition(":")
+        if not sep or not key:
+            raise ApiError(f"tag filter {part!r} is not key:value", {"tags": text})
+        wanted[key] = value
+    return wanted
+
+
+def fleet_state(prom, host_ids: list[str], whole_fleet: bool = False) -> dict[str, dict]:
+    """Summary, status and last-seen time of every host in ``host_ids``.
+
+    The summary and the values held over the last minute are recorded by
+    Prometheus at every evaluation (rules_compiler/recording.py), so a page of
+    hosts is two plain selectors and the heartbeat, asked concurrently. A
+    successful scrape of a host's exporter (``up == 1``) is its heartbeat; the
+    15-minute look back for the last good one is asked only for hosts down now.
+    """
+    if not host_ids:
+        return {}
+
+    # Only the hosts asked about: a page of 50 costs Prometheus a tenth of the fleet
+    # (for the whole fleet a matcher of every id would only add work).
+    def sel(name: str, **matchers: str) -> str:
+        return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
+
+    now_result, held_result, seen_result = prom.query_many(
+        [
+            sel("fleet:host_summary"),
+            # Only the hosts held above the crit line: usually none, instead of every host's minimum.
+            f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
+            f"max by (host_id) (timestamp({sel('up', job='fleetwatch')} == 1))",
+        ]
+    )
+
+    def by_host(result) -> dict[tuple[str, str], float]:
+        return {(s["metric"].get("host_id", ""), s["metric"]["summary"]): float(s["value"][1]) for s in result}
+
+    now_values, held_values = by_host(now_result), by_host(held_result)
+    seen = {s["metric"].get("host_id", ""): float(s["value"][1]) for s in seen_result}
+    down = [h for h in host_ids if h not in seen]
+    if down:
+        up = selector("up", {"job": "fleetwatch"}, regex={"host_id": down})
+        back = f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
+        seen = {**seen, **{s["metric"]["host_id"]: float(s["value"][1]) for s in prom.query(back)}}
+    now = time.time()
+    state = {}
+    for host_id in host_ids:
+        summary = {field: _round(now_values.get((host_id, field))) for field in HOST_SUMMARY}
+        reasons = []
+        for field in JUDGED:
+            if (host_id, field) in held_values:
+                reasons.append(f"crit: {field} above {CRIT_PCT:g} for {HELD_FOR}")
+            elif summary[field] is not None and summary[field] >= WARN_PCT:
+                reasons.append(f"warn: {field} at {summary[field]:g}")
+        last_seen = seen.get(host_id)
+        if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
+            reasons.append("crit: no heartbeat for 2m" if last_seen else "crit: never seen")
+        status = "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
+        state[host_id] = {
+            "metrics_summary": summary,
+            "status": status,
+            "status_reasons": reasons,
+            "last_seen": last_seen,
+        }
+    return state
+
+
+def _timestamp(value: datetime) -> float:
+    # SQLite hands back naive datetimes; they are UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "exporter", "last_seen_at")
+
+
+def _with_state(host, state: dict) -> dict:
+    """A host (an ORM object or a row of HOST_FIELDS) and its state, ready for JSON."""
+    s = state.get(host.id, {})
+    seen = [t for t in (s.get("last_seen"), host.last_seen_at and _timestamp(host.last_seen_at)) if t]
+    return {
+        **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
+        "status": s.get("status", "crit"),
+        "status_reasons": s.get("status_reasons", []),
+        "metrics_summary": s.get("metrics_summary", {}),
+        "last_seen_at": utc_text(max(seen)) if seen else None,
+    }
+
+
+def write_targets() -> None:
+    """Every host's exporter as a file_sd target with its host_id; Prometheus re-reads the file by itself."""
+    port = current_app.config["EXPORTER_PORT"]
+    hosts = db.session.execute(db.select(Host).order_by(Host.pk)).scalars()
+    targets = [
+        {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}} for h in hosts
+    ]
+    path = Path(current_app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".hosts.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(targets, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _get_host(host_id: str) -> Host:
+    host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
+    if host is None:
+        raise NotFound(f"no host {host_id}", {"host_id": host_id})
+    return host
+
+
+@blp.route("")
+class Hosts(MethodView):
+    @blp.arguments(HostListArgs, location="query")
+    @blp.response(200, HostListSchema)
+    def get(self, args):
+        """List hosts with status and a summary of their main metrics; filter by tags (AND) and status."""
+        # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
+        fleet = db.session.execute(db.select(*(getattr(Host, f) for f in HOST_FIELDS)).order_by(Host.pk)).all()
+        wanted = parse_tag_filter(args.get("tags", ""))
+        hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
+        if "status" not in args:
+            total = len(hosts)
+            hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
+        prom = current_app.extensions["prometheus"]
+        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == len(fleet))
+        rows = [_with_state(h, state) for h in hosts]
+        if "status" in args:
+            rows = [r for r in rows if r["status"] == args["status"]]
+            total = len(rows)
+            rows = rows[args["offset"] : args["offset"] + args["limit"]]
+        return fast_json({"hosts": rows, "total": total, "limit": args["limit"], "offset": args["offset"]})
+
+    @blp.arguments(HostSchema)
+    @blp.response(201, CreatedSchema)
+    def post(self, body):
+        """Add a host (admin); its exporter becomes a scrape target."""
+        if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
+            raise Conflict(f"host {body['id']} exists", {"id": body["id"]})
+        host = add_with_id(Host(**{k: v for k, v in body.items() if k != "id"}), body.get("id"))
+        audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
+        db.session.commit()
+        write_targets()
+        return {"id": host.id, "status": "created"}
+
+
+@blp.route("/<host_id>")
+class HostById(MethodView):
+    @blp.arguments(DetailArgs, location="query")
+    def get(self, args, host_id):
+        """One host with the series of its main metrics over ``range``."""
+        host = _get_host(host_id)
+        prom = current_app.extensions["prometheus"]
+        state = fleet_state(prom, [host.id])
+        series, resolution = {}, None
+        for name in DETAIL_METRICS:
+            series[name], resolution = fetch_series(prom, name, host.id, args["range"], combine=True)
+        return {
+            "host": _with_state(host, state),
+            "metrics": series,
+            "range": args["range"],
+            "resolution": resolution,
+        }
+
+    @blp.arguments(HostPatchSchema)
+    @blp.response(200, HostSchema)
+    def patch(self, body, host_id):
+        """Change a host's hostname, addresses, tags or exporter address (admin)."""
+        host = _get_host(host_id)
+        for key, value in body.items():
+            setattr(host, key, value)
+        audit("host_update", host.id, **body)
+        db.session.commit()
+        write_targets()
+        return host
+
+    @blp.response(200, CreatedSchema)
+    def delete(self, host_id):
+        """Remove a host (admin); Prometheus stops scraping it."""
+        host = _get_host(host_id)
+        db.session.delete(host)
+        audit("host_delete", host_id, hostname=host.hostname)
+        db.session.commit()
+        write_targets()
+        return {"id": host_id, "status": "deleted"}

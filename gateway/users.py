@@ -1,0 +1,195 @@
+"""Admin resources: users, API keys for agents, and the audit log."""
+
+from __future__ import annotations
+
+import secrets
+
+import marshmallow as ma
+from flask import g
+from flask.views import MethodView
+
+from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, hash_api_key, hash_password
+from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
+from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.schemas import Page, PageArgs, UtcDateTime, page
+
+blp = Blueprint("users", __name__, url_prefix="/api/v1", description="Users, API keys, audit log (admins)")
+
+ROLES = ("viewer", "admin")
+
+
+class Role(ma.fields.String):
+    """Accepts "viewer"/"Viewer"/"ADMIN"…; stored lower-case, shown capitalised as the spec does."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        role = str(super()._deserialize(value, attr, data, **kwargs)).lower()
+        if role not in ROLES:
+            raise ma.ValidationError(f"must be one of {', '.join(ROLES)}")
+        return role
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value.capitalize() if value else value
+
+
+class UserSchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    email = ma.fields.Email(required=True)
+    password = ma.fields.String(load_only=True, required=True, validate=ma.validate.Length(min=12, max=1024))
+    role = Role(required=True)
+    status = ma.fields.String(dump_only=True)
+    created_at = UtcDateTime(dump_only=True)
+
+
+class UserPatchSchema(ma.Schema):
+    role = Role()
+    status = ma.fields.String(validate=ma.validate.OneOf(["active", "disabled"]))
+    password = ma.fields.String(load_only=True, validate=ma.validate.Length(min=12, max=1024))
+
+
+class UserListSchema(Page):
+    users = ma.fields.List(ma.fields.Nested(UserSchema))
+
+
+class ApiKeySchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    key = ma.fields.String(dump_only=True, metadata={"description": "shown once, on creation"})
+    key_prefix = ma.fields.String(dump_only=True)
+    created_by = ma.fields.String(dump_only=True)
+    created_at = UtcDateTime(dump_only=True)
+    revoked_at = UtcDateTime(dump_only=True, allow_none=True)
+    last_used_at = UtcDateTime(dump_only=True, allow_none=True)
+
+
+class ApiKeyListSchema(Page):
+    api_keys = ma.fields.List(ma.fields.Nested(ApiKeySchema))
+
+
+class AuditSchema(ma.Schema):
+    at = UtcDateTime()
+    user_id = ma.fields.String(allow_none=True)
+    action = ma.fields.String()
+    target = ma.fields.String(allow_none=True)
+    ip = ma.fields.String(allow_none=True)
+    details = ma.fields.Dict()
+
+
+class AuditListSchema(Page):
+    events = ma.fields.List(ma.fields.Nested(AuditSchema))
+
+
+class AuditArgs(PageArgs):
+    user_id = ma.fields.String()
+    action = ma.fields.String()
+
+
+def create_user(email: str, password: str, role: str) -> User:
+    """Add a user (the caller commits); 409 if the email is taken."""
+    email = email.lower()
+    if db.session.execute(db.select(User.pk).filter_by(email=email)).first():
+        raise Conflict(f"a user with email {email} exists", {"email": email})
+    return add_with_id(User(email=email, password_hash=hash_password(password), role=role))
+
+
+def _get_user(user_id: str) -> User:
+    user = db.session.execute(db.select(User).filter_by(id=user_id)).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+@blp.route("/users")
+class Users(MethodView):
+    @access(ADMIN)
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, UserListSchema)
+    def get(self, args):
+        """List users (admins only)."""
+        rows, meta = page(db.select(User).order_by(User.pk), args, db.session)
+        return {"users": rows, **meta}
+
+    @blp.arguments(UserSchema)
+    @blp.response(201, UserSchema)
+    def post(self, body):
+        """Create a user."""
+        user = create_user(body["email"], body["password"], body["role"])
+        audit("user_create", user.id, email=user.email, role=user.role)
+        db.session.commit()
+        return user
+
+
+@blp.route("/users/<user_id>")
+class UserById(MethodView):
+    @blp.arguments(UserPatchSchema)
+    @blp.response(200, UserSchema)
+    def patch(self, body, user_id):
+        """Change a user's role, status (disable) or password."""
+        user = _get_user(user_id)
+        if user.id == g.principal.id and (body.get("role") == "viewer" or body.get("status") == "disabled"):
+            raise ApiError("an admin cannot demote or disable themselves", {"user_id": user_id}, status=409)
+        for field in ("role", "status"):
+            if field in body:
+                setattr(user, field, body[field])
+        if "password" in body:
+            user.password_hash = hash_password(body["password"])
+        audit(
+            "user_update",
+            user.id,
+            **{k: v for k, v in body.items() if k != "password"},
+            password_changed="password" in body,
+        )
+        db.session.commit()
+        return user
+
+
+@blp.route("/api-keys")
+class ApiKeys(MethodView):
+    @access(ADMIN)
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, ApiKeyListSchema)
+    def get(self, args):
+        """List API keys (never the keys themselves)."""
+        rows, meta = page(db.select(ApiKey).order_by(ApiKey.pk), args, db.session)
+        return {"api_keys": rows, **meta}
+
+    @blp.arguments(ApiKeySchema)
+    @blp.response(201, ApiKeySchema)
+    def post(self, body):
+        """Create an API key for agents; the key is in this answer only."""
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        row = add_with_id(
+            ApiKey(name=body["name"], key_hash=hash_api_key(key), key_prefix=key[:12], created_by=g.principal.id)
+        )
+        audit("api_key_create", row.id, name=row.name)
+        db.session.commit()
+        row.key = key  # not a column: this answer is the only place the key ever appears
+        return row
+
+
+@blp.route("/api-keys/<key_id>")
+class ApiKeyById(MethodView):
+    @blp.response(200, ApiKeySchema)
+    def delete(self, key_id):
+        """Revoke an API key: agents using it are refused from now on."""
+        row = db.session.execute(db.select(ApiKey).filter_by(id=key_id)).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"no API key {key_id}")
+        row.revoked_at = row.revoked_at or utcnow()
+        audit("api_key_revoke", row.id)
+        db.session.commit()
+        return row
+
+
+@blp.route("/audit")
+class Audit(MethodView):
+    @access(ADMIN)
+    @blp.arguments(AuditArgs, location="query")
+    @blp.response(200, AuditListSchema)
+    def get(self, args):
+        """The audit log, newest first (admins only)."""
+        query = db.select(AuditEvent).order_by(AuditEvent.pk.desc())
+        for field in ("user_id", "action"):
+            if field in args:
+                query = query.filter(getattr(AuditEvent, field) == args[field])
+        rows, meta = page(query, args, db.session)
+        return {"events": rows, **meta}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages fleetwatch runs on, only those missing, so a
+# machine that has them all pays nothing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "system-deps: need root to install ${need[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+echo "system-deps: installing ${need[*]} from Debian's packages"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# The packages' own service scripts must not start a second Prometheus on
+# the ports fleetwatch uses: where nothing forbids it yet, forbid it for
+# the install only.
+blocker=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  blocker=/usr/sbin/policy-rc.d
+fi
+trap '[ -n "$blocker" ] && $sudo rm -f "$blocker"' EXIT
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

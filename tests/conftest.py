@@ -1,0 +1,158 @@
+"""Fixtures that run the real parts: Prometheus, Alertmanager, node_exporter and our exporter on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from fleetwatch.stack import Ports, Stack, StackConfig, free_port, wait_http  # noqa: F401 - used by tests
+from gateway import create_app
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+class PromClient:
+    """Just enough of the Prometheus HTTP API for assertions."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def query(self, promql: str) -> list[dict]:
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = r.json()
+        assert body["status"] == "success", f"{promql}: {body}"
+        return body["data"]["result"]
+
+    def wait_for(self, promql: str, timeout_s: float = 30.0) -> list[dict]:
+        """Poll until ``promql`` returns something; fail with the query if it never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result:
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"no data for {promql} within {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def node_exporter():
+    """Debian's real node_exporter, the reference for host-metric compatibility."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_http(url, proc)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def exporter_cmd():
+    """The exporter's command line, as the stack runs it."""
+    return [sys.executable, "-m", "exporter.cli"]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, node_exporter):
+    """Prometheus + Alertmanager + our exporter via `fleetwatch up`'s own code, scraping every second.
+
+    node_exporter is a second target of the same job, so a query can be run
+    against both and compared.
+    """
+    ports = Ports(*(free_port() for _ in range(5)))
+    config = StackConfig(
+        state_dir=tmp_path_factory.mktemp("state"),
+        ports=ports,
+        scrape_interval="1s",
+        evaluation_interval="1s",
+        exporter_args=["--process-interval=1", "--gpu-interval=1"],
+    )
+    s = Stack(config)
+    reference = [
+        {
+            "targets": [node_exporter.removeprefix("http://").removesuffix("/metrics")],
+            "labels": {"host_id": "node-exporter-reference"},
+        }
+    ]
+    (config.state_dir / "file_sd" / "reference.json").write_text(json.dumps(reference))
+    with s:
+        yield s
+    assert s.exited() is None or all(sv.process.returncode in (0, -15) for sv in s.services)
+
+
+@pytest.fixture(scope="session")
+def prom(stack) -> PromClient:
+    return PromClient(stack.urls()["prometheus"])
+
+
+# The gateway: the real app on the real stack's Prometheus and state directory.
+ADMIN = ("admin@example.com", "admin-password-123")
+VIEWER = ("viewer@example.com", "viewer-password-123")
+
+
+def make_app(state_dir, prometheus_url: str, **overrides):
+    config = {
+        "TESTING": True,
+        "STATE_DIR": str(state_dir),
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{state_dir}/gateway-{overrides.pop('db_name', 'test')}.db",
+        "PROMETHEUS_URL": prometheus_url,
+        "BCRYPT_ROUNDS": 4,  # bcrypt's minimum: tests log in hundreds of times
+        "ADMIN_EMAIL": ADMIN[0],
+        "ADMIN_PASSWORD": ADMIN[1],
+        "LOG_JSON": False,
+        "QUERY_CACHE_TTL_S": 0.0,
+        **overrides,
+    }
+    return create_app(config)
+
+
+def login(client, creds) -> dict:
+    r = client.post("/api/v1/auth/login", json={"email": creds[0], "password": creds[1]})
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def app(stack, tmp_path_factory):
+    """The gateway in-process, on the stack's Prometheus.
+
+    Its state dir is its own, not the stack's: the hosts tests make (the
+    spec's 10.0.2.10, *.example.com) must never become targets Prometheus
+    tries to scrape. Tests hand Prometheus the loopback ones themselves.
+    """
+    app = make_app(
+        tmp_path_factory.mktemp("gateway-app"),
+        stack.urls()["prometheus"],
+        RATE_LIMIT_READS_PER_MIN=100_000,
+        RATE_LIMIT_WRITES_PER_MIN=100_000,
+        LOGIN_ATTEMPTS_PER_MIN=100_000,
+    )
+    client = app.test_client()
+    admin = login(client, ADMIN)
+    r = client.post(
+        "/api/v1/users",
+        json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"},
+        headers=bearer(admin["access_token"]),
+    )
+    assert r.status_code in (201, 409), r.get_json()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

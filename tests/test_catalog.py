@@ -1,0 +1,436 @@
+"""The metric catalog: rendered rules, name resolution, and every metric's value against psutil's or NVML's own."""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace as NS
+from typing import NamedTuple
+
+import psutil
+import pynvml
+import pytest
+import requests
+
+from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
+from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
+from tests.fake_nvml import TOTAL, UUID1, FakePynvml, h100
+
+GOLDEN = Path(__file__).parent / "golden" / "normalisation.yml"
+MiB = 1024 * 1024
+WINDOW_S = int(rate_window_for(1).removesuffix("s"))  # the stack fixture scrapes every second
+
+
+def test_rendered_rules_match_the_golden_file():
+    text = render_normalisation_rules(CATALOG, "5s", rate_window_for(5))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "catalog changed: review, then UPDATE_GOLDEN=1 pytest tests/test_catalog.py"
+
+
+def test_promtool_accepts_the_rules(tmp_path):
+    path = tmp_path / "rules.yml"
+    path.write_text(render_normalisation_rules(CATALOG, "5s", "20s"))
+    r = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(CATALOG) + len(HOST_SUMMARY) + len(JUDGED)} rules found" in r.stdout
+
+
+def test_resolve_per_core_and_plain_names():
+    entry, matchers = resolve("cpu.core.1")
+    assert (entry.record, entry.labels, matchers) == ("fleet:cpu_core", ("core",), {"core": "1"})
+    assert resolve("mem.used_pct") == (CATALOG["mem.used_pct"], {})
+
+
+@pytest.mark.parametrize("name", ["nope", "cpu.core", "cpu.core.x", "cpu.utilization.1", "fleet:cpu_utilization"])
+def test_resolve_unknown_lists_the_valid_names(name):
+    with pytest.raises(UnknownMetric) as err:
+        resolve(name)
+    assert err.value.valid == valid_names()
+    assert "cpu.core.N" in str(err.value) and "gpu.memory_used_pct" in str(err.value)
+
+
+def test_catalog_listing():
+    listing = {m["name"]: m for m in catalog_listing()}
+    assert sorted(listing) == valid_names()
+    assert listing["cpu.core.N"]["labels"] == ["core"]
+    assert listing["gpu.power_w"] == {
+        "name": "gpu.power_w",
+        "unit": "W",
+        "description": "GPU board power draw",
+        "labels": ["gpu_index"],
+    }
+    assert listing["net.tx_mbps"]["unit"] == "Mbps" and listing["disk.throughput_read_mbps"]["unit"] == "MB/s"
+    assert all(m["description"] and isinstance(m["labels"], list) for m in listing.values())
+
+
+# Against the real stack: each recorded value beside psutil's (or the fake NVML's) reading of the same moment.
+
+
+def query(prom, promql: str, at: float | None = None) -> list[dict]:
+    params = {"query": promql} if at is None else {"query": promql, "time": at}
+    body = requests.get(f"{prom.url}/api/v1/query", params=params, timeout=10).json()
+    assert body["status"] == "success", f"{promql}: {body}"
+    return body["data"]["result"]
+
+
+def selector(series: str, **labels: str) -> str:
+    # json.dumps escapes a value as PromQL's double-quoted strings need.
+    return series + "{" + ",".join(f"{k}={json.dumps(v)}" for k, v in labels.items()) + "}"
+
+
+def by(prom, metric: str, label: str, host: str, at: float | None = None, **labels: str) -> dict[str, float]:
+    """The recorded metric's values by one label, at ``at`` (or as soon as there are any)."""
+    promql = selector(CATALOG[metric].record, host_id=host, **labels)
+    result = query(prom, promql, at) if at else prom.wait_for(promql)
+    assert result, f"no {promql} at {at}"
+    return {s["metric"].get(label, ""): float(s["value"][1]) for s in result}
+
+
+def one(prom, metric: str, host: str, at: float | None = None, **labels: str) -> float:
+    values = by(prom, metric, "host_id", host, at, **labels)
+    assert len(values) == 1, values
+    return values[host]
+
+
+def near(got: float, want: float, tolerance: float) -> None:
+    assert math.isfinite(got) and abs(got - want) <= tolerance, f"Prometheus {got}, source {want} (±{tolerance})"
+
+
+class Window(NamedTuple):
+    """What psutil saw over one rate window of load; Prometheus is asked for its value at ``t1``."""
+
+    host: str
+    t1: float
+    cpu_pct: list[float]  # per core, over the window
+    disk: dict[str, NS]  # counter deltas per device
+    net: dict[str, NS]  # counter deltas per interface
+    busy_pid: int
+    busy_cpu_pct: float
+    hog_pid: int
+    hog_rss_bytes: int
+
+
+def _delta(after: dict, before: dict) -> dict[str, NS]:
+    return {
+        k: NS(**{f: getattr(a, f) - getattr(before[k], f) for f in a._fields}) for k, a in after.items() if k in before
+    }
+
+
+def _disk_traffic(path: Path, mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(bytes(MiB))
+            # One fsync per MiB: at least `mib` write requests, however the block layer merges them.
+            f.flush()
+            os.fsync(f.fileno())
+    # O_DIRECT, 16 KiB at a time: every read reaches the disk (past cache and readahead), and reads outnumber writes.
+    buffer = mmap.mmap(-1, 16 * 1024)  # page-aligned, as O_DIRECT needs
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        while os.readv(fd, [buffer]):
+            pass
+    finally:
+        os.close(fd)
+        buffer.close()
+
+
+@pytest.fixture(scope="module")
+def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
+    """The rate window before ``t1``: a busy process, a 256 MiB process and disk traffic, per psutil."""
+    assert stack.config.scrape_interval == "1s"
+    # The exporter `fleetwatch up` started (other tests add targets to the same job).
+    instance = stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
+    host = prom.wait_for(f'up{{instance="{instance}"}} == 1')[0]["metric"]["host_id"]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import time; b = b'x' * (256 << 20); print(flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        hog.stdout.readline()  # its memory is touched
+        time.sleep(1)
+        # psutil's window [t0, t1] is Prometheus's rate window ending at t1; the traffic starts 2 s in and
+        # ends 3 s before the end, so scrapes a second apart and a late rule evaluation still frame it.
+        t0 = time.time()
+        disk0, net0 = psutil.disk_io_counters(perdisk=True), psutil.net_io_counters(pernic=True)
+        busy0 = psutil.Process(busy.pid).cpu_times()
+        psutil.cpu_percent(percpu=True)
+        time.sleep(2)
+        _disk_traffic(tmp_path_factory.mktemp("disk") / "blob", 32)
+        left = t0 + WINDOW_S - time.time()
+        assert left >= 3, f"the traffic took {WINDOW_S - left - 2:.1f} s: too long to frame in one window"
+        time.sleep(left)
+        t1 = time.time()
+        cpu = psutil.cpu_percent(percpu=True)
+        disk1, net1 = psutil.disk_io_counters(perdisk=True), psutil.net_io_counters(pernic=True)
+        busy1 = psutil.Process(busy.pid).cpu_times()
+        rss = psutil.Process(hog.pid).memory_info().rss
+    finally:
+        busy.kill()
+        hog.kill()
+        busy.wait()
+        hog.wait()
+    time.sleep(2)  # the rule evaluation at t1 is written
+    busy_s = (busy1.user + busy1.system) - (busy0.user + busy0.system)
+    return Window(
+        host,
+        t1,
+        cpu,
+        _delta(disk1, disk0),
+        _delta(net1, net0),
+        busy.pid,
+        100 * busy_s / (t1 - t0),
+        hog.pid,
+        rss,
+    )
+
+
+def check_cpu_utilization(prom, w: Window) -> None:
+    got = one(prom, "cpu.utilization", w.host, w.t1)
+    near(got, sum(w.cpu_pct) / len(w.cpu_pct), 10)
+    assert got >= 0.8 * 100 / len(w.cpu_pct)  # the busy loop is one core's worth
+
+
+def check_cpu_core(prom, w: Window) -> None:
+    assert set(by(prom, "cpu.core", "core", w.host, w.t1)) == {str(i) for i in range(len(w.cpu_pct))}
+    for i, want in enumerate(w.cpu_pct):
+        entry, matchers = resolve(f"cpu.core.{i}")
+        got = by(prom, entry.name, "core", w.host, w.t1, **matchers)
+        # The scheduler moves the busy loop between cores: a second at the window's edge is 1/15 of it.
+        near(got[str(i)], want, 25)
+
+
+def near_soon(got, want, tolerance: float, tries: int = 4) -> None:
+    """``near`` on fresh readings, a second apart until one pair agrees: the two sources read at other moments."""
+    for _ in range(tries - 1):
+        if abs(got() - want()) <= tolerance:
+            return
+        time.sleep(1)
+    near(got(), want(), tolerance)
+
+
+def check_load(n: int, tolerance: float):
+    def check(prom, w: Window) -> None:
+        near_soon(lambda: one(prom, f"cpu.load{n}", w.host), lambda: os.getloadavg()[(1, 5, 15).index(n)], tolerance)
+
+    return check
+
+
+def check_now(metric: str, reading, tolerance: float, **labels: str):
+    def check(prom, w: Window) -> None:
+        near_soon(lambda: one(prom, metric, w.host, **labels), reading, tolerance)
+
+    return check
+
+
+def check_rates(metric: str, counters: str, fields: tuple[str, ...], scale: float, tol: tuple, must_see: bool = True):
+    """Over the window, the recorded rate times its length equals psutil's counter delta, per device."""
+    relative, absolute = tol
+
+    def check(prom, w: Window) -> None:
+        deltas = getattr(w, counters)
+        want = {d: sum(getattr(c, f) for f in fields) * scale for d, c in deltas.items()}
+        got = by(prom, metric, "device", w.host, w.t1)
+        assert got and set(got) <= set(want), (got.keys(), want.keys())
+        for device, rate in got.items():
+            near(rate * WINDOW_S, want[device], relative * want[device] + absolute)
+        if must_see:  # the window's traffic was counted, not only background noise
+            assert max(want[d] for d in got) > 3 * absolute, want
+
+    return check
+
+
+def check_top_cpu(prom, w: Window) -> None:
+    # Each reading covers the last second: their average over the window is comparable to psutil's.
+    record = selector(CATALOG["proc.top.cpu_pct"].record, host_id=w.host, pid=str(w.busy_pid))
+    result = query(prom, f"avg_over_time({record}[{WINDOW_S}s])", w.t1)
+    assert len(result) == 1, result
+    near(float(result[0]["value"][1]), w.busy_cpu_pct, 15)
+
+
+def check_top_mem(prom, w: Window) -> None:
+    got = by(prom, "proc.top.mem_mb", "pid", w.host, w.t1, pid=str(w.hog_pid))
+    near(got[str(w.hog_pid)], w.hog_rss_bytes / MiB, 2)
+
+
+def vm():
+    return psutil.virtual_memory()
+
+
+def tcp_sockets_in_use() -> int:
+    # /proc/net/sockstat's "inuse" counts every TCP socket but those in TIME_WAIT.
+    return sum(1 for c in psutil.net_connections("tcp") if c.status != psutil.CONN_TIME_WAIT)
+
+
+def disk_used_pct_node_way() -> float:
+    du = psutil.disk_usage("/")  # free is f_bavail: node_exporter's avail
+    return 100 * (1 - du.free / du.total)
+
+
+MEM_TOL_MIB = 48  # memory moves between readings a second apart; Buffers alone is ~4 MiB
+HOST_CHECKS = {
+    "cpu.utilization": check_cpu_utilization,
+    "cpu.core": check_cpu_core,
+    "cpu.load1": check_load(1, 0.3),
+    "cpu.load5": check_load(5, 0.2),
+    "cpu.load15": check_load(15, 0.1),
+    "mem.used_pct": check_now("mem.used_pct", lambda: 100 * (vm().total - vm().available) / vm().total, 1.0),
+    "mem.used_mb": check_now("mem.used_mb", lambda: (vm().total - vm().available) / MiB, MEM_TOL_MIB),
+    "mem.available_mb": check_now("mem.available_mb", lambda: vm().available / MiB, MEM_TOL_MIB),
+    # psutil's `cached` is Cached + SReclaimable, as free(1) shows it.
+    "mem.cache_mb": check_now("mem.cache_mb", lambda: vm().cached / MiB, MEM_TOL_MIB),
+    "mem.swap_pct": check_now("mem.swap_pct", lambda: psutil.swap_memory().percent, 0.5),
+    "disk.used_pct": check_now("disk.used_pct", disk_used_pct_node_way, 0.5, mountpoint="/"),
+    "disk.iops_read": check_rates("disk.iops_read", "disk", ("read_count",), 1, (0.25, 10)),
+    "disk.iops_write": check_rates("disk.iops_write", "disk", ("write_count",), 1, (0.25, 10)),
+    "disk.throughput_read_mbps": check_rates("disk.throughput_read_mbps", "disk", ("read_bytes",), 1e-6, (0.25, 3)),
+    "disk.throughput_write_mbps": check_rates("disk.throughput_write_mbps", "disk", ("write_bytes",), 1e-6, (0.25, 3)),
+    # Tests send nothing off this host (only loopback, which the exporter leaves out, like node_exporter):
+    # the NICs' own background traffic is what the recorded rates are checked against.
+    "net.tx_mbps": check_rates("net.tx_mbps", "net", ("bytes_sent",), 8e-6, (0.2, 5), must_see=False),
+    "net.rx_mbps": check_rates("net.rx_mbps", "net", ("bytes_recv",), 8e-6, (0.2, 5), must_see=False),
+    "net.errors": check_rates("net.errors", "net", ("errin", "errout"), 1, (0.2, 2), must_see=False),
+    "net.drops": check_rates("net.drops", "net", ("dropin", "dropout"), 1, (0.2, 2), must_see=False),
+    "net.sockets_active": check_now("net.sockets_active", tcp_sockets_in_use, 10),
+    "proc.top.cpu_pct": check_top_cpu,
+    "proc.top.mem_mb": check_top_mem,
+}
+
+
+# A GPU node with NVML faked at the pynvml boundary: an H100 under load (tests/fake_nvml.py) and an H100 in
+# MIG mode with two GPU instances. Our real collectors and HTTP path, scraped by the real Prometheus.
+GI_MIB = {2: (40960, 20000, 100), 9: (10240, 512, 0)}  # GPU instance id: (total, used, reserved) in MiB
+GPU0_USED, GPU0_RESERVED = 13171 * MiB + 12345, 479 * MiB + 1000  # as h100() answers
+
+
+def _memory(total: int, used: int, reserved: int):
+    v2 = NS(total=total, used=used, reserved=reserved, free=total - used - reserved)
+    return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else NS(total=total, used=used + reserved)
+
+
+def _mig_h100(pid: int) -> dict:
+    def instance(gi: int, procs: list) -> dict:
+        total, used, reserved = GI_MIB[gi]
+        return {
+            "nvmlDeviceGetName": "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+            "nvmlDeviceGetGpuInstanceId": gi,
+            "nvmlDeviceGetMemoryInfo": _memory(total * MiB, used * MiB, reserved * MiB),
+            "nvmlDeviceGetComputeRunningProcesses": procs,
+        }
+
+    slots = {0: instance(2, [NS(pid=pid, usedGpuMemory=700 * MiB)]), 3: instance(9, [])}
+
+    def by_index(i: int):
+        return slots.get(i, pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND))
+
+    return h100(
+        UUID1,
+        "00000000:00:07.0",
+        nvmlDeviceGetMigMode=[1, 1],
+        nvmlDeviceGetComputeRunningProcesses=[],  # they are listed per GPU instance
+        nvmlDeviceGetMaxMigDeviceCount=7,
+        nvmlDeviceGetMigDeviceHandleByIndex=by_index,
+        nvmlDeviceGetUtilizationRates=pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
+    )
+
+
+@pytest.fixture(scope="module")
+def gpu_node(stack, prom):
+    """The host id of a fake-NVML GPU node; its processes are this test run's own pids."""
+    from prometheus_client import start_http_server
+
+    from exporter.gpu import GpuCollector
+    from exporter.nvml import Nvml
+    from exporter.processes import ProcessScanner, TopProcessCollector
+    from exporter.registry import ExporterConfig, build_registry
+    from tests.conftest import free_port
+
+    h100_procs = [NS(pid=os.getpid(), usedGpuMemory=1234 * MiB)]
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), _mig_h100(os.getppid())])
+    gpu = GpuCollector(Nvml(lib), hostname="gpu-node-catalog", interval=1)
+    top = TopProcessCollector(ProcessScanner(5, gpu_processes=gpu.processes), interval=1)
+    config = ExporterConfig(host=False, gpu=False, processes=False, extra_collectors={"gpu": gpu, "processes": top})
+    registry, _ = build_registry(config)
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    gpu.start()
+    top.start()
+    target = [{"targets": [f"127.0.0.1:{port}"], "labels": {"host_id": "gpu-node-catalog"}}]
+    (stack.config.state_dir / "file_sd" / "gpu-node-catalog.json").write_text(json.dumps(target))
+    yield "gpu-node-catalog"
+    (stack.config.state_dir / "file_sd" / "gpu-node-catalog.json").unlink()
+    top.stop()
+    gpu.stop()
+    server.shutdown()
+
+
+GPU0_TOTAL = GPU0_USED // MiB + GPU0_RESERVED // MiB + (TOTAL - GPU0_USED - GPU0_RESERVED) // MiB
+MIG_USED = sum(used for _, used, _ in GI_MIB.values())
+MIG_TOTAL = sum(total for total, _, _ in GI_MIB.values())
+GPU_CHECKS = {  # metric: {gpu_index: what NVML said, in the metric's unit}
+    "gpu.utilization": {"0": 100},  # NVML has no utilization for a MIG GPU: no series
+    "gpu.memory_used_mb": {"0": 13171, "1": MIG_USED},
+    "gpu.memory_total_mb": {"0": GPU0_TOTAL, "1": MIG_TOTAL},
+    "gpu.memory_used_pct": {"0": 100 * 13171 / GPU0_TOTAL, "1": 100 * MIG_USED / MIG_TOTAL},
+    "gpu.temperature_c": {"0": 69, "1": 69},
+    "gpu.power_w": {"0": 696.508, "1": 696.508},
+}
+
+
+def check_gpu(metric: str):
+    def check(prom, host: str) -> None:
+        deadline = time.monotonic() + 15
+        while (got := by(prom, metric, "gpu_index", host)).keys() != GPU_CHECKS[metric].keys():
+            assert time.monotonic() < deadline, got  # both GPUs, once both have been scraped
+            time.sleep(0.5)
+        assert got == pytest.approx(GPU_CHECKS[metric], rel=1e-9)
+
+    return check
+
+
+def check_top_gpu_mem(prom, host: str) -> None:
+    deadline = time.monotonic() + 15
+    want = {(str(os.getpid()), "0"): 1234.0, (str(os.getppid()), "1"): 700.0}
+    while True:
+        result = prom.wait_for(selector(CATALOG["proc.top.gpu_mem_mb"].record, host_id=host))
+        got = {(s["metric"]["pid"], s["metric"]["gpu_index"]): float(s["value"][1]) for s in result}
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == want
+    mine = next(s["metric"] for s in result if s["metric"]["pid"] == str(os.getpid()))
+    assert mine["name"] == psutil.Process().name() and mine["user"] == psutil.Process().username()
+
+
+CHECKS = {
+    **HOST_CHECKS,
+    **{metric: check_gpu(metric) for metric in GPU_CHECKS},
+    "proc.top.gpu_mem_mb": check_top_gpu_mem,
+}
+ON_GPU_NODE = {*GPU_CHECKS, "proc.top.gpu_mem_mb"}
+
+
+def test_every_catalog_metric_is_checked():
+    assert sorted(CHECKS) == sorted(CATALOG)
+
+
+@pytest.mark.parametrize("metric", sorted(CATALOG))
+def test_recorded_metric_equals_the_sources_reading(request, prom, metric):
+    """fleet:<metric> beside psutil's or NVML's reading, with exactly host_id and the metric's own labels."""
+    if metric in ON_GPU_NODE:
+        host = context = request.getfixturevalue("gpu_node")
+    else:
+        context = request.getfixturevalue("window")
+        host = context.host
+    CHECKS[metric](prom, context)
+    series = query(prom, selector(CATALOG[metric].record, host_id=host))
+    # Prometheus drops empty labels (slurm_job_id outside a job): the metric's labels at most, host_id always.
+    allowed = {"__name__", "host_id", *CATALOG[metric].labels}
+    assert series and all({"__name__", "host_id"} <= set(s["metric"]) <= allowed for s in series), series

@@ -1,0 +1,128 @@
+"""Rate limits (§8.9, AC-BE-009) under real gunicorn with several workers, and the gateway as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN, VIEWER, free_port, make_app, wait_http
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, stack):
+    """`fleetwatch-gateway` with 3 workers on a fresh state directory."""
+    state = tmp_path_factory.mktemp("gateway-state")
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLEETWATCH_STATE_DIR": str(state),
+        "FLEETWATCH_PROMETHEUS_URL": stack.urls()["prometheus"],
+        "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+        "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+        "FLEETWATCH_BCRYPT_ROUNDS": "4",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}", "--workers=3", "--threads=2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc)
+        yield url, state
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out[-2000:]
+
+
+def token(url: str, creds) -> dict:
+    r = requests.post(f"{url}/api/v1/auth/login", json={"email": creds[0], "password": creds[1]}, timeout=10)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def test_61st_read_in_a_minute_is_429_across_workers(gateway):
+    url, state = gateway
+    admin = token(url, ADMIN)
+    r = requests.post(
+        f"{url}/api/v1/users",
+        json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"},
+        headers=admin,
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    viewer = token(url, VIEWER)
+    remaining = []
+    for _ in range(60):
+        # A new connection each time, so the kernel spreads requests over the workers.
+        r = requests.get(f"{url}/api/v1/metrics/catalog", headers={**viewer, "Connection": "close"}, timeout=10)
+        assert r.status_code == 200, r.text
+        remaining.append(int(r.headers["X-RateLimit-Remaining"]))
+    assert remaining == list(range(59, -1, -1))
+    r = requests.get(f"{url}/api/v1/metrics/catalog", headers=viewer, timeout=10)
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    # More than one worker answered: each keeps its own metrics file.
+    assert len(list((state / "gateway-metrics").glob("counter_*.db"))) >= 2
+    # Another user is not affected, and writes have their own budget.
+    assert requests.get(f"{url}/api/v1/metrics/catalog", headers=admin, timeout=10).status_code == 200
+
+
+def test_31st_write_in_a_minute_is_429(gateway):
+    url, _ = gateway
+    creds = ("writer@example.com", "writer-password-123")
+    r = requests.post(
+        f"{url}/api/v1/users",
+        json={"email": creds[0], "password": creds[1], "role": "admin"},
+        headers=token(url, ADMIN),
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    admin = token(url, creds)
+    codes = [
+        requests.post(
+            f"{url}/api/v1/hosts", json={"hostname": f"w{i}.example.com"}, headers=admin, timeout=10
+        ).status_code
+        for i in range(31)
+    ]
+    assert codes[:30] == [201] * 30
+    assert codes[30] == 429
+
+
+def test_health_ready_and_metrics(gateway):
+    url, _ = gateway
+    assert requests.get(f"{url}/health", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(f"{url}/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "db": "ok", "prometheus": "ok"}
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    assert "api_requests_total{" in text and "api_latency_seconds_bucket{" in text
+    assert "db_query_duration_seconds_bucket" in text
+    assert 'fleet_host_info{host_id="host-' in text
+
+
+def test_swagger_ui_is_served_without_a_cdn(gateway):
+    url, _ = gateway
+    page = requests.get(f"{url}/api/docs", timeout=5)
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "/api/docs/assets/swagger-ui-bundle.js" in page.text
+    assert requests.get(f"{url}/api/docs/assets/swagger-ui-bundle.js", timeout=5).status_code == 200
+    spec = requests.get(f"{url}/api/openapi.json", timeout=5).json()
+    assert {"/api/v1/hosts", "/api/v1/metrics/query", "/api/v1/auth/login"} <= set(spec["paths"])
+
+
+def test_ready_is_503_and_says_prometheus_is_down(tmp_path):
+
+    app = make_app(tmp_path, f"http://127.0.0.1:{free_port()}")
+    r = app.test_client().get("/ready")
+    assert r.status_code == 503
+    assert r.get_json() == {"status": "not ready", "db": "ok", "prometheus": "down"}

@@ -1,0 +1,153 @@
+"""The stack as `fleetwatch up` runs it: real Prometheus scraping the real exporter."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+
+from tests.conftest import SHARED, PromClient
+
+OUR_FAMILIES = [
+    "node_cpu_seconds_total",
+    "node_load1",
+    "node_memory_MemTotal_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_filesystem_size_bytes",
+    "node_disk_read_bytes_total",
+    "node_network_receive_bytes_total",
+    "node_sockstat_TCP_inuse",
+    "node_boot_time_seconds",
+    "node_uname_info",
+    "fleet_top_process_cpu_percent",
+    "fleet_top_process_resident_memory_bytes",
+    "fleet_exporter_collector_success",
+    "fleet_exporter_build_info",
+]
+
+
+@pytest.fixture(scope="module")
+def ours_instance(stack) -> str:
+    return stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
+
+
+def ours(prom: PromClient, instance: str) -> str:
+    """Wait until Prometheus scrapes ``instance`` (the exporter `fleetwatch up` started) and return it."""
+    prom.wait_for(f'up{{instance="{instance}"}} == 1')
+    return instance
+
+
+def reference(prom: PromClient) -> str:
+    return prom.wait_for('up{host_id="node-exporter-reference"} == 1')[0]["metric"]["instance"]
+
+
+def test_prometheus_scrapes_the_exporter(prom, ours_instance):
+    ours(prom, ours_instance)  # waits for up == 1
+
+
+@pytest.mark.parametrize("family", OUR_FAMILIES)
+def test_family_arrives_in_prometheus(prom, ours_instance, family):
+    instance = ours(prom, ours_instance)
+    series = prom.wait_for(f'{family}{{instance="{instance}"}}')
+    assert all(s["metric"]["host_id"] for s in series)
+
+
+def test_collectors_all_succeed(prom, ours_instance):
+    instance = ours(prom, ours_instance)
+    result = prom.wait_for(f'fleet_exporter_collector_success{{instance="{instance}"}}')
+    states = {s["metric"]["collector"]: s["value"][1] for s in result}
+    # No GPU here: the GPU collector still succeeds, with no DCGM series.
+    assert states == {"host": "1", "gpu": "1", "processes": "1"}
+
+
+def dashboard_queries(path, rows: int | None = None) -> list[tuple[str, str]]:
+    """(panel title, expr) of a Grafana dashboard, from its first ``rows`` rows."""
+    dashboard = json.loads(path.read_text())
+    out, row = [], 0
+    for panel in dashboard["panels"]:
+        if panel.get("type") == "row":
+            row += 1
+            if rows is not None and row > rows:
+                break
+            continue
+        out.extend((panel.get("title", ""), t["expr"]) for t in panel.get("targets", []) if t.get("expr"))
+    return out
+
+
+def fill(expr: str, instance: str) -> str:
+    variables = {
+        "$node": instance,
+        "$job": "fleetwatch",
+        "$instance": instance,
+        "$gpu": ".*",
+        "$__rate_interval": "5s",
+        "$__interval": "1s",
+        "$__range": "1m",
+    }
+    return re.sub(r"\$\w+", lambda m: variables.get(m.group(0), m.group(0)), expr)
+
+
+NODE_FULL_TOP_ROWS = dashboard_queries(SHARED / "compat" / "node-exporter-full.json", rows=2)
+
+
+@pytest.mark.parametrize("title,expr", NODE_FULL_TOP_ROWS, ids=[t for t, _ in NODE_FULL_TOP_ROWS])
+def test_node_exporter_full_top_rows_light_up(prom, ours_instance, title, expr):
+    """Each panel query of the first two rows returns data on ours wherever it does on node_exporter."""
+    ours_instance, ref_instance = ours(prom, ours_instance), reference(prom)
+    # Wait until rate() over $__rate_interval has points on the reference.
+    prom.wait_for(f'rate(node_cpu_seconds_total{{instance="{ref_instance}"}}[5s])')
+    ref_result = prom.query(fill(expr, ref_instance))
+    if not ref_result:
+        assert not prom.query(fill(expr, ours_instance)), f"{title}: only ours has data"
+        return
+    ours_result = prom.wait_for(fill(expr, ours_instance), timeout_s=10)
+    assert len(ours_result) == len(ref_result), f"{title}: {len(ours_result)} series vs {len(ref_result)}"
+
+
+def test_alertmanager_is_ready(stack):
+    assert requests.get(stack.urls()["alertmanager"] + "/-/ready", timeout=5).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def gpu_host(stack, prom):
+    """An exporter on a "GPU node": our real collector and HTTP path, NVML faked (CI has no GPU)."""
+    from prometheus_client import start_http_server
+
+    from exporter.gpu import GpuCollector
+    from exporter.nvml import Nvml
+    from exporter.registry import ExporterConfig, build_registry
+    from tests.conftest import free_port
+    from tests.fake_nvml import UUID1, FakePynvml, h100
+
+    gpu = GpuCollector(Nvml(FakePynvml([h100(), h100(uuid=UUID1, pci="00000000:00:07.0")])), hostname="gpu-node")
+    registry, _ = build_registry(ExporterConfig(host=False, gpu=False, processes=False, extra_collectors={"gpu": gpu}))
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    gpu.start()
+    target = [{"targets": [f"127.0.0.1:{port}"], "labels": {"host_id": "gpu-node"}}]
+    (stack.config.state_dir / "file_sd" / "gpu-node.json").write_text(json.dumps(target))
+    instance = prom.wait_for('up{host_id="gpu-node"} == 1')[0]["metric"]["instance"]
+    yield instance
+    gpu.stop()
+    server.shutdown()
+
+
+DCGM_DASHBOARD = dashboard_queries(SHARED / "compat" / "dcgm-exporter-dashboard.json")
+
+
+@pytest.mark.parametrize("title,expr", DCGM_DASHBOARD, ids=[t for t, _ in DCGM_DASHBOARD])
+def test_dcgm_dashboard_lights_up_on_a_gpu_node(prom, gpu_host, title, expr):
+    """Every panel of NVIDIA's dcgm-exporter dashboard has data for our two (fake-NVML) H100s."""
+    result = prom.wait_for(fill(expr, gpu_host), timeout_s=15)
+    if "sum(" not in expr and "avg(" not in expr:
+        assert {s["metric"]["gpu"] for s in result} == {"0", "1"}, title
+        assert {s["metric"]["Hostname"] for s in result} == {"gpu-node"}, title
+
+
+def test_gateway_runs_in_the_stack_and_is_scraped(stack, prom):
+    url = stack.urls()["gateway"]
+    assert requests.get(f"{url}/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{url}/ready", timeout=5).json()["prometheus"] == "ok"
+    prom.wait_for('up{job="fleetwatch-gateway"} == 1')
