@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from fleetwatch import backfill
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig
 
 log = logging.getLogger("fleetwatch")
@@ -20,6 +21,18 @@ def _duration(value: str) -> str:
     if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h|d|w)", value):
         raise argparse.ArgumentTypeError(f"expected a duration such as 5s or 1m, got {value!r}")
     return value
+
+
+def _days(low: int, high: int):
+    """An argparse type: a whole number of days from ``low`` to ``high``, e.g. 7d."""
+
+    def parse(value: str) -> str:
+        m = re.fullmatch(r"([0-9]+)d", value)
+        if not m or not low <= int(m.group(1)) <= high:
+            raise argparse.ArgumentTypeError(f"expected {low}d to {high}d, got {value!r}")
+        return value
+
+    return parse
 
 
 def _base_port(value: str) -> int:
@@ -50,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scrape-interval", type=_duration, default="5s")
     up.add_argument("--evaluation-interval", type=_duration, default="30s")
     up.add_argument(
-        "--retention", type=_duration, default="7d", help="how long the raw tier keeps samples (default 7d)"
+        "--retention", type=_days(3, 14), default="7d", help="how long the raw tier keeps samples (3d-14d, default 7d)"
+    )
+    up.add_argument(
+        "--longterm-retention",
+        type=_days(30, 90),
+        default="90d",
+        help="how long the long-term tier keeps the 5m and 1h averages (30d-90d, default 90d; 1m: 30d at most)",
     )
     up.add_argument(
         "--exporter-arg",
@@ -59,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
+    backfill.add_parser(sub)
     return p
 
 
@@ -71,6 +91,7 @@ def up(args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         raw_retention=args.retention,
+        longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
     )
     stop = threading.Event()
@@ -112,7 +133,7 @@ def up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return up(args)
+    return backfill.run(args) if args.command == "backfill" else up(args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from typing import NamedTuple
 import jinja2
 import requests
 
+from rules_compiler.alertmanager import GENERATED_BY_GATEWAY
 from rules_compiler.catalog import CATALOG
+from rules_compiler.downsampling import SERIES_PATTERN, render_downsampling_rules
 from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,10 @@ class StackConfig:
     evaluation_interval: str = "30s"
     out_of_order_window: str = "1h"
     raw_retention: str = "7d"
+    longterm_retention: str = "90d"  # the downsampled tier
     exporter_args: list[str] = field(default_factory=list)
     gateway_workers: int = 2
+    gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
     config_dir: Path = REPO_ROOT
 
 
@@ -185,7 +189,7 @@ def find_binary(*names: str) -> str:
 def render_configs(config: StackConfig) -> dict[str, Path]:
     """Write every config the stack reads into the state directory; return their paths by name."""
     state = config.state_dir.resolve()
-    for sub in ("prometheus/data", "alertmanager/data", "rules", "file_sd", "logs"):
+    for sub in ("prometheus/data", "longterm/data", "alertmanager/data", "rules", "file_sd", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(config.config_dir)),
@@ -201,20 +205,27 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         "scrape_timeout": f"{max(1, int(interval_s * 0.8))}s" if interval_s < 10 else "10s",
         "evaluation_interval": config.evaluation_interval,
         "out_of_order_window": config.out_of_order_window,
+        "downsampled_series": SERIES_PATTERN,
     }
     paths = {
         "prometheus": state / "prometheus" / "prometheus.yml",
         "alertmanager": state / "alertmanager" / "alertmanager.yml",
     }
     for name, path in paths.items():
+        if name == "alertmanager" and path.exists() and path.read_text().startswith(GENERATED_BY_GATEWAY):
+            continue  # the gateway's compiled routes and receivers; it re-installs them as it starts
         text = env.get_template(f"{name}/{name}.yml.j2").render(values)
         _write_atomic(path, text)
+    paths["longterm"] = state / "longterm" / "longterm.yml"
+    _write_atomic(paths["longterm"], env.get_template("prometheus/longterm.yml.j2").render(values))
     # The catalog's normalisation layer, evaluated at the scrape interval.
     paths["normalisation_rules"] = state / "rules" / "fleet-normalisation.yml"
     _write_atomic(
         paths["normalisation_rules"],
         render_normalisation_rules(CATALOG, config.scrape_interval, rate_window_for(interval_s)),
     )
+    paths["downsampling_rules"] = state / "rules" / "fleet-downsampling.yml"
+    _write_atomic(paths["downsampling_rules"], render_downsampling_rules(CATALOG))
     # The local exporter is one more target beside the hosts the gateway will add.
     local = [
         {
@@ -243,9 +254,29 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 f"--web.listen-address={host}:{ports.prometheus}",
                 "--web.enable-lifecycle",
                 "--web.enable-remote-write-receiver",
+                # Prometheus 2.42 forgets its Alertmanagers for up to 5 s on every reload
+                # (prometheus#13064, fixed in 3.x) and drops what it sends meanwhile;
+                # each rule change reloads. Resending at every evaluation bounds the loss
+                # to one interval instead of the default minute.
+                f"--rules.alert.resend-delay={config.evaluation_interval}",
             ],
             f"http://{host}:{ports.prometheus}/-/ready",
             logs / "prometheus.log",
+        ),
+        Service(
+            # Receives only the downsampled series, by remote_write from the raw tier.
+            "longterm",
+            [
+                find_binary("prometheus"),
+                f"--config.file={paths['longterm']}",
+                f"--storage.tsdb.path={state / 'longterm' / 'data'}",
+                f"--storage.tsdb.retention.time={config.longterm_retention}",
+                f"--web.listen-address={host}:{ports.longterm}",
+                "--web.enable-lifecycle",
+                "--web.enable-remote-write-receiver",
+            ],
+            f"http://{host}:{ports.longterm}/-/ready",
+            logs / "longterm.log",
         ),
         Service(
             "alertmanager",
@@ -278,7 +309,20 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             ],
             f"http://{host}:{ports.gateway}/health",
             logs / "gateway.log",
-            env={"FLEETWATCH_STATE_DIR": str(state), "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}"},
+            env={
+                "FLEETWATCH_STATE_DIR": str(state),
+                "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
+                "FLEETWATCH_LONGTERM_URL": f"http://{host}:{ports.longterm}",
+                "FLEETWATCH_SCRAPE_INTERVAL": config.scrape_interval,
+                "FLEETWATCH_RAW_RETENTION": config.raw_retention,
+                "FLEETWATCH_LONGTERM_RETENTION": config.longterm_retention,
+                "FLEETWATCH_ALERTMANAGER_URL": f"http://{host}:{ports.alertmanager}",
+                "FLEETWATCH_GATEWAY_URL": f"http://{host}:{ports.gateway}",
+                "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(int(_seconds(config.evaluation_interval))),
+                "FLEETWATCH_PROMTOOL": find_binary("promtool"),
+                "FLEETWATCH_AMTOOL": find_binary("amtool"),
+                **config.gateway_env,
+            },
         ),
     ]
 
@@ -314,6 +358,7 @@ class Stack:
         host, ports = self.config.listen_host, self.config.ports
         return {
             "prometheus": f"http://{host}:{ports.prometheus}",
+            "longterm": f"http://{host}:{ports.longterm}",
             "alertmanager": f"http://{host}:{ports.alertmanager}",
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",

@@ -14,10 +14,12 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then FLEETWATCH_* environment variables, then ``test_config``."""
-    from gateway import auth, hosts, metrics, observability, processes, reports, users
+    from gateway import alerts, auth, hosts, metrics, observability, processes, reports, users
     from gateway.db import User, db
     from gateway.errors import Api
     from gateway.promql import Prometheus
+    from gateway.series import Tiers
+    from rules_compiler.deploy import AlertDeployer
 
     app = Flask(__name__)
     state_dir = Path(os.environ.get("FLEETWATCH_STATE_DIR", "state")).resolve()
@@ -25,6 +27,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         STATE_DIR=str(state_dir),
         SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL") or f"sqlite:///{state_dir / 'gateway.db'}",
         PROMETHEUS_URL="http://127.0.0.1:9090",
+        # The downsampled tier (rules_compiler/downsampling.py); empty: the raw tier answers every range.
+        LONGTERM_URL="http://127.0.0.1:9091",
+        SCRAPE_INTERVAL="5s",  # the raw tier's step
+        RAW_RETENTION="7d",
+        LONGTERM_RETENTION="90d",
         PROMETHEUS_TIMEOUT_S=10.0,
         QUERY_CACHE_TTL_S=2.0,
         ACCESS_TOKEN_TTL=timedelta(minutes=15),
@@ -35,6 +42,23 @@ def create_app(test_config: dict | None = None) -> Flask:
         LOGIN_ATTEMPTS_PER_MIN=20,
         MAX_CONTENT_LENGTH=1024 * 1024,
         EXPORTER_PORT=9101,
+        # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
+        ALERTMANAGER_URL="http://127.0.0.1:9093",
+        GATEWAY_URL="http://127.0.0.1:8080",
+        PROMTOOL="promtool",
+        AMTOOL="amtool",
+        ALERT_EVALUATION_INTERVAL_S=30,
+        ALERT_GROUP_WAIT="5s",
+        ALERT_GROUP_INTERVAL="5m",
+        ALERT_REPEAT_INTERVAL="4h",
+        ALERT_EVENTS_GROUP_INTERVAL="10s",
+        ALERT_ACK_SILENCE_S=86400,
+        ALERT_DEFAULT_CHANNELS="",
+        SMTP_SMARTHOST="",
+        SMTP_FROM="fleetwatch@localhost",
+        SMTP_AUTH_USERNAME="",
+        SMTP_AUTH_PASSWORD="",
+        SMTP_REQUIRE_TLS=True,
         ADMIN_EMAIL=None,
         ADMIN_PASSWORD=None,
         LOG_LEVEL="INFO",
@@ -62,11 +86,26 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["prometheus"] = Prometheus(
         app.config["PROMETHEUS_URL"], app.config["PROMETHEUS_TIMEOUT_S"], app.config["QUERY_CACHE_TTL_S"]
     )
+    app.extensions["alertmanager"] = alerts.Alertmanager(app.config["ALERTMANAGER_URL"])
+    app.extensions["alert_deployer"] = AlertDeployer(
+        rules_path=Path(app.config["STATE_DIR"]) / "rules" / "fleet-alerts.yml",
+        alertmanager_path=Path(app.config["STATE_DIR"]) / "alertmanager" / "alertmanager.yml",
+        prometheus_url=app.config["PROMETHEUS_URL"],
+        alertmanager_url=app.config["ALERTMANAGER_URL"],
+        promtool=app.config["PROMTOOL"],
+        amtool=app.config["AMTOOL"],
+    )
+    longterm = app.config["LONGTERM_URL"]
+    app.extensions["tiers"] = Tiers.from_config(
+        app.config,
+        app.extensions["prometheus"],
+        Prometheus(longterm, app.config["PROMETHEUS_TIMEOUT_S"], app.config["QUERY_CACHE_TTL_S"]) if longterm else None,
+    )
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
     api = Api(app)
-    for module in (observability, auth, users, hosts, metrics, processes, reports):
+    for module in (observability, auth, users, hosts, metrics, processes, reports, alerts):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)
 

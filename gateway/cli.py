@@ -24,6 +24,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway import create_app
 
     app = create_app()  # in the master: the schema and first admin exist before workers fork
+    _install_alert_rules(app)
 
     class Gateway(BaseApplication):
         def load_config(self):
@@ -40,6 +41,20 @@ def serve(args: argparse.Namespace) -> int:
 
     Gateway().run()
     return 0
+
+
+def _install_alert_rules(app) -> None:
+    """Put the DB's alert rules (the starter set on a first start) in force before serving."""
+    from gateway.alerts import install_rules_on_start
+    from gateway.errors import ApiError
+    from rules_compiler.deploy import DeployFailed
+
+    with app.app_context():
+        try:
+            install_rules_on_start()
+        except (DeployFailed, ApiError) as exc:
+            # Serving beats not serving: the rules go in force with the next rule change.
+            app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
 
 
 def create_user(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, event
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,6 +27,9 @@ def utcnow() -> datetime:
 class Stamped:
     """Integer key for the database, ``<prefix>-NNN`` for the API (the spec's ids look so)."""
 
+    # Without AUTOINCREMENT SQLite hands a deleted row's key to the next insert,
+    # and a new rule would inherit the old one's id, events and audit trail.
+    __table_args__ = {"sqlite_autoincrement": True}
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -103,6 +106,43 @@ class Secret(db.Model):
     __tablename__ = "secrets"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
+
+
+class AlertRuleRow(Stamped, db.Model):
+    """An alert rule as the API shows it; ``rules_compiler.alerts.to_rule`` parses it for compiling."""
+
+    __tablename__ = "alert_rules"
+    prefix = "rule"
+    name: Mapped[str] = mapped_column(String(200))
+    expression: Mapped[str] = mapped_column(String(2000))
+    duration: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[dict] = mapped_column(JSON, default=dict)
+    channels: Mapped[list] = mapped_column(JSON, default=list)
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class AlertEvent(Stamped, db.Model):
+    """One firing of one rule on one subject, from Alertmanager's webhook: firing → (acknowledged) → resolved."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (UniqueConstraint("fingerprint", "started_at"), Stamped.__table_args__)
+    prefix = "event"
+    fingerprint: Mapped[str] = mapped_column(String(32), index=True)  # Alertmanager's, from the labels
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # firing | acknowledged | resolved
+    rule_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    rule_name: Mapped[str] = mapped_column(String(200), default="")
+    host_id: Mapped[str | None] = mapped_column(String(253), index=True)
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    value: Mapped[float | None] = mapped_column(db.Float)
+    summary: Mapped[str] = mapped_column(String(1000), default="")
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(254))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    silence_id: Mapped[str | None] = mapped_column(String(64))
 
 
 def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:

@@ -10,6 +10,9 @@ from flask import jsonify
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
+from rules_compiler.alerts import RuleInvalid
+from rules_compiler.deploy import DeployFailed
+
 log = logging.getLogger(__name__)
 
 # HTTP status -> the spec's code (§8.8), and ours where the spec names none.
@@ -87,6 +90,9 @@ class Api(flask_smorest.Api):
     def _register_error_handlers(self):
         super()._register_error_handlers()
         self._app.register_error_handler(ApiError, self.handle_api_error)
+        # The rules compiler knows nothing of HTTP; its two failures map here, once.
+        self._app.register_error_handler(RuleInvalid, self.handle_rule_invalid)
+        self._app.register_error_handler(DeployFailed, self.handle_deploy_failed)
         self._app.register_error_handler(Exception, self.handle_unexpected)
 
     def handle_http_exception(self, error: HTTPException):
@@ -100,6 +106,13 @@ class Api(flask_smorest.Api):
 
     def handle_api_error(self, error: ApiError):
         return error_response(error.status, error.message, error.details, error.headers)
+
+    def handle_rule_invalid(self, error: RuleInvalid):
+        return error_response(400, f"{error.field}: {error}", error.details)
+
+    def handle_deploy_failed(self, error: DeployFailed):
+        headers = {"Retry-After": "5"} if error.status == 503 else None
+        return error_response(error.status, error.message, error.details, headers)
 
     def handle_unexpected(self, error: Exception):
         if isinstance(error, HTTPException):

@@ -22,7 +22,7 @@ from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.promql import selector
 from gateway.schemas import Page, PageArgs, UtcDateTime, fast_json, utc_text
-from gateway.series import RANGES, fetch_series
+from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
 
 blp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts", description="Hosts, their tags and status")
@@ -101,6 +101,7 @@ class HostListSchema(Page):
 
 class DetailArgs(ma.Schema):
     range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
+    resolution = ma.fields.String(validate=ma.validate.OneOf(RESOLUTIONS))
 
 
 class CreatedSchema(ma.Schema):
@@ -264,16 +265,23 @@ class HostById(MethodView):
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
         host = _get_host(host_id)
-        prom = current_app.extensions["prometheus"]
-        state = fleet_state(prom, [host.id])
-        series, resolution = {}, None
+        state = fleet_state(current_app.extensions["prometheus"], [host.id])
+        series, resolution, tier = {}, None, None
         for name in DETAIL_METRICS:
-            series[name], resolution = fetch_series(prom, name, host.id, args["range"], combine=True)
+            series[name], resolution, tier = fetch_series(
+                current_app.extensions["tiers"],
+                name,
+                host.id,
+                args["range"],
+                combine=True,
+                resolution=args.get("resolution"),
+            )
         return {
             "host": _with_state(host, state),
             "metrics": series,
             "range": args["range"],
             "resolution": resolution,
+            "tier": tier,
         }
 
     @blp.arguments(HostPatchSchema)

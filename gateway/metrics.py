@@ -11,7 +11,7 @@ from flask.views import MethodView
 from gateway.db import Host, db
 from gateway.errors import Blueprint, NotFound
 from gateway.schemas import fast_json
-from gateway.series import RANGES, fetch_series
+from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.catalog import catalog_listing
 
 blp = Blueprint("metrics", __name__, url_prefix="/api/v1/metrics", description="Metrics by friendly name")
@@ -35,6 +35,10 @@ class QueryArgs(ma.Schema):
     metric = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
     range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
     labels = LabelsField(load_default=dict)
+    resolution = ma.fields.String(
+        validate=ma.validate.OneOf(RESOLUTIONS),
+        metadata={"description": "raw, 1m, 5m or 1h average; default: raw up to 6h, 1m up to 24h, 5m up to 7d, 1h"},
+    )
 
 
 class Point(ma.Schema):
@@ -55,7 +59,8 @@ class QueryResult(ma.Schema):
     datapoints = ma.fields.List(ma.fields.Nested(Point))
     series = ma.fields.List(ma.fields.Nested(SeriesSchema))
     aggregation = ma.fields.String(allow_none=True)
-    resolution = ma.fields.String()
+    resolution = ma.fields.String(metadata={"description": "the step between points: 5s (raw), 1m, 5m or 1h"})
+    tier = ma.fields.String(metadata={"description": "raw, or longterm when the range reaches past raw retention"})
 
 
 class CatalogEntry(ma.Schema):
@@ -86,8 +91,13 @@ class Query(MethodView):
         if not db.session.execute(db.select(Host.pk).filter_by(id=args["host_id"])).first():
             known = db.session.execute(db.select(Host.id).order_by(Host.pk).limit(50)).scalars().all()
             raise NotFound(f"no host {args['host_id']}", {"host_id": args["host_id"], "valid": known})
-        series, resolution = fetch_series(
-            current_app.extensions["prometheus"], args["metric"], args["host_id"], args["range"], args["labels"]
+        series, resolution, tier = fetch_series(
+            current_app.extensions["tiers"],
+            args["metric"],
+            args["host_id"],
+            args["range"],
+            args["labels"],
+            resolution=args.get("resolution"),
         )
         if len(series) == 1:
             datapoints, aggregation = series[0]["datapoints"], None
@@ -103,6 +113,7 @@ class Query(MethodView):
                 "series": series,
                 "aggregation": aggregation,
                 "resolution": resolution,
+                "tier": tier,
             }
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -12,27 +11,9 @@ import orjson
 import urllib3
 
 from gateway.errors import ApiError, Unavailable
+from rules_compiler.promql import is_label_name, quote, regex_any
 
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-def quote(value: str) -> str:
-    """A PromQL string literal for any text: backslash, quote and newline escaped, never pasted."""
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-RE2_META = re.compile(r"([.+*?()|\[\]{}^$\\])")
-
-
-def regex_any(values: list[str]) -> str:
-    """A PromQL regex literal matching exactly one of ``values``.
-
-    Only RE2's metacharacters are escaped (Python's re.escape also escapes "-"):
-    Prometheus turns an alternation of plain literals into a set lookup, and an
-    escaped non-metacharacter takes that fast path away.
-    """
-    return quote("|".join(RE2_META.sub(r"\\\1", v) for v in values))
+__all__ = ["Prometheus", "quote", "regex_any", "selector"]
 
 
 def selector(metric: str, matchers: dict[str, str] | None = None, regex: dict[str, list[str]] | None = None) -> str:
@@ -52,7 +33,7 @@ def selector(metric: str, matchers: dict[str, str] | None = None, regex: dict[st
 
 
 def _check_label(name: str) -> None:
-    if not LABEL_NAME.match(name) or name.startswith("__"):
+    if not is_label_name(name):
         raise ApiError(f"invalid label name {name!r}", {"label": name})
 
 

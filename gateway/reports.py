@@ -63,8 +63,8 @@ class Export(MethodView):
         """Export one metric of one host over a range as CSV; answers a download link valid for 1 h."""
         if not db.session.execute(db.select(Host.pk).filter_by(id=body["host_id"])).first():
             raise NotFound(f"no host {body['host_id']}", {"host_id": body["host_id"]})
-        series, resolution = fetch_series(
-            current_app.extensions["prometheus"], body["metric"], body["host_id"], body["range"], body["labels"]
+        series, resolution, _ = fetch_series(
+            current_app.extensions["tiers"], body["metric"], body["host_id"], body["range"], body["labels"]
         )
         label_names = sorted({k for s in series for k in s["labels"]})
         out = io.StringIO()

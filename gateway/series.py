@@ -1,41 +1,141 @@
-"""Series of one catalog metric of one host over a range, at a resolution fit for the range."""
+"""Series of one catalog metric of one host over a range, from the tier and resolution fit for the range.
+
+Two tiers (rules_compiler/downsampling.py): the raw Prometheus holds every
+sample and the downsampled series for its retention (7 d by default); the
+long-term Prometheus holds only the downsampled series, for up to 90 d.
+A query is answered by one tier, never stitched from both, so no point is
+counted twice: the raw tier while the range fits in its retention, the
+long-term tier beyond.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.errors import ApiError
-from gateway.promql import selector
+from gateway.promql import Prometheus, selector
 from gateway.schemas import utc_text
 from rules_compiler.catalog import UnknownMetric, resolve
+from rules_compiler.downsampling import LEVELS
 
-
-class Resolution(NamedTuple):
-    step_s: int  # seconds between returned points
-    average: bool  # points are averages over the step, not raw samples
-
-
-# Raw up to 6 h (1 h of CPU is 720 points at 5 s); averaged beyond, to keep answers near 2,000 points.
-RANGES = {
-    "15m": (15 * 60, Resolution(0, False)),
-    "1h": (3600, Resolution(0, False)),
-    "6h": (6 * 3600, Resolution(0, False)),
-    "24h": (86400, Resolution(60, True)),
-    "7d": (7 * 86400, Resolution(300, True)),
-    "30d": (30 * 86400, Resolution(3600, True)),
-    "90d": (90 * 86400, Resolution(3600, True)),
+DAY_S = 86400
+RANGES = {  # name -> span in seconds
+    "15m": 15 * 60,
+    "1h": 3600,
+    "6h": 6 * 3600,
+    "24h": DAY_S,
+    "7d": 7 * DAY_S,
+    "30d": 30 * DAY_S,
+    "90d": 90 * DAY_S,
 }
+LEVEL_S = {level.name: level.seconds for level in LEVELS}
+RESOLUTIONS = ("raw", *LEVEL_S)
+# REQ-STORE-003 with AC-BE-003: raw up to 6 h (1 h of CPU is 720 points at 5 s),
+# then the coarsest average that still draws the range in 300 to 1,500 points.
+AUTO = ((6 * 3600, "raw"), (DAY_S, "1m"), (7 * DAY_S, "5m"))
+# REQ-RETENTION-002: how long the long-term tier serves each level (at most its own retention).
+LONGTERM_KEEPS_S = {"1m": 30 * DAY_S, "5m": 90 * DAY_S, "1h": 90 * DAY_S}
+MAX_POINTS = 11_000  # Prometheus refuses a range query with more points per series
 # How the several series of one host (GPUs, mounts, NICs) combine into one line.
 COMBINE = {"disk.used_pct": "max", "net.tx_mbps": "sum", "net.rx_mbps": "sum", "net.errors": "sum", "net.drops": "sum"}
+_DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
+
+
+def duration_s(text: str | int | float) -> int:
+    """Seconds in "5s", "7d", … (a number is taken as seconds already)."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """The two Prometheus servers a query may be answered by, and what each keeps."""
+
+    raw: Prometheus
+    longterm: Prometheus | None = None  # None: everything from the raw tier
+    raw_step_s: int = 5  # the scrape interval: raw points are this far apart
+    raw_retention_s: int = 7 * DAY_S
+    longterm_retention_s: int = 90 * DAY_S
+
+    @classmethod
+    def from_config(cls, config, raw: Prometheus, longterm: Prometheus | None) -> Tiers:
+        return cls(
+            raw,
+            longterm,
+            max(1, duration_s(config["SCRAPE_INTERVAL"])),
+            duration_s(config["RAW_RETENTION"]),
+            duration_s(config["LONGTERM_RETENTION"]),
+        )
+
+
+class Plan(NamedTuple):
+    """Where and how a range is read."""
+
+    resolution: str  # "raw", "1m", "5m", "1h"
+    step_s: int  # seconds between returned points
+    tier: str  # "raw" or "longterm"
+
+
+class Answer(NamedTuple):
+    series: list  # [{ts, value}] combined, or [{labels, datapoints}] one per label set
+    resolution: str  # the step: "5s", "1m", "5m", "1h"
+    tier: str
+
+
+def plan(tiers: Tiers, range_: str, resolution: str | None = None) -> Plan:
+    """The tier and step for ``range_``; ``resolution`` is the caller's choice, else the automatic one.
+
+    Raises:
+        ApiError: the chosen resolution is not kept for that long, or would be too many points (400).
+    """
+    span_s = RANGES[range_]
+    chosen = resolution or next((res for upto, res in AUTO if span_s <= upto), "1h")
+    step_s = tiers.raw_step_s if chosen == "raw" else LEVEL_S[chosen]
+    if resolution is None and chosen == "raw":
+        step_s = max(step_s, math.ceil(span_s / MAX_POINTS))  # a 1 s scrape interval over 6 h
+    tier = "raw" if span_s <= tiers.raw_retention_s or tiers.longterm is None else "longterm"
+    if tier == "longterm":
+        kept_s = 0 if chosen == "raw" else min(LONGTERM_KEEPS_S[chosen], tiers.longterm_retention_s)
+        if span_s > kept_s:
+            raise ApiError(
+                f"{chosen} data is not kept for {range_}",
+                {"resolution": chosen, "range": range_, "valid": _kept_for(tiers, span_s)},
+            )
+    if span_s / step_s > MAX_POINTS:
+        raise ApiError(
+            f"{range_} at {chosen} would be {span_s // step_s} points; at most {MAX_POINTS}",
+            {"resolution": chosen, "range": range_, "valid": _kept_for(tiers, span_s)},
+        )
+    return Plan(chosen, step_s, tier)
+
+
+def _kept_for(tiers: Tiers, span_s: int) -> list[str]:
+    out = []
+    for res in RESOLUTIONS:
+        step_s = tiers.raw_step_s if res == "raw" else LEVEL_S[res]
+        kept_s = tiers.raw_retention_s
+        if tiers.longterm is not None and res != "raw":
+            kept_s = max(kept_s, min(LONGTERM_KEEPS_S[res], tiers.longterm_retention_s))
+        if span_s <= kept_s and span_s / step_s <= MAX_POINTS:
+            out.append(res)
+    return out
 
 
 def label_of(step_s: int) -> str:
     return f"{step_s // 3600}h" if step_s % 3600 == 0 else f"{step_s // 60}m" if step_s % 60 == 0 else f"{step_s}s"
 
 
-def catalog_selector(metric: str, host_id: str, labels: dict[str, str] | None = None):
-    """The PromQL selector of a friendly metric name for one host, and its catalog entry.
+def _entry(metric: str, labels: dict[str, str] | None):
+    """The catalog entry of a friendly metric name and its label matchers.
 
     Raises:
         ApiError: unknown metric (400, listing the valid names) or a label it does not have.
@@ -47,23 +147,30 @@ def catalog_selector(metric: str, host_id: str, labels: dict[str, str] | None = 
     for name in labels or {}:
         if name not in entry.labels:
             raise ApiError(f"{metric} has no label {name!r}", {"label": name, "valid": list(entry.labels)})
-    return selector(entry.record, {"host_id": host_id, **matchers, **(labels or {})}), entry
+    return entry, {**matchers, **(labels or {})}
 
 
 def fetch_series(
-    prom,
+    tiers: Tiers,
     metric: str,
     host_id: str,
     range_: str,
     labels: dict[str, str] | None = None,
     combine: bool = False,
-    raw_step_s: int = 5,
-) -> tuple[list, str]:
-    """Datapoints [{ts, value}] (or, without ``combine``, one list per label set) and the resolution used."""
-    sel, entry = catalog_selector(metric, host_id, labels)
-    span_s, res = RANGES[range_]
-    step = res.step_s or raw_step_s
-    expr = f"avg_over_time({sel}[{label_of(step)}])" if res.average else sel
+    resolution: str | None = None,
+) -> Answer:
+    """Datapoints [{ts, value}] (or, without ``combine``, one list per label set), the step and the tier used."""
+    entry, matchers = _entry(metric, labels)
+    how = plan(tiers, range_, resolution)
+    matchers = {"host_id": host_id, **matchers}
+    if how.resolution == "raw":
+        expr = selector(entry.record, matchers)
+    else:
+        # One recorded average per step: the latest evaluation in (T - step, T]. The
+        # window is a millisecond short of the step, as the rules' own (downsampling.py),
+        # so a point never repeats its neighbour's value.
+        sel = selector(f"{entry.record}:avg{how.resolution}", matchers)
+        expr = f"last_over_time({sel}[{how.step_s * 1000 - 1}ms])"
     if combine:
         extra = [lbl for lbl in entry.labels if lbl not in (labels or {})]
         if extra:
@@ -71,16 +178,16 @@ def fetch_series(
     # Points fall at start + k·step: a start on a whole multiple of the step keeps
     # timestamps stable from one call to the next; the end stays "now" for the newest point.
     end = time.time()
-    start = -(-(end - span_s) // step) * step
-    result = prom.query_range(expr, start, end, step)
+    start = -(-(end - RANGES[range_]) // how.step_s) * how.step_s
+    prom = tiers.longterm if how.tier == "longterm" else tiers.raw
+    result = prom.query_range(expr, start, end, how.step_s)
     series = [
         {"labels": {k: v for k, v in s["metric"].items() if k in entry.labels}, "datapoints": points(s["values"])}
         for s in result
     ]
-    resolution = label_of(step)
     if combine:
-        return (series[0]["datapoints"] if series else []), resolution
-    return series, resolution
+        series = series[0]["datapoints"] if series else []
+    return Answer(series, label_of(how.step_s), how.tier)
 
 
 def points(values: list) -> list[dict]:

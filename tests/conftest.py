@@ -16,6 +16,8 @@ from fleetwatch.stack import Ports, Stack, StackConfig, free_port, wait_http  # 
 from gateway import create_app
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+ADMIN = ("admin@example.com", "admin-password-123")
+VIEWER = ("viewer@example.com", "viewer-password-123")
 
 
 class PromClient:
@@ -63,12 +65,44 @@ def exporter_cmd():
     return [sys.executable, "-m", "exporter.cli"]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory, node_exporter):
-    """Prometheus + Alertmanager + our exporter via `fleetwatch up`'s own code, scraping every second.
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd) that keeps every message it is sent."""
 
-    node_exporter is a second target of the same job, so a query can be run
-    against both and compared.
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        from email import message_from_bytes
+
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        return "250 OK"
+
+    def start(self):
+        self._controller.start()
+        return self
+
+    def stop(self):
+        self._controller.stop()
+
+
+@pytest.fixture(scope="session")
+def mailbox():
+    box = Mailbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, node_exporter, mailbox):
+    """Prometheus + Alertmanager + our exporter + the gateway via `fleetwatch up`'s own code.
+
+    Scrapes and evaluates every second; alert notifications go out within
+    seconds, email to ``mailbox``. node_exporter is a second target of the same
+    job, so a query can be run against both and compared.
     """
     ports = Ports(*(free_port() for _ in range(5)))
     config = StackConfig(
@@ -77,6 +111,19 @@ def stack(tmp_path_factory, node_exporter):
         scrape_interval="1s",
         evaluation_interval="1s",
         exporter_args=["--process-interval=1", "--gpu-interval=1"],
+        gateway_env={
+            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+            "FLEETWATCH_BCRYPT_ROUNDS": "4",
+            "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",
+            "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000",
+            "FLEETWATCH_SMTP_SMARTHOST": f"127.0.0.1:{mailbox.port}",
+            "FLEETWATCH_SMTP_REQUIRE_TLS": "false",
+            "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
+            "FLEETWATCH_ALERT_GROUP_INTERVAL": "1s",
+            "FLEETWATCH_ALERT_REPEAT_INTERVAL": "2s",
+            "FLEETWATCH_ALERT_EVENTS_GROUP_INTERVAL": "1s",
+        },
     )
     s = Stack(config)
     reference = [
@@ -97,8 +144,6 @@ def prom(stack) -> PromClient:
 
 
 # The gateway: the real app on the real stack's Prometheus and state directory.
-ADMIN = ("admin@example.com", "admin-password-123")
-VIEWER = ("viewer@example.com", "viewer-password-123")
 
 
 def make_app(state_dir, prometheus_url: str, **overrides):
@@ -107,6 +152,8 @@ def make_app(state_dir, prometheus_url: str, **overrides):
         "STATE_DIR": str(state_dir),
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{state_dir}/gateway-{overrides.pop('db_name', 'test')}.db",
         "PROMETHEUS_URL": prometheus_url,
+        # Nothing listens there: an in-process app never reloads a real Alertmanager.
+        "ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}",
         "BCRYPT_ROUNDS": 4,  # bcrypt's minimum: tests log in hundreds of times
         "ADMIN_EMAIL": ADMIN[0],
         "ADMIN_PASSWORD": ADMIN[1],

@@ -30,6 +30,9 @@ ENDPOINTS = [
     ("POST", "/api/v1/api-keys", {"name": "agents"}, "admin"),
     ("DELETE", "/api/v1/api-keys/{key}", None, "admin"),
     ("GET", "/api/v1/audit", None, "admin"),
+    ("GET", "/api/v1/alerts/rules", None, "viewer"),
+    ("GET", "/api/v1/alerts/events?state=firing", None, "viewer"),
+    ("GET", "/api/v1/alerts/history", None, "viewer"),
     ("POST", "/api/v1/auth/logout", None, "viewer"),
 ]
 CALLERS = ["none", "viewer", "admin", "expired", "other_key", "alg_none"]

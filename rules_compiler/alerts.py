@@ -1,0 +1,364 @@
+"""Alert rules of the spec (§5.4, §9) ⇒ Prometheus alerting rules: parsing, validation and rendering.
+
+Pure: text and objects in, YAML text out. The gateway validates what a user
+sends with the ``parse_*`` functions here, so a rule that passes them always
+compiles; ``rules_compiler.deploy`` installs the output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from rules_compiler.catalog import CATALOG, UnknownMetric, resolve
+from rules_compiler.promql import is_label_name, quote
+
+SEVERITIES = ("info", "warning", "critical")
+OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+GROUP = "fleet-alerts"
+# The labels that name an alert's subject beyond the host: they must survive every
+# aggregation, and a critical alert inhibits a warning one only on the same subject.
+SUBJECT_LABELS = tuple(sorted({label for m in CATALOG.values() for label in m.labels}))
+
+_DURATION = re.compile(r"^(\d{1,6})(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_CONDITION = re.compile(rf"^([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+)\s*(>=|<=|==|!=|>|<)\s*({_NUMBER})$")
+_HEARTBEAT = re.compile(r"^no\s+heartbeat\s+for\s+(\S+)$", re.IGNORECASE)
+_OR = re.compile(r"\s+or\s+", re.IGNORECASE)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_CHANNEL = re.compile(r"^(email|webhook|slack):(.+)$", re.DOTALL)
+_EMAIL = re.compile(r"^[^@\s,<>\"]+@[^@\s,<>\"]+\.[^@\s,<>\"]+$")
+_URL = re.compile(r"^https?://[^\s\"]+$")
+
+
+class RuleInvalid(ValueError):
+    """A rule field that cannot compile; ``field`` names it for the API's error details."""
+
+    def __init__(self, field_name: str, message: str, **details):
+        super().__init__(message)
+        self.field = field_name
+        self.details = {"field": field_name, **details}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``cpu.utilization > 90``: one catalog metric against a number."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    def promql(self) -> str:
+        entry, matchers = resolve(self.metric)
+        inner = ",".join(f"{k}={quote(v)}" for k, v in matchers.items())
+        series = f"{entry.record}{{{inner}}}" if inner else entry.record
+        return f"{series} {self.op} {_number(self.threshold)}"
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {_number(self.threshold)}"
+
+
+def _number(x: float) -> str:
+    """The shortest text that reads back as ``x``: ``90``, ``0.5``, ``1e-06``."""
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """``no heartbeat for 2m``: the host's exporter is not scraped, or its agent stopped pushing."""
+
+    silent_s: int
+
+    def promql(self) -> str:
+        # Pulled hosts: no successful scrape in the whole window (value 0). Pushed
+        # hosts: the gateway exports when each agent was last heard from (value: the
+        # seconds of silence). The window is in the expression, so the rule's `for`
+        # counts only what the duration adds beyond it.
+        return (
+            f'max by (host_id) (max_over_time(up{{job="fleetwatch"}}[{self.silent_s}s])) == 0 '
+            f"or max by (host_id) (time() - fleet_host_last_seen_timestamp_seconds) > {self.silent_s}"
+        )
+
+    def __str__(self) -> str:
+        return f"no heartbeat for {format_duration(self.silent_s)}"
+
+
+Term = Condition | Heartbeat
+
+
+@dataclass(frozen=True)
+class Expression:
+    """An OR of ANDs of terms; AND binds tighter, as in PromQL and SQL."""
+
+    any_of: tuple[tuple[Term, ...], ...]
+
+    def metrics(self) -> list[str]:
+        return sorted({t.metric for conj in self.any_of for t in conj if isinstance(t, Condition)})
+
+    def promql(self) -> str:
+        # `and on(host_id)`: two metrics of one host meet even when one has more labels
+        # (gpu_index, mountpoint); the left side's labels name the alert. `or` keeps the
+        # first branch's series where both match, so one alert per subject, not two.
+        # PromQL binds comparisons, then `and`, then `or`: only a heartbeat term (itself
+        # an `or`) needs parentheses.
+        def term(t: Term, alone: bool) -> str:
+            return t.promql() if alone or isinstance(t, Condition) else f"({t.promql()})"
+
+        alone = len(self.any_of) == 1 and len(self.any_of[0]) == 1
+        return " or ".join(" and on(host_id) ".join(term(t, alone) for t in conj) for conj in self.any_of)
+
+    def __str__(self) -> str:
+        return " OR ".join(" AND ".join(str(t) for t in conj) for conj in self.any_of)
+
+
+@dataclass(frozen=True)
+class ScopeTerm:
+    tag: str
+    op: str  # "=" or "!="
+    value: str
+
+
+@dataclass(frozen=True)
+class Channel:
+    kind: str  # "email" | "webhook" | "slack"
+    target: str  # address or URL
+    slack_channel: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}" + (f"#{self.slack_channel}" if self.slack_channel else "")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """A rule as the compiler sees it: already parsed, so compiling it cannot fail."""
+
+    id: str
+    name: str
+    expression: Expression
+    duration_s: int
+    scope: tuple[ScopeTerm, ...] = ()
+    channels: tuple[Channel, ...] = ()
+    severity: str = "warning"
+    enabled: bool = True
+    description: str = field(default="", compare=False)
+
+
+def parse_expression(text: str) -> Expression:
+    """``cpu.utilization > 90 OR mem.used_pct > 90``, ``no heartbeat for 2m``.
+
+    Raises:
+        RuleInvalid: not of the grammar, or a metric not in the catalog.
+    """
+    text = " ".join(str(text).split())
+    if not text:
+        raise RuleInvalid("expression", "the expression is empty; write e.g. 'cpu.utilization > 90'")
+    any_of = []
+    for disjunct in _OR.split(text):
+        terms = []
+        for term in _AND.split(disjunct):
+            terms.append(_parse_term(term.strip()))
+        any_of.append(tuple(terms))
+    return Expression(tuple(any_of))
+
+
+def _parse_term(text: str) -> Term:
+    beat = _HEARTBEAT.match(text)
+    if beat:
+        return Heartbeat(parse_duration(beat.group(1), field_name="expression", allow_static=False))
+    m = _CONDITION.match(text)
+    if not m:
+        raise RuleInvalid(
+            "expression",
+            f"{text!r} is not '<metric> <op> <number>' (op one of {' '.join(OPERATORS)}) "
+            "or 'no heartbeat for <duration>'; join conditions with OR / AND",
+            term=text,
+        )
+    try:
+        resolve(m.group(1))
+    except UnknownMetric as exc:
+        raise RuleInvalid("expression", str(exc), metric=m.group(1), valid=exc.valid) from None
+    return Condition(m.group(1), m.group(2), float(m.group(3)))
+
+
+def parse_duration(text: str, field_name: str = "duration", allow_static: bool = True) -> int:
+    """``static`` (fire at once) → 0; ``30s``, ``10m``, ``1h``, ``1d`` → seconds.
+
+    Raises:
+        RuleInvalid: anything else.
+    """
+    text = str(text).strip()
+    if allow_static and text == "static":
+        return 0
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) * _UNIT_S[m.group(2)] > 7 * 86400:
+        raise RuleInvalid(
+            field_name,
+            f"{text!r} is not a duration: write 'static' or a number and s, m, h or d (e.g. 30s, 10m, 1h), at most 7d",
+        )
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest of ``1d``/``2h``/``10m``/``30s`` that says ``seconds`` exactly."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_scope(scope) -> tuple[ScopeTerm, ...]:
+    """``{"tags": {"role": "web", "zone": "!=us-east"}}`` or ``"role=web,zone!=us-east"``; empty means all hosts.
+
+    Raises:
+        RuleInvalid: a tag name that is not a label name, or a term without ``=``.
+    """
+    if scope in (None, "", "all", {}):
+        return ()
+    if isinstance(scope, str):
+        pairs = []
+        for part in scope.split(","):
+            m = re.match(r"^\s*([^=!\s]+)\s*(!=|=)(.*)$", part)
+            if not m:
+                raise RuleInvalid("scope", f"scope term {part!r} is not tag=value or tag!=value")
+            pairs.append((m.group(1), m.group(2), m.group(3).strip()))
+    elif isinstance(scope, dict) and set(scope) <= {"tags"} and isinstance(scope.get("tags", {}), dict):
+        pairs = []
+        for tag, value in scope.get("tags", {}).items():
+            if not isinstance(value, str):
+                raise RuleInvalid("scope", f"the value of tag {tag!r} must be a string", tag=tag)
+            negated = value.startswith("!=")
+            pairs.append((tag, "!=" if negated else "=", value[2:] if negated else value))
+    else:
+        raise RuleInvalid(
+            "scope", 'scope is {"tags": {"role": "web", "zone": "!=us-east"}} or "role=web,zone!=us-east"'
+        )
+    for tag, _, _ in pairs:
+        if not is_label_name(tag):
+            raise RuleInvalid("scope", f"tag name {tag!r} must be letters, digits and _ (a Prometheus label name)")
+    return tuple(ScopeTerm(tag, op, value) for tag, op, value in pairs)
+
+
+def scope_as_json(scope: tuple[ScopeTerm, ...]) -> dict:
+    return {"tags": {t.tag: t.value if t.op == "=" else f"!={t.value}" for t in scope}}
+
+
+def parse_channel(text: str) -> Channel:
+    """``email:ops@example.com``, ``webhook:https://…``, ``slack:https://hooks.slack.com/…#ops``.
+
+    Raises:
+        RuleInvalid: an unknown kind, a malformed address or URL.
+    """
+    m = _CHANNEL.match(str(text).strip())
+    if not m:
+        raise RuleInvalid("channels", f"channel {text!r} is not email:ADDRESS, webhook:URL or slack:URL[#channel]")
+    kind, target = m.groups()
+    slack_channel = None
+    if kind == "slack" and "#" in target:
+        target, slack_channel = target.rsplit("#", 1)
+        slack_channel = "#" + slack_channel
+    if kind == "email" and not _EMAIL.match(target):
+        raise RuleInvalid("channels", f"{target!r} is not an email address", channel=text)
+    if kind in ("webhook", "slack") and not _URL.match(target):
+        raise RuleInvalid("channels", f"{target!r} is not an http(s) URL", channel=text)
+    return Channel(kind, target, slack_channel.removeprefix("#") if slack_channel else None)
+
+
+def alert_expr(rule: AlertRule) -> str:
+    """The rule's PromQL: the expression, narrowed to the hosts its scope names."""
+    expr = rule.expression.promql()
+    if not rule.scope:
+        return expr
+    # Hosts join on fleet_host_info (exported by the gateway from its inventory).
+    # "=" needs a host with that tag; "!=" only excludes hosts that have it, so a
+    # host the gateway does not know yet is still watched.
+    wanted = [t for t in rule.scope if t.op == "="]
+    excluded = [t for t in rule.scope if t.op == "!="]
+    out = f"({expr})"
+    if wanted:
+        inner = ",".join(f"{t.tag}={quote(t.value)}" for t in wanted)
+        out += f" and on(host_id) fleet_host_info{{{inner}}}"
+    for t in excluded:
+        out += f" unless on(host_id) fleet_host_info{{{t.tag}={quote(t.value)}}}"
+    return out
+
+
+def render_alert_rules(rules: list[AlertRule], evaluation_interval_s: int, revision: str) -> str:
+    """The Prometheus rule file of every enabled rule, one group evaluated every ``evaluation_interval_s``.
+
+    ``revision`` is written into each rule's annotations so the deployer can tell,
+    through Prometheus's API, that this exact file is the one in force.
+    """
+    compiled = [_alerting_rule(r, evaluation_interval_s, revision) for r in sorted(rules, key=lambda r: r.id)]
+    groups = [{"name": GROUP, "interval": f"{evaluation_interval_s}s", "rules": compiled}] if compiled else []
+    header = "# Generated by the fleetwatch gateway from its alert rules: edit them through the API.\n"
+    return header + yaml.safe_dump({"groups": groups}, sort_keys=False, allow_unicode=True, width=1 << 16)
+
+
+def _alerting_rule(rule: AlertRule, evaluation_interval_s: int, revision: str) -> dict:
+    # The rule id, not its free-text name, is the alertname: it is safe in every
+    # label and routing matcher; the name travels in labels and annotations.
+    value = '{{ $value | printf "%.4g" }}'
+    return {
+        "alert": rule.id,
+        "expr": alert_expr(rule),
+        "for": f"{_pending_s(rule)}s",
+        # REQ-ALERTRULE-004: resolve only after two evaluations without the condition.
+        "keep_firing_for": f"{2 * evaluation_interval_s}s",
+        "labels": {
+            "rule_id": rule.id,
+            "rule_name": _template_literal(rule.name),
+            "severity": rule.severity,
+            "fleet_metrics": ",".join(rule.expression.metrics()) or "heartbeat",
+        },
+        "annotations": {
+            "summary": f"{_template_literal(rule.name)} on {{{{ $labels.host_id }}}}",
+            "description": f"{_template_literal(str(rule.expression))} (value {value})",
+            "expression": _template_literal(str(rule.expression)),
+            "value": "{{ $value }}",
+            "fleet_revision": revision,
+        },
+    }
+
+
+def _pending_s(rule: AlertRule) -> int:
+    """How long the expression must hold before the alert fires (Prometheus's ``for``)."""
+    beats = [t.silent_s for conj in rule.expression.any_of for t in conj if isinstance(t, Heartbeat)]
+    if beats and len(beats) == sum(len(conj) for conj in rule.expression.any_of):
+        return max(0, rule.duration_s - min(beats))  # "no heartbeat for 2m" already waited 2m
+    return rule.duration_s
+
+
+def _template_literal(text: str) -> str:
+    """Text that Prometheus's Go templates print as-is: ``{{`` in a name must not run as a template."""
+    if "{{" not in text and "}}" not in text:
+        return text
+    # A Go template string literal takes the same escapes as a PromQL one.
+    return "{{ " + quote(text) + " }}"
+
+
+def to_rule(row) -> AlertRule:
+    """Parse a stored rule (anything with the API's fields) into the compiler's object."""
+    return AlertRule(
+        id=row.id,
+        name=row.name,
+        expression=parse_expression(row.expression),
+        duration_s=parse_duration(row.duration),
+        scope=parse_scope(row.scope),
+        channels=tuple(parse_channel(c) for c in row.channels or ()),
+        severity=row.severity,
+        enabled=row.enabled,
+    )
+
+
+# §9's starter set, installed on a gateway's first start (editable like any rule).
+STARTER_RULES = (
+    ("rule-001", "CPU Hot", "cpu.utilization > 90", "10m", "role!=gpu-only", "critical"),
+    ("rule-002", "GPU Saturated", "gpu.utilization > 85 OR gpu.memory_used_pct > 90", "5m", "gpu=true", "warning"),
+    ("rule-003", "Memory Pressure", "mem.used_pct > 90", "10m", "", "critical"),
+    ("rule-004", "Disk Fill Warn", "disk.used_pct > 85", "static", "", "warning"),
+    ("rule-005", "Disk Fill Critical", "disk.used_pct > 95", "static", "", "critical"),
+    ("rule-006", "Agent Silent", "no heartbeat for 2m", "2m", "", "critical"),
+)

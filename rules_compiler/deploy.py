@@ -1,0 +1,156 @@
+"""The compiler's edge: install generated rules and Alertmanager config, reload both, confirm.
+
+Each file is written beside its target, checked with the real promtool /
+amtool, and only then renamed over the live one; Prometheus and Alertmanager
+are reloaded and Prometheus is asked which rule revision it runs. Should any
+step after the rename fail, the previous files go back and are reloaded, so
+what is in force is always a set that passed the checks. One lock file
+serialises deployments from every gateway worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import urllib3
+
+from rules_compiler.alerts import GROUP
+
+
+class DeployFailed(Exception):
+    """Nothing changed: ``status`` 400 when the files were refused, 503 when a service did not take them."""
+
+    def __init__(self, message: str, details: dict | None = None, status: int = 503):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.status = status
+
+
+@dataclass
+class AlertDeployer:
+    rules_path: Path
+    alertmanager_path: Path
+    prometheus_url: str
+    alertmanager_url: str
+    promtool: str = "promtool"
+    amtool: str = "amtool"
+    timeout_s: float = 10.0
+
+    def __post_init__(self):
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.timeout_s), retries=False)
+
+    @contextmanager
+    def locked(self):
+        """Held across read-compile-install, so concurrent writers install complete sets in turn."""
+        self.rules_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.rules_path.parent / ".alerts.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def deploy(self, rules_text: str, alertmanager_text: str, revision: str, rule_count: int) -> None:
+        """Check, install, reload and confirm; call inside ``locked()``.
+
+        Raises:
+            DeployFailed: nothing installed (400: a check refused it; 503: a service did not reload).
+        """
+        staged = [
+            (self._stage(self.rules_path, rules_text), self.rules_path, [self.promtool, "check", "rules"]),
+            (
+                self._stage(self.alertmanager_path, alertmanager_text),
+                self.alertmanager_path,
+                [self.amtool, "check-config"],
+            ),
+        ]
+        try:
+            for tmp, _, check in staged:
+                self._check([*check, str(tmp)])
+        except DeployFailed:
+            for tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        previous = {target: target.read_bytes() if target.exists() else None for _, target, _ in staged}
+        for tmp, target, _ in staged:
+            os.replace(tmp, target)
+        try:
+            self._reload(self.prometheus_url, "Prometheus")
+            self._reload(self.alertmanager_url, "Alertmanager")
+            self._confirm(revision, rule_count)
+        except DeployFailed:
+            self._restore(previous)
+            raise
+
+    def _stage(self, target: Path, text: str) -> Path:
+        # Beside the target (same filesystem, so the rename is atomic) and not
+        # matching Prometheus's rules/*.yml glob while it is unchecked.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.staged")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)  # the Alertmanager config holds SMTP and webhook credentials
+        return tmp
+
+    def _check(self, argv: list[str]) -> None:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DeployFailed(f"{Path(argv[0]).name} could not run: {exc}", {"command": argv[:2]}) from None
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).replace(str(Path(argv[-1]).parent) + "/", "")
+            raise DeployFailed(
+                f"{Path(argv[0]).name} refused the generated file", {"output": output.strip()[-2000:]}, status=400
+            )
+
+    def _reload(self, url: str, name: str) -> None:
+        try:
+            r = self._http.request("POST", f"{url.rstrip('/')}/-/reload")
+        except urllib3.exceptions.HTTPError as exc:
+            raise DeployFailed(f"{name} does not answer", {"url": url, "reason": exc.__class__.__name__}) from None
+        if r.status != 200:
+            raise DeployFailed(
+                f"{name} did not reload", {"url": url, "status": r.status, "body": r.data[:500].decode()}
+            )
+
+    def _confirm(self, revision: str, rule_count: int) -> None:
+        """Wait until Prometheus reports exactly the installed group at ``revision``."""
+        deadline = time.monotonic() + self.timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                r = self._http.request(
+                    "GET", f"{self.prometheus_url.rstrip('/')}/api/v1/rules", fields={"type": "alert"}
+                )
+                groups = orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
+            except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
+                groups = None
+            if groups is not None:
+                ours = [g for g in groups if g["name"] == GROUP]
+                rules = ours[0]["rules"] if ours else []
+                seen = {rule["annotations"].get("fleet_revision") for rule in rules}
+                if len(rules) == rule_count and (rule_count == 0 or seen == {revision}):
+                    return
+            time.sleep(0.05)
+        raise DeployFailed("Prometheus did not take the new rules", {"expected": revision, "seen": sorted(seen or [])})
+
+    def _restore(self, previous: dict[Path, bytes | None]) -> None:
+        for target, content in previous.items():
+            if content is None:
+                target.unlink(missing_ok=True)
+            else:
+                tmp = target.with_name(f".{target.name}.restore")
+                tmp.write_bytes(content)
+                os.replace(tmp, target)
+        for url in (self.prometheus_url, self.alertmanager_url):
+            try:
+                self._http.request("POST", f"{url.rstrip('/')}/-/reload")
+            except urllib3.exceptions.HTTPError:
+                pass  # it is down: it reads the restored files when it starts

@@ -1,0 +1,29 @@
+"""PromQL text built from escaped parts: shared by the gateway's queries and the compiled rules."""
+
+from __future__ import annotations
+
+import re
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RE2_META = re.compile(r"([.+*?()|\[\]{}^$\\])")
+
+
+def quote(value: str) -> str:
+    """A PromQL string literal for any text: backslash, quote and newline escaped, never pasted."""
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def regex_any(values: list[str]) -> str:
+    """A PromQL regex literal matching exactly one of ``values``.
+
+    Only RE2's metacharacters are escaped (Python's re.escape also escapes "-"):
+    Prometheus turns an alternation of plain literals into a set lookup, and an
+    escaped non-metacharacter takes that fast path away.
+    """
+    return quote("|".join(RE2_META.sub(r"\\\1", v) for v in values))
+
+
+def is_label_name(name: str) -> bool:
+    """A name PromQL accepts as a label, and not one of Prometheus's reserved ``__`` names."""
+    return bool(LABEL_NAME.match(name)) and not name.startswith("__")

@@ -1,0 +1,358 @@
+"""Alert rules through the API, compiled into the real Prometheus and Alertmanager, delivered for real.
+
+The stack's own gateway (gunicorn, as `fleetwatch up` runs it) is driven over
+HTTP: it writes the stack's rule files and Alertmanager config, so what these
+tests see is what a user sees. Email goes to an SMTP server on loopback,
+webhooks to an HTTP receiver on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from rules_compiler.alertmanager import Delivery, render_alertmanager_config
+from rules_compiler.alerts import (
+    STARTER_RULES,
+    AlertRule,
+    RuleInvalid,
+    parse_channel,
+    parse_duration,
+    parse_expression,
+    parse_scope,
+    render_alert_rules,
+)
+from tests.conftest import ADMIN, VIEWER, free_port
+
+GOLDEN = Path(__file__).parent / "golden"
+NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
+
+
+class Receiver:
+    """An HTTP server on loopback that records every webhook POST."""
+
+    def __init__(self):
+        self.posts: list[dict] = []
+        received = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's hook name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, status: str | None = None, **labels) -> list[dict]:
+        """Every alert in every POST so far with ``status`` (if given) whose labels include ``labels``."""
+        return [
+            a
+            for p in self.posts
+            for a in p["alerts"]
+            if all(a["labels"].get(k) == v for k, v in labels.items()) and status in (None, a["status"])
+        ]
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    """A requests session logged in as admin on the stack's gateway; a viewer's token beside it."""
+    base = stack.urls()["gateway"]
+    s = requests.Session()
+    token = s.post(f"{base}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+    assert token.status_code == 200, token.text
+    s.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    r = s.post(f"{base}/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, timeout=10)
+    assert r.status_code in (201, 409), r.text
+    viewer = requests.post(
+        f"{base}/api/v1/auth/login", json={"email": VIEWER[0], "password": VIEWER[1]}, timeout=10
+    ).json()
+    s.base = base
+    s.viewer = {"Authorization": f"Bearer {viewer['access_token']}"}
+    return s
+
+
+def url(api, path: str) -> str:
+    return f"{api.base}/api/v1/alerts{path}"
+
+
+def live_rules(stack) -> dict[str, dict]:
+    """Prometheus's own view: the alerting rules it evaluates, by alert name."""
+    groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", params={"type": "alert"}, timeout=10).json()
+    return {r["name"]: r for g in groups["data"]["groups"] if g["name"] == "fleet-alerts" for r in g["rules"]}
+
+
+def wait_until(check, timeout_s: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not seen within {timeout_s:.0f} s")
+
+
+# ---------------------------------------------------------------- the compiler
+
+
+def test_expression_grammar_compiles_to_promql():
+    assert parse_expression("cpu.utilization > 90").promql() == "fleet:cpu_utilization > 90"
+    assert (
+        parse_expression("gpu.utilization > 85 OR gpu.memory_used_pct > 90").promql()
+        == "fleet:gpu_utilization > 85 or fleet:gpu_memory_used_pct > 90"
+    )
+    assert (
+        parse_expression("cpu.core.3 >= 0.5 and mem.used_pct < 10").promql()
+        == 'fleet:cpu_core{core="3"} >= 0.5 and on(host_id) fleet:mem_used_pct < 10'
+    )
+    assert str(parse_expression("  cpu.utilization   >90  or   no heartbeat for 2m")) == (
+        "cpu.utilization > 90 OR no heartbeat for 2m"
+    )
+
+
+@pytest.mark.parametrize(
+    "field, call, fragment",
+    [
+        ("expression", lambda: parse_expression("cpu.utilization >> 90"), "is not '<metric> <op> <number>'"),
+        ("expression", lambda: parse_expression("cpu.utilisation > 90"), "unknown metric 'cpu.utilisation'"),
+        ("expression", lambda: parse_expression("cpu.utilization > 90 OR"), "is not"),
+        ("expression", lambda: parse_expression('cpu.utilization > 90"} or vector(1)'), "is not"),
+        ("expression", lambda: parse_expression(""), "empty"),
+        ("duration", lambda: parse_duration("10 minutes"), "is not a duration"),
+        ("duration", lambda: parse_duration("30d"), "at most 7d"),
+        ("scope", lambda: parse_scope({"tags": {"ro-le": "web"}}), "must be letters"),
+        ("scope", lambda: parse_scope({"tags": {"role": 3}}), "must be a string"),
+        ("scope", lambda: parse_scope("role"), "is not tag=value"),
+        ("channels", lambda: parse_channel("pager:123"), "is not email:ADDRESS"),
+        ("channels", lambda: parse_channel("email:not-an-address"), "is not an email address"),
+        ("channels", lambda: parse_channel("webhook:ftp://x"), "is not an http(s) URL"),
+    ],
+)
+def test_invalid_fields_say_what_is_wrong(field, call, fragment):
+    with pytest.raises(RuleInvalid) as err:
+        call()
+    assert err.value.field == field
+    assert fragment in str(err.value)
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    with pytest.raises(RuleInvalid) as err:
+        parse_expression("gpu.utilisation > 1")
+    assert "gpu.utilization" in err.value.details["valid"]
+
+
+def _starter_rules() -> list[AlertRule]:
+    channels = (parse_channel("email:ops@example.com"), parse_channel("webhook:https://hooks.example.com/x"))
+    return [
+        AlertRule(rid, name, parse_expression(e), parse_duration(d), parse_scope(s), channels, sev)
+        for rid, name, e, d, s, sev in STARTER_RULES
+    ]
+
+
+def _delivery() -> Delivery:
+    return Delivery("http://127.0.0.1:8080/api/v1/alerts/webhook", "token", smtp_smarthost="127.0.0.1:25")
+
+
+@pytest.mark.parametrize(
+    "name, render",
+    [
+        ("alerts.yml", lambda: render_alert_rules(_starter_rules(), 30, "r1")),
+        ("alertmanager.yml", lambda: render_alertmanager_config(_starter_rules(), _delivery())),
+    ],
+)
+def test_starter_set_compiles_to_the_golden_files(name, render):
+    text = render()
+    if os.environ.get("UPDATE_GOLDEN"):
+        (GOLDEN / name).write_text(text)
+    assert text == (GOLDEN / name).read_text()
+
+
+def test_hostile_names_and_tags_compile_to_files_promtool_and_amtool_accept(tmp_path):
+    rule = AlertRule(
+        "rule-900",
+        NASTY,
+        parse_expression("cpu.utilization > 1"),
+        60,
+        parse_scope({"tags": {"role": 'we"b}\n', "zone": "!=a{b}\\"}}),
+        (parse_channel('slack:https://hooks.slack.com/services/T/B/X#ops-"team"'),),
+    )
+    rules, am = tmp_path / "rules.yml", tmp_path / "am.yml"
+    rules.write_text(render_alert_rules([rule], 30, "r1"))
+    am.write_text(render_alertmanager_config([rule], _delivery()))
+    subprocess.run(["promtool", "check", "rules", str(rules)], check=True, capture_output=True)
+    subprocess.run(["amtool", "check-config", str(am)], check=True, capture_output=True)
+    compiled = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
+    assert compiled["alert"] == "rule-900"
+    assert 'fleet_host_info{role="we\\"b}\\n"}' in compiled["expr"]
+    assert 'unless on(host_id) fleet_host_info{zone="a{b}\\\\"}' in compiled["expr"]
+
+
+# ---------------------------------------------------------------- through the API, live
+
+
+def test_starter_set_is_installed_and_live(api, stack):
+    rules = api.get(url(api, "/rules"), timeout=10).json()["rules"]
+    assert {r["id"] for r in rules} >= {f"rule-00{i}" for i in range(1, 7)}
+    starter = {r["id"]: r for r in rules}
+    assert starter["rule-001"]["expression"] == "cpu.utilization > 90"
+    assert starter["rule-001"]["scope"] == {"tags": {"role": "!=gpu-only"}}
+    assert starter["rule-006"]["expression"] == "no heartbeat for 2m"
+    assert set(live_rules(stack)) >= {f"rule-00{i}" for i in range(1, 7)}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"name": "x", "expression": "cpu.utilization >> 90"}, "expression"),
+        ({"name": "x", "expression": "cpu.nonsense > 90"}, "expression"),
+        ({"name": "x", "expression": "cpu.utilization > 90", "duration": "soon"}, "duration"),
+        ({"name": "x", "expression": "cpu.utilization > 90", "scope": {"tags": {"a b": "c"}}}, "scope"),
+        ({"name": "x", "expression": "cpu.utilization > 90", "channels": ["sms:+123"]}, "channels"),
+        ({"name": "x", "expression": "cpu.utilization > 90", "severity": "apocalyptic"}, "severity"),
+        ({"expression": "cpu.utilization > 90"}, "name"),
+    ],
+)
+def test_invalid_rule_is_a_400_and_changes_nothing(api, stack, body, field):
+    before_db = api.get(url(api, "/rules"), timeout=10).json()["total"]
+    before_live = {name: r["annotations"]["fleet_revision"] for name, r in live_rules(stack).items()}
+    r = api.post(url(api, "/rules"), json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert field in error["message"]
+    assert api.get(url(api, "/rules"), timeout=10).json()["total"] == before_db
+    assert {name: r["annotations"]["fleet_revision"] for name, r in live_rules(stack).items()} == before_live
+
+
+def test_viewer_cannot_write_rules(api):
+    r = requests.post(url(api, "/rules"), json={"name": "x", "expression": "cpu.utilization > 1"}, headers=api.viewer)
+    assert r.status_code == 403
+    assert requests.get(url(api, "/rules"), headers=api.viewer, timeout=10).status_code == 200
+
+
+def test_hostile_name_reaches_alerts_verbatim(api, stack, prom):
+    r = api.post(url(api, "/rules"), json={"name": NASTY, "expression": "cpu.utilization >= 0", "duration": "static"})
+    assert r.status_code == 201, r.text
+    rule_id = r.json()["id"]
+    try:
+        assert rule_id in live_rules(stack)  # live by the time the API answered
+        firing = prom.wait_for(f'ALERTS{{alertname="{rule_id}", alertstate="firing"}}', timeout_s=20)
+        assert firing[0]["metric"]["rule_name"] == NASTY
+        assert api.get(url(api, f"/rules/{rule_id}"), timeout=10).json()["name"] == NASTY
+    finally:
+        assert api.delete(url(api, f"/rules/{rule_id}"), timeout=10).status_code == 200
+    assert rule_id not in live_rules(stack)
+
+
+def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, receiver):
+    host = socket.gethostname()  # the stack's own exporter; node-exporter-reference is the second host
+    body = {
+        "name": "Busy test CPU",
+        "expression": "cpu.utilization >= 0",  # always true: the test decides when it ends
+        "duration": "3s",
+        "channels": ["email:oncall@example.com", f"webhook:{receiver.url}"],
+        "severity": "critical",
+    }
+    created = api.post(url(api, "/rules"), json=body, timeout=10)
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    assert created.json()["status"] == "created"
+    assert live_rules(stack)[rule_id]["duration"] == 3
+
+    # Fires: a POST at the webhook and an email at the SMTP server, for both hosts.
+    wait_until(lambda: receiver.alerts(rule_id=rule_id, host_id=host), what="webhook notification")
+    wait_until(
+        lambda: [m for to, m in mailbox.messages if "oncall@example.com" in to and rule_id in m.as_string()],
+        what="email",
+    )
+    events = wait_until(
+        lambda: api.get(url(api, "/events"), params={"rule_id": rule_id, "state": "firing"}).json()["alerts"],
+        what="firing events",
+    )
+    mine = next(e for e in events if e["host_id"] == host)
+    assert mine["rule_name"] == "Busy test CPU" and mine["severity"] == "critical"
+    assert mine["started_at"].endswith("Z") and mine["value"] >= 0
+
+    # Acknowledge: Alertmanager silences it, and notifications about it stop
+    # while those about the other host go on repeating.
+    ack = api.post(url(api, f"/events/{mine['id']}/acknowledge"), json={"user": ADMIN[0]}, timeout=10)
+    assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
+    silences = requests.get(f"{stack.urls()['alertmanager']}/api/v2/silences", timeout=10).json()
+    silence = next(s for s in silences if s["status"]["state"] == "active" and mine["id"] in s["comment"])
+    assert {"name": "host_id", "value": host, "isRegex": False, "isEqual": True} in silence["matchers"]
+    time.sleep(1.5)  # a notification already on its way may still land
+    mine_before = len(receiver.alerts(rule_id=rule_id, host_id=host))
+    other_before = len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference"))
+    time.sleep(5)  # more than two repeat intervals of the test config
+    assert len(receiver.alerts(rule_id=rule_id, host_id=host)) == mine_before
+    assert len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference")) > other_before
+    acked = api.get(url(api, f"/events/{mine['id']}"), timeout=10).json()
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == ADMIN[0]
+
+    # The condition ends: both events resolve, and the silence ends with its alert.
+    changed = api.put(url(api, f"/rules/{rule_id}"), json={"expression": "cpu.utilization > 1000"}, timeout=10)
+    assert changed.status_code == 200, changed.text
+
+    def resolved_events():
+        found = api.get(url(api, "/events"), params={"rule_id": rule_id, "state": "resolved"}, timeout=10)
+        events = found.json()["alerts"]
+        return events if {e["host_id"] for e in events} >= {host, "node-exporter-reference"} else None
+
+    resolved = wait_until(resolved_events, what="resolved events")
+    assert all(e["ended_at"] >= e["started_at"] for e in resolved)
+    assert wait_until(lambda: receiver.alerts(rule_id=rule_id, status="resolved") or None, what="resolved webhook")
+    silences = requests.get(f"{stack.urls()['alertmanager']}/api/v2/silences", timeout=10).json()
+    assert next(s for s in silences if s["id"] == silence["id"])["status"]["state"] == "expired"
+    history = api.get(url(api, "/history"), params={"rule_id": rule_id}, timeout=10).json()["history"]
+    assert {h["nodeId"] for h in history} >= {host, "node-exporter-reference"}
+    assert all(h["resolvedAt"] for h in history)
+
+    assert api.delete(url(api, f"/rules/{rule_id}"), timeout=10).json() == {"id": rule_id, "status": "deleted"}
+
+
+def test_acknowledging_a_resolved_event_is_a_conflict(api):
+    resolved = api.get(url(api, "/events"), params={"state": "resolved", "limit": 1}, timeout=10).json()["alerts"]
+    if not resolved:
+        pytest.fail("no resolved event: run with the firing test")
+    r = api.post(url(api, f"/events/{resolved[0]['id']}/acknowledge"), json={}, timeout=10)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "CONFLICT"
+
+
+def test_webhook_refuses_callers_without_alertmanagers_token(api):
+    r = requests.post(f"{api.base}/api/v1/alerts/webhook", json={"alerts": []}, timeout=10)
+    assert r.status_code == 401
+    r = requests.post(
+        f"{api.base}/api/v1/alerts/webhook", json={"alerts": []}, headers=api.headers, timeout=10
+    )  # a user's token is not Alertmanager's
+    assert r.status_code == 401
+
+
+def test_unknown_rule_and_event_are_404(api):
+    for path in ("/rules/rule-999999", "/events/event-999999"):
+        r = api.get(url(api, path), timeout=10)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = api.post(url(api, "/events/event-999999/acknowledge"), json={}, timeout=10)
+    assert r.status_code == 404
