@@ -65,7 +65,7 @@ class Receiver:
         return [
             a
             for p in self.posts
-            for a in p["alerts"]
+            for a in p.get("alerts", ())
             if all(a["labels"].get(k) == v for k, v in labels.items()) and status in (None, a["status"])
         ]
 
@@ -273,7 +273,7 @@ def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, r
         "name": "Busy test CPU",
         "expression": "cpu.utilization >= 0",  # always true: the test decides when it ends
         "duration": "3s",
-        "channels": ["email:oncall@example.com", f"webhook:{receiver.url}"],
+        "channels": ["email:oncall@example.com", f"webhook:{receiver.url}", f"slack:{receiver.url}#ops"],
         "severity": "critical",
     }
     created = api.post(url(api, "/rules"), json=body, timeout=10)
@@ -288,6 +288,8 @@ def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, r
         lambda: [m for to, m in mailbox.messages if "oncall@example.com" in to and rule_id in m.as_string()],
         what="email",
     )
+    slack = wait_until(lambda: [p for p in receiver.posts if "attachments" in p], what="Slack message")
+    assert slack[0]["channel"] == "#ops" and rule_id in json.dumps(slack[0])
     events = wait_until(
         lambda: api.get(url(api, "/events"), params={"rule_id": rule_id, "state": "firing"}).json()["alerts"],
         what="firing events",
@@ -303,10 +305,10 @@ def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, r
     silences = requests.get(f"{stack.urls()['alertmanager']}/api/v2/silences", timeout=10).json()
     silence = next(s for s in silences if s["status"]["state"] == "active" and mine["id"] in s["comment"])
     assert {"name": "host_id", "value": host, "isRegex": False, "isEqual": True} in silence["matchers"]
-    time.sleep(1.5)  # a notification already on its way may still land
+    time.sleep(3)  # a notification already on its way may still land
     mine_before = len(receiver.alerts(rule_id=rule_id, host_id=host))
     other_before = len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference"))
-    time.sleep(5)  # more than two repeat intervals of the test config
+    time.sleep(6)  # three repeat intervals of the test config
     assert len(receiver.alerts(rule_id=rule_id, host_id=host)) == mine_before
     assert len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference")) > other_before
     acked = api.get(url(api, f"/events/{mine['id']}"), timeout=10).json()
