@@ -20,6 +20,7 @@ from flask.views import MethodView
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.ingest import PUSH
 from gateway.promql import selector
 from gateway.schemas import Page, PageArgs, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
@@ -194,13 +195,27 @@ def _with_state(host, state: dict) -> dict:
     """A host (an ORM object or a row of HOST_FIELDS) and its state, ready for JSON."""
     s = state.get(host.id, {})
     seen = [t for t in (s.get("last_seen"), host.last_seen_at and _timestamp(host.last_seen_at)) if t]
+    status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
+    if host.exporter == PUSH:
+        status, reasons = _push_status(reasons, host.last_seen_at)
     return {
         **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
-        "status": s.get("status", "crit"),
-        "status_reasons": s.get("status_reasons", []),
+        "status": status,
+        "status_reasons": reasons,
         "metrics_summary": s.get("metrics_summary", {}),
         "last_seen_at": utc_text(max(seen)) if seen else None,
     }
+
+
+def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str, list[str]]:
+    """A pushing host has no scrape to judge its heartbeat by: its agent's last push or beat is."""
+    reasons = [r for r in reasons if "heartbeat" not in r and "never seen" not in r]
+    if last_seen_at is None:
+        reasons.append("crit: agent never seen")
+    elif time.time() - _timestamp(last_seen_at) > HEARTBEAT_LOST_S:
+        reasons.append("crit: agent silent for 2m")
+    status = "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
+    return status, reasons
 
 
 def write_targets() -> None:
@@ -208,7 +223,9 @@ def write_targets() -> None:
     port = current_app.config["EXPORTER_PORT"]
     hosts = db.session.execute(db.select(Host).order_by(Host.pk)).scalars()
     targets = [
-        {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}} for h in hosts
+        {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}}
+        for h in hosts
+        if h.exporter != PUSH  # its agent pushes: there is nothing to scrape
     ]
     path = Path(current_app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,23 @@ class RequestMetrics:
             registry=None,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
         )
-        self.collectors = (self.requests, self.latency, self.db_latency)
+        # §14.1's ingest counters; "refused" points are those turned away by backpressure (503).
+        self.ingest_requests = Counter("ingest_requests_total", "Ingest requests received.", registry=None)
+        self.ingest_points = Counter(
+            "ingest_datapoints_total",
+            "Pushed points by result: accepted, rejected (invalid), refused (backpressure), failed (store down).",
+            ["result"],
+            registry=None,
+        )
+        self.ingest_errors = Counter("ingest_errors_total", "Ingest failures by reason.", ["reason"], registry=None)
+        self.collectors = (
+            self.requests,
+            self.latency,
+            self.db_latency,
+            self.ingest_requests,
+            self.ingest_points,
+            self.ingest_errors,
+        )
         app.before_request(self._start)
         app.after_request(self._finish)
 
@@ -117,6 +133,16 @@ class HostInfoCollector:
         for host_id, hostname, tags in hosts:
             info.add_metric([host_id, hostname, *((tags or {}).get(k, "") for k in tag_keys)], 1)
         yield info
+        # For the "Agent Silent" rule: time() - this > 120 means a pushing agent went quiet.
+        seen = GaugeMetricFamily(
+            "fleet_host_last_seen_timestamp_seconds", "When the host's agent last pushed or beat, Unix time.",
+            labels=["host_id"],
+        )
+        for host_id, last_seen in db.session.execute(
+            db.select(Host.id, Host.last_seen_at).where(Host.last_seen_at.is_not(None))
+        ):
+            seen.add_metric([host_id], (last_seen if last_seen.tzinfo else last_seen.replace(tzinfo=UTC)).timestamp())
+        yield seen
 
 
 @blp.route("/health")
