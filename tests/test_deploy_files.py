@@ -229,3 +229,30 @@ def test_hosts_dashboard_has_data_for_our_exporter(stack, prom, title, expr):
     # rate() over 1m needs two scrapes (1 s apart in the test stack).
     result = prom.wait_for(fill(expr, re.escape(instance).replace("\\", "\\\\")), timeout_s=30)
     assert {s["metric"].get("instance") for s in result} == {instance}, title
+
+
+# --- the rules docker-compose's Prometheus loads ----------------------------------------------
+
+
+def compose_rules() -> dict[str, str]:
+    """What the rules compiler renders for docker-compose's 15 s scrape interval."""
+    from rules_compiler.catalog import CATALOG
+    from rules_compiler.downsampling import render_downsampling_rules
+    from rules_compiler.recording import rate_window_for, render_normalisation_rules
+
+    scrape = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    return {
+        "fleet-normalisation.yml": render_normalisation_rules(CATALOG, scrape, rate_window_for(int(scrape[:-1]))),
+        "fleet-downsampling.yml": render_downsampling_rules(CATALOG),
+    }
+
+
+@pytest.mark.parametrize("name", ["fleet-normalisation.yml", "fleet-downsampling.yml"])
+def test_compose_rules_are_the_compilers_current_output(name):
+    """docker-compose has no rendering step: the compiled rules are in the repo, and must not go stale."""
+    path = DOCKER / "rules" / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(compose_rules()[name])
+    assert path.read_text() == compose_rules()[name], "run UPDATE_GOLDEN=1 pytest tests/test_deploy_files.py"
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
