@@ -457,7 +457,11 @@ def reconcile_acknowledged() -> None:
     acked = _open_events(db.select(AlertEvent).filter_by(state="acknowledged"))
     if not acked:
         return
-    active = current_app.extensions["alertmanager"].active_fingerprints()
+    try:
+        active = current_app.extensions["alertmanager"].active_fingerprints()
+    except Unavailable:
+        log.warning("Alertmanager does not answer: acknowledged events stay as they are for now")
+        return  # events are still worth reading while Alertmanager is away
     ended = [e for e in acked if e.fingerprint not in active]
     for event in ended:
         _resolve(event, utcnow())

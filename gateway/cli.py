@@ -47,12 +47,13 @@ def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
     from gateway.alerts import install_rules_on_start
     from gateway.errors import ApiError
+    from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
 
     with app.app_context():
         try:
             install_rules_on_start()
-        except (DeployFailed, ApiError) as exc:
+        except (DeployFailed, ApiError, RuleInvalid) as exc:
             # Serving beats not serving: the rules go in force with the next rule change.
             app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
 

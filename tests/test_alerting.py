@@ -358,3 +358,17 @@ def test_unknown_rule_and_event_are_404(api):
         assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
     r = api.post(url(api, "/events/event-999999/acknowledge"), json={}, timeout=10)
     assert r.status_code == 404
+
+
+def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
+    from gateway.db import AlertEvent, add_with_id, db, utcnow
+    from tests.conftest import bearer, login, make_app
+
+    app = make_app(tmp_path, stack.urls()["prometheus"])  # its Alertmanager URL has nobody listening
+    with app.app_context():
+        add_with_id(AlertEvent(fingerprint="f00d", started_at=utcnow(), state="acknowledged", rule_id="rule-1"))
+        db.session.commit()
+    client = app.test_client()
+    r = client.get("/api/v1/alerts/events", headers=bearer(login(client, ADMIN)["access_token"]))
+    assert r.status_code == 200, r.get_json()
+    assert [e["state"] for e in r.get_json()["alerts"]] == ["acknowledged"]
