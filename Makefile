@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts system-deps venv clean
+.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -22,6 +22,9 @@ bench-exporter: system-deps $(STAMP)
 
 bench-query: system-deps $(STAMP)
 	$(PY) bench/query.py $(ARGS)
+
+bench-ingest: system-deps $(STAMP)
+	$(PY) bench/ingest.py $(ARGS)
 
 bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)

@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="Hostname",
         help="key of that label: dcgm-exporter releases use Hostname, newer builds hostname",
     )
+    push = p.add_argument_group("push mode (agent): send to the gateway instead of serving /metrics")
+    push.add_argument("--push", metavar="URL", help="the gateway, e.g. https://fleet.example.com")
+    push.add_argument("--api-key", help="an API key made by an admin (POST /api/v1/api-keys)")
+    push.add_argument("--config", metavar="FILE", help="YAML file of these settings; flags win over it")
+    push.add_argument("--interval", help="sampling interval, e.g. 5s (default 5s)")
+    push.add_argument("--host-id", help="this host's id at the gateway (default: --hostname)")
+    push.add_argument("--ca-file", help="CA bundle to verify the gateway's TLS certificate (default: the system's)")
+    push.add_argument("--buffer", help="SQLite file that keeps points while the gateway is unreachable")
+    push.add_argument("--buffer-max-points", type=_bounded(int, 1000, 10_000_000), help="default 50000")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     registry, background = build_registry(config)
+    if args.push or args.config:
+        return _push(args, registry, background, stop)
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
     host, port = args.listen
     try:
@@ -146,6 +157,30 @@ def main(argv: list[str] | None = None) -> int:
     for collector in background:
         collector.stop()
     return 0
+
+
+def _push(args, registry, background, stop: threading.Event) -> int:
+    from exporter import agent
+
+    try:
+        settings = agent.load_yaml(args.config) if args.config else {}
+        flags = {
+            "push": args.push,
+            "api_key": args.api_key,
+            "interval_s": args.interval and agent.parse_duration(args.interval),
+            "host_id": args.host_id,
+            "ca_file": args.ca_file,
+            "buffer": args.buffer,
+            "buffer_max_points": args.buffer_max_points,
+        }
+        settings |= {k: v for k, v in flags.items() if v}
+        settings.setdefault("host_id", args.hostname)
+        settings.setdefault("hostname", args.hostname)
+        config = agent.AgentConfig(**settings)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"fleetwatch-exporter: {exc}", file=sys.stderr)
+        return 2
+    return agent.run(config, registry, background, stop)
 
 
 if __name__ == "__main__":

@@ -245,6 +245,23 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
     logs = state / "logs"
     return [
         Service(
+            # Receives only the downsampled series, by remote_write from the raw tier. Started
+            # first and so stopped last: the raw tier flushes its remote-write queue on the
+            # way down, and would wait up to a minute for a receiver already gone.
+            "longterm",
+            [
+                find_binary("prometheus"),
+                f"--config.file={paths['longterm']}",
+                f"--storage.tsdb.path={state / 'longterm' / 'data'}",
+                f"--storage.tsdb.retention.time={config.longterm_retention}",
+                f"--web.listen-address={host}:{ports.longterm}",
+                "--web.enable-lifecycle",
+                "--web.enable-remote-write-receiver",
+            ],
+            f"http://{host}:{ports.longterm}/-/ready",
+            logs / "longterm.log",
+        ),
+        Service(
             "prometheus",
             [
                 find_binary("prometheus"),
@@ -262,21 +279,6 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             ],
             f"http://{host}:{ports.prometheus}/-/ready",
             logs / "prometheus.log",
-        ),
-        Service(
-            # Receives only the downsampled series, by remote_write from the raw tier.
-            "longterm",
-            [
-                find_binary("prometheus"),
-                f"--config.file={paths['longterm']}",
-                f"--storage.tsdb.path={state / 'longterm' / 'data'}",
-                f"--storage.tsdb.retention.time={config.longterm_retention}",
-                f"--web.listen-address={host}:{ports.longterm}",
-                "--web.enable-lifecycle",
-                "--web.enable-remote-write-receiver",
-            ],
-            f"http://{host}:{ports.longterm}/-/ready",
-            logs / "longterm.log",
         ),
         Service(
             "alertmanager",

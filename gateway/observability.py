@@ -135,7 +135,8 @@ class HostInfoCollector:
         yield info
         # For the "Agent Silent" rule: time() - this > 120 means a pushing agent went quiet.
         seen = GaugeMetricFamily(
-            "fleet_host_last_seen_timestamp_seconds", "When the host's agent last pushed or beat, Unix time.",
+            "fleet_host_last_seen_timestamp_seconds",
+            "When the host's agent last pushed or beat, Unix time.",
             labels=["host_id"],
         )
         for host_id, last_seen in db.session.execute(

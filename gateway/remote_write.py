@@ -20,6 +20,7 @@ import cramjam
 import urllib3
 
 _DOUBLE = struct.Struct("<d")
+REFUSED_FOR_GOOD = ("too old sample", "out of bounds", "out of order sample", "duplicate sample for timestamp")
 
 
 class WriteFailed(Exception):
@@ -49,13 +50,19 @@ def encode_labels(labels: list[tuple[str, str]]) -> bytes:
     return b"".join(_field(0x0A, _field(0x0A, k.encode()) + _field(0x12, v.encode())) for k, v in labels)
 
 
+_TS_TAIL: dict[int, bytes] = {}
+
+
 def encode_sample(value: float, ts_ms: int) -> bytes:
     """One ``samples`` field of a TimeSeries."""
-    if ts_ms > 0:
-        body = b"\x09" + _DOUBLE.pack(value) + b"\x10" + varint(ts_ms)
-    else:  # negative int64 varints take 10 bytes; the gateway never sends them
-        body = b"\x09" + _DOUBLE.pack(value)
-    return b"\x12" + bytes((len(body),)) + body
+    # A request's points share few timestamps: each one's varint is made once.
+    tail = _TS_TAIL.get(ts_ms)
+    if tail is None:
+        if len(_TS_TAIL) > 100_000:
+            _TS_TAIL.clear()
+        # ts 0 is the field's default and left out; negative ones would take 10 bytes: never sent.
+        tail = _TS_TAIL[ts_ms] = b"\x10" + varint(ts_ms) if ts_ms > 0 else b""
+    return b"\x12" + bytes((9 + len(tail),)) + b"\x09" + _DOUBLE.pack(value) + tail
 
 
 def encode_series(labels: bytes, samples: list[bytes]) -> bytes:
@@ -95,4 +102,7 @@ class RemoteWriter:
         if r.status < 300:
             return
         reason = r.data.decode(errors="replace").strip()[:300]
-        raise WriteFailed(reason or f"HTTP {r.status}", retry=r.status >= 500 or r.status == 429, status=r.status)
+        # Prometheus 2.x answers 500 for some samples it will never take ("too old sample"):
+        # retrying those would jam an agent's queue forever.
+        retry = (r.status >= 500 or r.status == 429) and not any(m in reason for m in REFUSED_FOR_GOOD)
+        raise WriteFailed(reason or f"HTTP {r.status}", retry=retry, status=r.status)

@@ -1,0 +1,213 @@
+"""Push ingest through the gateway beside remote-write straight into Prometheus, in one run.
+
+Starts a fresh Prometheus (remote-write receiver, 1 h out-of-order window)
+and the gateway (gunicorn), then for D seconds each:
+
+1. direct: pre-encoded remote-write requests of 1,000 samples into Prometheus;
+2. gateway, agent batches: JSON requests of 100 points, many hosts;
+3. gateway, large batches: JSON requests of 10,000 points (an agent's replay);
+4. the agent itself (`fleetwatch-exporter --push`, default collectors, 5 s) for its CPU and RSS.
+
+Clients send ready-made bodies from several threads, so the figures are the
+servers', with the client's own CPU on the same machine counted against them.
+
+    .venv/bin/python bench/ingest.py [--duration 10] [--workers 2] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import requests
+import urllib3
+
+from fleetwatch.stack import free_port, wait_http
+from gateway.remote_write import encode_labels, encode_sample, encode_series
+
+ADMIN = ("bench@example.com", "bench-password-123")
+PROM_CONFIG = "global: {scrape_interval: 1m}\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n"
+
+
+def start_prometheus(state: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    (state / "prometheus.yml").write_text(PROM_CONFIG)
+    proc = subprocess.Popen(
+        [
+            shutil.which("prometheus"),
+            f"--config.file={state / 'prometheus.yml'}",
+            f"--storage.tsdb.path={state / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-remote-write-receiver",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready", proc)
+    return proc, url
+
+
+def start_gateway(state: Path, prom_url: str, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLEETWATCH_STATE_DIR": str(state / "gateway"),
+        "FLEETWATCH_PROMETHEUS_URL": prom_url,
+        "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+        "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+        "FLEETWATCH_BCRYPT_ROUNDS": "4",
+        "FLEETWATCH_LOG_LEVEL": "WARNING",
+    }
+    argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        [*argv, f"--workers={workers}", f"--threads={threads}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc)
+    return proc, url
+
+
+def hammer(url: str, bodies: list[bytes], points_each: int, headers: dict, clients: int, duration: float) -> float:
+    """Post ``bodies`` in order from ``clients`` threads for ``duration`` s; points stored per second."""
+    http = urllib3.PoolManager(maxsize=clients, retries=False, timeout=30)
+    lock, sent, failed = threading.Lock(), [0], [0]
+    cursor = iter(range(len(bodies)))
+    deadline = time.monotonic() + duration
+
+    def run():
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            r = http.request("POST", url, body=bodies[i], headers=headers)
+            with lock:
+                if r.status < 300:
+                    sent[0] += points_each
+                else:
+                    failed[0] += 1
+                    if failed[0] == 1:
+                        print(f"  {r.status}: {r.data[:200]!r}", file=sys.stderr)
+
+    start = time.monotonic()
+    workers = [threading.Thread(target=run) for _ in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sent[0] / (time.monotonic() - start)
+
+
+def direct_bodies(count: int, base_ms: int) -> list[bytes]:
+    """Remote-write requests of 1,000 samples: 1,000 series, a new timestamp (10 ms on) per request."""
+    labels = [
+        encode_labels([("__name__", "fleet:cpu_core"), ("core", str(c)), ("host_id", "direct")]) for c in range(1000)
+    ]
+    import cramjam
+
+    return [
+        bytes(
+            cramjam.snappy.compress_raw(
+                b"".join(encode_series(lab, [encode_sample(50.0, base_ms + i * 10)]) for lab in labels)
+            )
+        )
+        for i in range(count)
+    ]
+
+
+def json_bodies(count: int, series: int, per_series: int, base_s: float, hosts: int) -> list[bytes]:
+    """Ingest bodies of ``series × per_series`` points; request i goes to host i % hosts."""
+    bodies = []
+    for i in range(count):
+        host, step = i % hosts, (i // hosts) * per_series
+        stamps = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base_s + step + k)) for k in range(per_series)]
+        points = [{"metric": f"cpu.core.{c}", "ts": ts, "value": 42.5} for ts in stamps for c in range(series)]
+        bodies.append(orjson.dumps({"host_id": f"bench-{host:04d}", "metrics": points}))
+    return bodies
+
+
+def api_key(url: str) -> str:
+    s = requests.Session()
+    token = s.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
+    r = s.post(f"{url}/api/v1/api-keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"})
+    return r.json()["key"]
+
+
+def agent_usage(gateway: str, key: str, state: Path, seconds: float) -> tuple[float, float]:
+    """CPU % of one core and peak RSS (MB) of the agent with its default collectors over ``seconds``."""
+    argv = [sys.executable, "-m", "exporter.cli", "--push", gateway, "--api-key", key, "--interval", "5s"]
+    proc = subprocess.Popen([*argv, "--buffer", str(state / "agent.db")], stderr=subprocess.DEVNULL)
+    ps = psutil.Process(proc.pid)
+    time.sleep(3)  # imports and the first sample are start-up, not steady state
+    before, start, rss = ps.cpu_times(), time.monotonic(), 0
+    while time.monotonic() - start < seconds:
+        rss = max(rss, ps.memory_info().rss)
+        time.sleep(0.5)
+    after = ps.cpu_times()
+    cpu = (after.user + after.system - before.user - before.system) / (time.monotonic() - start)
+    proc.terminate()
+    proc.wait(10)
+    return 100 * cpu, rss / 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker")
+    p.add_argument("--clients", type=int, default=8, help="client threads")
+    p.add_argument("--agent-seconds", type=float, default=30.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        state = Path(tmp)
+        prom, prom_url = start_prometheus(state)
+        gateway, gw_url = start_gateway(state, prom_url, args.workers, args.threads)
+        try:
+            now = time.time()
+            print("preparing request bodies ...", file=sys.stderr)
+            direct = direct_bodies(int(args.duration * 1200), int((now - 3300) * 1000))
+            rw_headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+            direct_rate = hammer(f"{prom_url}/api/v1/write", direct, 1000, rw_headers, args.clients, args.duration)
+            del direct
+            key = api_key(gw_url)
+            headers = {"X-API-Key": key, "Content-Type": "application/json"}
+            small = json_bodies(int(args.duration * 2500), 100, 1, time.time() - 3000, 500)
+            small_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", small, 100, headers, args.clients, args.duration)
+            del small
+            large = json_bodies(int(args.duration * 50), 100, 100, time.time() - 2400, 20)
+            large_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", large, 10_000, headers, args.clients, args.duration)
+            del large
+            cpu, rss = agent_usage(gw_url, key, state, args.agent_seconds)
+        finally:
+            for proc in (gateway, prom):
+                proc.terminate()
+                proc.wait(20)
+    per_min = 60 / 1e6
+    print(f"cores: {os.cpu_count()}, gateway: {args.workers} workers x {args.threads} threads, clients: {args.clients}")
+    print(f"direct remote-write, 1,000 samples/request : {direct_rate * per_min:6.1f} M points/min")
+    print(f"gateway JSON, 100 points/request         : {small_rate * per_min:6.1f} M points/min")
+    print(f"gateway JSON, 10,000 points/request      : {large_rate * per_min:6.1f} M points/min")
+    print(
+        f"ratio gateway/direct                     : {small_rate / direct_rate:.2f} (100 points), "
+        f"{large_rate / direct_rate:.2f} (10,000)"
+    )
+    print(f"agent, default collectors every 5 s      : {cpu:.2f} % CPU, {rss:.1f} MB RSS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

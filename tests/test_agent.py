@@ -1,0 +1,168 @@
+"""The push agent against a real gateway (gunicorn) and Prometheus, through outages of each (AC-BE-008)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from exporter.agent import AgentConfig, load_yaml, parse_duration
+from exporter.catalog_points import Translator
+from exporter.host import HostCollector
+from exporter.push_buffer import PushBuffer
+from rules_compiler.catalog import resolve
+from tests.conftest import ADMIN, PromClient, free_port, wait_http
+from tests.test_ingest import Prometheus
+
+
+class Gateway:
+    """``fleetwatch-gateway serve`` on a fixed port and state directory, so a restart is the same gateway."""
+
+    def __init__(self, state, prometheus_url: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "FLEETWATCH_STATE_DIR": str(state),
+            "FLEETWATCH_PROMETHEUS_URL": prometheus_url,
+            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+            "FLEETWATCH_BCRYPT_ROUNDS": "4",
+        }
+        self.log = state / "gateway.log"
+
+    def start(self) -> Gateway:
+        argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{self.port}", "--workers=1"]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        wait_http(f"{self.url}/health", self.proc)
+        return self
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+
+
+@pytest.fixture
+def world(tmp_path):
+    (tmp_path / "prom").mkdir()
+    prom = Prometheus(tmp_path / "prom").start()
+    gateway = Gateway(tmp_path, prom.url).start()
+    yield prom, gateway
+    for part in (gateway, prom):
+        if part.proc.poll() is None:
+            part.stop()
+
+
+def api_key(url: str) -> str:
+    token = requests.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return requests.post(f"{url}/api/v1/api-keys", json={"name": "agents"}, headers=headers, timeout=10).json()["key"]
+
+
+def stored_ms(prom: PromClient, promql: str) -> list[int]:
+    return [round(float(t) * 1000) for s in prom.query(promql) for t, _ in s["values"]]
+
+
+def test_no_point_is_lost_or_doubled_across_gateway_and_prometheus_outages(world, tmp_path):
+    prom, gateway = world
+    log = tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "--push", gateway.url, "--api-key", api_key(gateway.url),
+         "--interval", "1s", "--host-id", "h-agent", "--buffer", str(tmp_path / "buffer.db"),
+         "--no-gpu", "--no-processes", "--log-level", "debug"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    client = PromClient(prom.url)
+    try:
+        client.wait_for('fleet:mem_used_pct{host_id="h-agent"}', 20)
+        gateway.stop()
+        time.sleep(4)
+        gateway.start()
+        time.sleep(2)
+        prom.stop()
+        time.sleep(4)
+        prom.start()
+        time.sleep(1)
+        # The agent sends its backlog; then everything it sampled up to a moment ago is stored.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sampled = [_ms(m) for m in re.findall(r"sampled \d+ points at (\S+)", log.read_text())]
+            if set(sampled[:-2]) <= set(stored_ms(client, 'fleet:mem_used_pct{host_id="h-agent"}[5m]')):
+                break
+            time.sleep(0.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(20)
+    assert agent.returncode == 0, log.read_text()[-2000:]
+    sampled = [_ms(m) for m in re.findall(r"sampled \d+ points at (\S+)", log.read_text())]
+    assert len(sampled) >= 14
+    stored = stored_ms(client, 'fleet:mem_used_pct{host_id="h-agent"}[5m]')
+    # Every point of every sample but the last two (maybe still queued at the stop) is there,
+    # at the time it was sampled, once.
+    assert sorted(set(stored)) == stored
+    assert set(sampled[:-2]) <= set(stored)
+    assert set(stored) <= set(sampled)
+    assert "gateway answered 503" in log.read_text()  # Prometheus's outage reached the agent as 503s
+    cpu = client.query('count_over_time(fleet:cpu_utilization{host_id="h-agent"}[5m])')
+    assert int(cpu[0]["value"][1]) >= len(sampled) - 3  # rates need a previous sample: all but the first
+    token = requests.post(
+        f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10
+    )
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    host = requests.get(f"{gateway.url}/api/v1/hosts/h-agent", headers=headers, timeout=10).json()["host"]
+    # Discovered by its first push, kept alive by heartbeats; nothing to scrape.
+    assert host["exporter"] == "push" and host["last_seen_at"]
+    assert not any("agent" in r for r in host["status_reasons"]), host["status_reasons"]
+
+
+def _ms(text: str) -> int:
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def test_buffer_keeps_order_and_drops_the_oldest_when_full(tmp_path, caplog):
+    buffer = PushBuffer(tmp_path / "b.db", max_points=1000)
+    with caplog.at_level(logging.WARNING):
+        for start in range(0, 1200, 100):
+            buffer.append([f'{{"n": {i}}}' for i in range(start, start + 100)])
+    assert len(buffer) == 1000 and buffer.dropped == 200
+    assert sum("buffer full" in r.message for r in caplog.records) == 1
+    last, points = buffer.oldest(100)
+    assert points[0] == '{"n": 200}' and points[-1] == '{"n": 299}'
+    buffer.remove_through(last)
+    buffer.close()
+    reopened = PushBuffer(tmp_path / "b.db", max_points=1000)  # durable: a restarted agent resumes
+    assert len(reopened) == 900 and reopened.oldest(1)[1] == ['{"n": 300}']
+
+
+def test_translated_points_use_catalog_names_only():
+    translator, collector = Translator(), HostCollector()
+    translator.points(collector.collect(), time.time())
+    time.sleep(0.2)
+    points = translator.points(collector.collect(), time.time())
+    names = {name for name, _, _ in points}
+    assert {"cpu.utilization", "mem.used_pct", "cpu.load1", "disk.used_pct", "net.rx_mbps"} <= names
+    for name, _, labels in points:
+        entry, implied = resolve(name)
+        assert set(labels) | set(implied) <= set(entry.labels), (name, labels)
+    cpu = next(v for n, v, _ in points if n == "cpu.utilization")
+    assert 0 <= cpu <= 100
+
+
+def test_config_from_yaml_and_durations(tmp_path):
+    path = tmp_path / "agent.yml"
+    path.write_text("push: https://gw.example\napi-key: fwk_x\nhost_id: h1\ninterval: 10s\nca_file: /etc/ca.pem\n")
+    config = AgentConfig(**load_yaml(str(path)))
+    assert (config.interval_s, config.ca_file, config.batch, config.heartbeat_s) == (10.0, "/etc/ca.pem", 100, 30.0)
+    assert parse_duration("500ms") == 0.5 and parse_duration("1m") == 60
+    path.write_text("push: x\nverify: false\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_yaml(str(path))

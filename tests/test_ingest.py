@@ -1,0 +1,292 @@
+"""Push ingest (§8.7) into a real Prometheus: per-point validation, dedup, backpressure, heartbeats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.db import Host, db
+from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
+from tests.conftest import ADMIN, PromClient, bearer, free_port, login, make_app, wait_http
+
+PROM_CONFIG = """\
+global: {scrape_interval: 1m}
+storage:
+  tsdb:
+    out_of_order_time_window: 1h
+"""
+
+
+class Prometheus:
+    """A real Prometheus that takes remote-write, in ``data_dir``; stop() and start() keep its data."""
+
+    def __init__(self, data_dir, port: int | None = None):
+        self.dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        (data_dir / "prometheus.yml").write_text(PROM_CONFIG)
+
+    def start(self) -> Prometheus:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("prometheus"),
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-remote-write-receiver",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "prometheus.log", "ab"),  # noqa: SIM115 - the child holds it
+        )
+        wait_http(f"{self.url}/-/ready", self.proc)
+        return self
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    p = Prometheus(tmp_path_factory.mktemp("prom-ingest")).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def ingest_app(prometheus, tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("gw-ingest"), prometheus.url)
+
+
+@pytest.fixture(scope="module")
+def api_key(ingest_app):
+    client = ingest_app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post("/api/v1/api-keys", json={"name": "agents"}, headers=admin)
+    assert r.status_code == 201, r.get_json()
+    return {"X-API-Key": r.get_json()["key"]}
+
+
+def values(prom: PromClient, promql: str) -> list[tuple[float, float]]:
+    result = prom.query(promql)
+    return [(float(t), float(v)) for s in result for t, v in s["values"]]
+
+
+def test_mixed_batch_stores_valid_points_and_says_why_others_failed(ingest_app, api_key, prometheus):
+    now = datetime.now(UTC).replace(microsecond=0)
+    good = {"metric": "cpu.utilization", "ts": rfc3339(now - timedelta(seconds=30)), "value": 85.2}
+    points = [
+        good,
+        {"metric": "cpu.utilization", "ts": rfc3339(now + timedelta(minutes=10)), "value": 1},
+        {"metric": "cpu.utilization", "ts": rfc3339(now - timedelta(hours=2)), "value": 1},
+        {"metric": "cpu.utilisation", "ts": rfc3339(now), "value": 1},
+        {"metric": "mem.used_pct", "ts": rfc3339(now), "value": "72.1"},
+        {"metric": "mem.used_pct", "ts": 1700000000, "value": 72.1},
+        {"metric": "mem.used_pct", "ts": rfc3339(now), "value": True},
+        {"metric": "disk.used_pct", "ts": rfc3339(now), "value": 50, "labels": {"mountpoint": "x" * 500}},
+        {"metric": "disk.used_pct", "ts": rfc3339(now), "value": 50, "labels": {"bad-name": "/"}},
+        {"metric": "disk.used_pct", "ts": rfc3339(now), "value": 50, "labels": {"host_id": "other"}},
+        ["not", "an", "object"],
+        {"metric": "disk.used_pct", "ts": rfc3339(now), "value": 61.5, "labels": {"mountpoint": '/da"ta\\'}},
+        {"metric": "cpu.core.3", "ts": rfc3339(now), "value": 12.5},
+    ]
+    # NaN is not JSON, but clients write it: that point alone is refused.
+    body = json.dumps(
+        {
+            "host_id": "h-mixed",
+            "metrics": [*points, {"metric": "mem.used_pct", "ts": rfc3339(now), "value": float("nan")}],
+        }
+    )
+    r = ingest_app.test_client().post(
+        "/api/v1/ingest/metrics", data=body, headers={**api_key, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 200, r.get_json()
+    answer = r.get_json()
+    assert (answer["accepted"], answer["rejected"]) == (3, 11)
+    reasons = {e["index"]: e["reason"] for e in answer["errors"]}
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13]
+    assert "future" in reasons[1] and "older" in reasons[2] and "unknown" in reasons[3]
+    assert "number" in reasons[4] and "RFC 3339" in reasons[5] and "number" in reasons[6]
+    assert "128" in reasons[7] and "bad-name" in reasons[8] and "host_id" in reasons[9]
+    assert "object" in reasons[10] and "finite" in reasons[13]
+
+    prom = PromClient(prometheus.url)
+    assert values(prom, 'fleet:cpu_utilization{host_id="h-mixed"}[5m]') == [(now.timestamp() - 30, 85.2)]
+    disk = prom.query('fleet:disk_used_pct{host_id="h-mixed"}[5m]')
+    assert [s["metric"]["mountpoint"] for s in disk] == ['/da"ta\\']
+    assert [s["metric"]["core"] for s in prom.query('fleet:cpu_core{host_id="h-mixed"}[5m]')] == ["3"]
+
+
+def test_resending_a_batch_stores_each_point_once(ingest_app, api_key, prometheus):
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    # Out of order on purpose: a replayed buffer lands behind points already stored.
+    batch = [
+        {"metric": "mem.used_pct", "ts": rfc3339(start + timedelta(seconds=5 * i)), "value": i} for i in range(100)
+    ]
+    client = ingest_app.test_client()
+    newest = {"metric": "mem.used_pct", "ts": rfc3339(datetime.now(UTC)), "value": 1}
+    assert (
+        client.post(
+            "/api/v1/ingest/metrics", json={"host_id": "h-dup", "metrics": [newest]}, headers=api_key
+        ).status_code
+        == 200
+    )
+    for _ in range(3):
+        r = client.post(
+            "/api/v1/ingest/metrics", json={"host_id": "h-dup", "metrics": batch + batch[:10]}, headers=api_key
+        )
+        assert r.status_code == 200, r.get_json()
+        assert r.get_json() == {"accepted": 110, "rejected": 0, "errors": []}
+    stored = values(PromClient(prometheus.url), 'fleet:mem_used_pct{host_id="h-dup"}[30m]')
+    assert stored[:100] == [((start + timedelta(seconds=5 * i)).timestamp(), i) for i in range(100)]
+    assert len(stored) == 101
+
+
+def test_bad_requests_answer_in_the_error_shape_and_store_nothing(ingest_app, api_key, prometheus):
+    client = ingest_app.test_client()
+    json_headers = {**api_key, "Content-Type": "application/json"}
+    r = client.post("/api/v1/ingest/metrics", data='{"host_id": "h-bad", "metrics": [', headers=json_headers)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "VALIDATION_ERROR"
+    assert "malformed JSON" in r.get_json()["error"]["message"]
+    r = client.post("/api/v1/ingest/metrics", json={"host_id": "h-bad", "metrics": []})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "UNAUTHORIZED"
+    r = client.post("/api/v1/ingest/metrics", json={"host_id": "../etc", "metrics": []}, headers=api_key)
+    assert r.status_code == 400 and "host_id" in r.get_json()["error"]["message"]
+    only_bad = [{"metric": "nope", "ts": "2025-01-01T00:00:00Z", "value": 1}]
+    r = client.post("/api/v1/ingest/metrics", json={"host_id": "h-bad", "metrics": only_bad}, headers=api_key)
+    assert r.status_code == 400 and r.get_json()["error"]["details"]["rejected"] == 1
+    huge = b'{"host_id": "h-bad", "metrics": [' + b" " * (5 * 1024 * 1024) + b"]}"
+    r = client.post("/api/v1/ingest/metrics", data=huge, headers=json_headers)
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert PromClient(prometheus.url).query('{host_id="h-bad"}') == []
+
+
+def test_label_budget_per_host(prometheus, tmp_path, api_key):
+    app = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=3, db_name="budget")
+    client = app.test_client()
+    key = client.post(
+        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+    ).get_json()["key"]
+    now = rfc3339(datetime.now(UTC))
+    points = [{"metric": "disk.used_pct", "ts": now, "value": 1, "labels": {"mountpoint": f"/m{i}"}} for i in range(5)]
+    answer = client.post(
+        "/api/v1/ingest/metrics", json={"host_id": "h-budget", "metrics": points}, headers={"X-API-Key": key}
+    ).get_json()
+    assert (answer["accepted"], answer["rejected"]) == (3, 2)
+    assert all("label budget" in e["reason"] for e in answer["errors"])
+
+
+def test_store_down_or_full_is_503_with_retry_after(tmp_path):
+    dead = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", db_name="dead")
+    client = dead.test_client()
+    key = client.post(
+        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+    ).get_json()["key"]
+    point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC)), "value": 1}
+    r = client.post("/api/v1/ingest/metrics", json={"host_id": "h-503", "metrics": [point]}, headers={"X-API-Key": key})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.get_json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+
+    dead.config["INGEST_MAX_INFLIGHT_POINTS"] = 1
+    r = client.post(
+        "/api/v1/ingest/metrics",
+        json={"host_id": "h-503", "metrics": [point, {**point, "metric": "cpu.load5"}]},
+        headers={"X-API-Key": key},
+    )
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    metrics = client.get("/metrics").text
+    assert 'ingest_datapoints_total{result="refused"} 2.0' in metrics
+    assert 'ingest_errors_total{reason="store_unavailable"} 1.0' in metrics
+
+
+def test_first_push_discovers_the_host_and_silence_turns_it_crit(ingest_app, api_key):
+    client = ingest_app.test_client()
+    r = client.post(
+        "/api/v1/ingest/heartbeat",
+        json={"host_id": "h-beat", "hostname": "gpu-17", "agent_version": "9.9"},
+        headers=api_key,
+    )
+    assert r.status_code == 200, r.get_json()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    host = client.get("/api/v1/hosts/h-beat?range=15m", headers=admin).get_json()["host"]
+    assert (host["hostname"], host["agent_version"], host["exporter"]) == ("gpu-17", "9.9", "push")
+    assert host["status"] == "ok", host["status_reasons"]
+    assert 'fleet_host_last_seen_timestamp_seconds{host_id="h-beat"}' in client.get("/metrics").text
+
+    with ingest_app.app_context():
+        row = db.session.execute(db.select(Host).filter_by(id="h-beat")).scalar_one()
+        row.last_seen_at = datetime.now(UTC) - timedelta(minutes=3)
+        db.session.commit()
+    host = client.get("/api/v1/hosts/h-beat?range=15m", headers=admin).get_json()["host"]
+    assert host["status"] == "crit" and "crit: agent silent for 2m" in host["status_reasons"]
+    # A pushing host is no scrape target: Prometheus must not try to reach it.
+    client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin)
+    targets = json.loads((Path(ingest_app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
+    assert all(t["labels"]["host_id"] != "h-beat" for t in targets)
+
+
+def test_point_the_store_refuses_is_reported_and_its_neighbours_stored(ingest_app, api_key, prometheus):
+    client = ingest_app.test_client()
+    ts = rfc3339(datetime.now(UTC))
+    first = {"metric": "cpu.load1", "ts": ts, "value": 1.0}
+    assert (
+        client.post(
+            "/api/v1/ingest/metrics", json={"host_id": "h-clash", "metrics": [first]}, headers=api_key
+        ).status_code
+        == 200
+    )
+    # Prometheus refuses a second value at the newest timestamp of a series, and with it the whole request.
+    batch = [
+        {"metric": "cpu.load5", "ts": ts, "value": 5.0},
+        {**first, "value": 2.0},
+        {"metric": "cpu.load15", "ts": ts, "value": 15.0},
+    ]
+    answer = client.post(
+        "/api/v1/ingest/metrics", json={"host_id": "h-clash", "metrics": batch}, headers=api_key
+    ).get_json()
+    assert (answer["accepted"], answer["rejected"]) == (2, 1)
+    assert answer["errors"][0]["index"] == 1 and "refused by the store" in answer["errors"][0]["reason"]
+    prom = PromClient(prometheus.url)
+    stored = {s["metric"]["__name__"]: float(s["value"][1]) for s in prom.query('{host_id="h-clash"}')}
+    assert stored == {"fleet:cpu_load1": 1.0, "fleet:cpu_load5": 5.0, "fleet:cpu_load15": 15.0}
+
+
+def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
+    """Prometheus 2.x answers 500 "too old sample": a 503 would make agents resend it forever."""
+    (tmp_path / "prom").mkdir()
+    prom = Prometheus(tmp_path / "prom").start()
+    try:
+        # A sample 2 h ahead moves Prometheus's head, so 10 min ago is now outside its 1 h window.
+        ahead = int((time.time() + 7200) * 1000)
+        RemoteWriter(f"{prom.url}/api/v1/write").write(
+            [
+                encode_series(
+                    encode_labels([("__name__", "fleet:cpu_load1"), ("host_id", "h-ahead")]), [encode_sample(1, ahead)]
+                )
+            ]
+        )
+        app = make_app(tmp_path, prom.url, db_name="old")
+        client = app.test_client()
+        key = client.post(
+            "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+        ).get_json()["key"]
+        point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC) - timedelta(minutes=10)), "value": 1}
+        r = client.post(
+            "/api/v1/ingest/metrics", json={"host_id": "h-old", "metrics": [point]}, headers={"X-API-Key": key}
+        )
+        assert r.status_code == 400, r.get_json()
+        assert "too old" in r.get_json()["error"]["details"]["errors"][0]["reason"]
+    finally:
+        prom.stop()
