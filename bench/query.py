@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import requests
-import urllib3
 
 from fleetwatch.stack import free_port, wait_http
 from rules_compiler.recording import HOST_SUMMARY, JUDGED
@@ -113,22 +112,19 @@ def load(url: str, headers: dict, clients: int, duration_s: float, hosts: int) -
     stop = time.monotonic() + duration_s
 
     def client(n: int) -> None:
-        # urllib3's connection pool, not requests: the load generator shares the
-        # machine's two cores with gateway and Prometheus, and requests' per-call
-        # machinery would take a good part of them.
-        pool = urllib3.connection_from_url(url, maxsize=1, timeout=30.0, retries=False, headers=headers)
+        s = requests.Session()
         i = n
         while time.monotonic() < stop:
             if i % 2:
-                target = f"/api/v1/metrics/query?host_id={host_id(i % hosts)}&metric=cpu.utilization&range=1h"
+                target = f"{url}/api/v1/metrics/query?host_id={host_id(i % hosts)}&metric=cpu.utilization&range=1h"
             else:
-                target = f"/api/v1/hosts?limit=50&offset={(i * 50) % hosts}"
+                target = f"{url}/api/v1/hosts?limit=50&offset={(i * 50) % hosts}"
             t0 = time.perf_counter()
             try:
-                r = pool.request("GET", target)
-                ok = r.status == 200
-                why = f"{r.status}"
-            except urllib3.exceptions.HTTPError as exc:
+                r = s.get(target, headers=headers, timeout=30)
+                ok = r.status_code == 200
+                why = f"{r.status_code}"
+            except requests.RequestException as exc:
                 ok, why = False, type(exc).__name__
             with lock:
                 latencies.append((time.perf_counter() - t0) * 1000)
