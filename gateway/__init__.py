@@ -18,6 +18,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.db import User, db
     from gateway.errors import Api
     from gateway.promql import Prometheus
+    from gateway.ratelimit import counters_for
     from gateway.series import Tiers
     from rules_compiler.deploy import AlertDeployer
 
@@ -86,6 +87,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["prometheus"] = Prometheus(
         app.config["PROMETHEUS_URL"], app.config["PROMETHEUS_TIMEOUT_S"], app.config["QUERY_CACHE_TTL_S"]
     )
+    app.extensions["rate_counters"] = counters_for(app)
     app.extensions["alertmanager"] = alerts.Alertmanager(app.config["ALERTMANAGER_URL"])
     app.extensions["alert_deployer"] = AlertDeployer(
         rules_path=Path(app.config["STATE_DIR"]) / "rules" / "fleet-alerts.yml",

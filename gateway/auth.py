@@ -22,7 +22,8 @@ from flask.views import MethodView
 from sqlalchemy import text
 
 from gateway.db import ApiKey, AuditEvent, LoginSession, User, db, secret, utcnow
-from gateway.errors import ApiError, Blueprint, Forbidden, Unauthorized
+from gateway.errors import Blueprint, Forbidden, Unauthorized
+from gateway.ratelimit import count_request
 from gateway.schemas import utc_text
 
 log = logging.getLogger(__name__)
@@ -109,37 +110,6 @@ def authorize() -> None:
         kind = "write" if request.method in WRITES else "read"
         limit = current_app.config[f"RATE_LIMIT_{kind.upper()}S_PER_MIN"]
         count_request(f"{principal.id}:{kind}", limit)
-
-
-def count_request(key: str, limit: int, window_s: float = 60.0) -> None:
-    """Count one request against ``key``; 429 past ``limit`` in the window that began with the first one.
-
-    The counter is a single atomic upsert in the shared DB, so the limit holds
-    across every gateway worker and replica.
-    """
-    now = time.time()
-    row = db.session.execute(
-        text(
-            "INSERT INTO rate_counters (key, window_start, count) VALUES (:k, :now, 1) "
-            "ON CONFLICT (key) DO UPDATE SET "
-            "count = CASE WHEN :now - rate_counters.window_start >= :w THEN 1 ELSE rate_counters.count + 1 END, "
-            "window_start = CASE WHEN :now - rate_counters.window_start >= :w "
-            "THEN :now ELSE rate_counters.window_start END "
-            "RETURNING count, window_start"
-        ),
-        {"k": key, "now": now, "w": window_s},
-    ).one()
-    db.session.commit()
-    count, started = row
-    g.rate_limit_remaining = max(0, limit - count)
-    if count > limit:
-        retry = max(1, int(started + window_s - now + 0.999))
-        raise ApiError(
-            f"rate limit of {limit} requests a minute exceeded; retry in {retry} s",
-            {"limit": limit, "retry_after_s": retry},
-            status=429,
-            headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
-        )
 
 
 def _token_principal() -> Principal:

@@ -16,6 +16,7 @@ from pathlib import Path
 import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
+from sqlalchemy import func
 
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
@@ -248,14 +249,23 @@ class Hosts(MethodView):
     def get(self, args):
         """List hosts with status and a summary of their main metrics; filter by tags (AND) and status."""
         # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
-        fleet = db.session.execute(db.select(*(getattr(Host, f) for f in HOST_FIELDS)).order_by(Host.pk)).all()
+        listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS)).order_by(Host.pk)
         wanted = parse_tag_filter(args.get("tags", ""))
-        hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
-        if "status" not in args:
-            total = len(hosts)
-            hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
+        if not wanted and "status" not in args:
+            # Only the page leaves the DB: decoding every host's JSON columns for a page
+            # of 50 took a quarter of the gateway's time under load.
+            fleet_size = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
+            hosts = db.session.execute(listed.limit(args["limit"]).offset(args["offset"])).all()
+            total = fleet_size
+        else:
+            fleet = db.session.execute(listed).all()
+            fleet_size = len(fleet)
+            hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
+            if "status" not in args:
+                total = len(hosts)
+                hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
         prom = current_app.extensions["prometheus"]
-        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == len(fleet))
+        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size)
         rows = [_with_state(h, state) for h in hosts]
         if "status" in args:
             rows = [r for r in rows if r["status"] == args["status"]]
