@@ -19,6 +19,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.errors import Api
     from gateway.promql import Prometheus
     from gateway.ratelimit import counters_for
+    from gateway.schema_migrations import migrate
     from gateway.series import Tiers
     from rules_compiler.deploy import AlertDeployer
 
@@ -115,7 +116,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.before_request(_require_json_body)
 
     with app.app_context():
-        db.create_all()
+        migrate(db.engine)
         request_metrics.watch_db(db.engine)
         _bootstrap_admin(app, db, User)
 
