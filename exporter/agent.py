@@ -146,6 +146,10 @@ class Agent:
     def _post(self, url: str, body: bytes) -> tuple[int | None, dict]:
         try:
             r = self._http.request("POST", url, body=body, headers=self._headers)
+        except urllib3.exceptions.SSLError as exc:
+            # Not an outage: the gateway's certificate is not trusted (--ca-file); say so every time.
+            log.warning("TLS to %s failed: %s", url, exc)
+            return None, {}
         except urllib3.exceptions.HTTPError as exc:
             log.debug("no answer from %s: %s", url, exc)
             return None, {}

@@ -34,6 +34,9 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", None)
+            if args.certfile:  # TLS (§12.1) without a proxy in front: agents verify this certificate
+                self.cfg.set("certfile", args.certfile)
+                self.cfg.set("keyfile", args.keyfile)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
 
         def load(self):
@@ -88,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--bind", default=os.environ.get("FLEETWATCH_BIND", "127.0.0.1:8080"))
         parser.add_argument("--workers", type=int, default=int(os.environ.get("FLEETWATCH_WORKERS", "2")))
         parser.add_argument("--threads", type=int, default=int(os.environ.get("FLEETWATCH_THREADS", "8")))
+        parser.add_argument("--certfile", default=os.environ.get("FLEETWATCH_CERTFILE"), help="serve HTTPS")
+        parser.add_argument("--keyfile", default=os.environ.get("FLEETWATCH_KEYFILE"))
     u = sub.add_parser("create-user", help="add a user (password from FLEETWATCH_NEW_USER_PASSWORD or a prompt)")
     u.add_argument("email")
     u.add_argument("--role", choices=["viewer", "admin"], default="viewer")
     args = p.parse_args(argv)
+    if bool(getattr(args, "certfile", None)) != bool(getattr(args, "keyfile", None)):
+        p.error("--certfile and --keyfile go together")
     return create_user(args) if args.command == "create-user" else serve(args)
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from exporter.agent import AgentConfig, load_yaml, parse_duration
+from exporter.agent import Agent, AgentConfig, load_yaml, parse_duration
 from exporter.catalog_points import Translator
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
@@ -166,3 +166,59 @@ def test_config_from_yaml_and_durations(tmp_path):
     path.write_text("push: x\nverify: false\n")
     with pytest.raises(ValueError, match="unknown settings"):
         load_yaml(str(path))
+
+
+def test_the_agent_pushes_over_tls_only_to_a_certificate_it_trusts(tmp_path, caplog):
+    """The gateway serving HTTPS itself; the agent with --ca-file gets through, without it nothing leaves."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (tmp_path / "prom").mkdir()
+    prom = Prometheus(tmp_path / "prom").start()
+    gateway = Gateway(tmp_path, prom.url)
+    gateway.env |= {"FLEETWATCH_CERTFILE": str(cert), "FLEETWATCH_KEYFILE": str(key)}
+    gateway.url = gateway.url.replace("http://", "https://")
+    argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{gateway.port}", "--workers=1"]
+    gateway.proc = subprocess.Popen(argv, env=gateway.env, stdout=open(gateway.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{gateway.url}/health", verify=str(cert), timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline and gateway.proc.poll() is None, gateway.log.read_text()[-2000:]
+                time.sleep(0.2)
+        token = requests.post(
+            f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, verify=str(cert)
+        ).json()["access_token"]
+        key_text = requests.post(
+            f"{gateway.url}/api/v1/api-keys",
+            json={"name": "tls"},
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(cert),
+        ).json()["key"]
+
+        def agent(ca_file, name):
+            config = AgentConfig(push=gateway.url, api_key=key_text, host_id="tls-host", ca_file=ca_file)
+            buffer = PushBuffer(str(tmp_path / f"{name}.db"), 10_000)
+            return Agent(config, HostCollector(), buffer), buffer
+
+        untrusting, kept = agent(None, "untrusting")  # the system's CAs: a self-signed gateway is refused
+        untrusting.sample_once(time.time())
+        with caplog.at_level(logging.WARNING, logger="exporter.agent"):
+            assert untrusting.send_once() is False
+        assert "certificate verify failed" in caplog.text
+        assert kept.oldest(10_000)[1], "the points stay buffered"
+
+        trusting, sent = agent(str(cert), "trusting")
+        trusting.sample_once(time.time())
+        assert trusting.send_once() is True
+        assert sent.oldest(10_000)[1] == []
+        PromClient(prom.url).wait_for('fleet:cpu_load1{host_id="tls-host"}', timeout_s=20)
+    finally:
+        gateway.stop()
+        prom.stop()
