@@ -127,7 +127,9 @@ class Agent:
             return True
         body = (self._prefix + ",".join(points) + "]}").encode()
         status, answer = self._post(self._metrics_url, body)
-        if status == 200 or (status == 400 and answer.get("error", {}).get("details", {}).get("rejected")):
+        error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        if status == 200 or (status == 400 and details.get("rejected")):
             if status == 400 or answer.get("rejected"):
                 log.warning("gateway refused %s points: %s", answer.get("rejected", "some"), str(answer)[:300])
             self._buffer.remove_through(last_id)
@@ -157,7 +159,10 @@ class Agent:
             answer = json.loads(r.data or b"{}")
         except ValueError:
             answer = {}
-        self._retry_after = float(r.headers.get("Retry-After", 0) or 0)
+        try:
+            self._retry_after = float(r.headers.get("Retry-After", 0) or 0)
+        except ValueError:  # an HTTP date from a proxy: the backoff decides instead
+            self._retry_after = 0.0
         return r.status, answer if isinstance(answer, dict) else {}
 
     def _sample_loop(self) -> None:
@@ -177,6 +182,14 @@ class Agent:
             self._stop.wait(max(0.0, tick - now))
 
     def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._send_until_stopped()
+            except Exception:  # an answer or a buffer error nobody foresaw: keep sending, after a pause
+                log.exception("send loop failed; going on in 5 s")
+                self._stop.wait(5.0)
+
+    def _send_until_stopped(self) -> None:
         backoff, next_beat = 0.0, 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_beat:

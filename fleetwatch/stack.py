@@ -315,12 +315,12 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 "FLEETWATCH_STATE_DIR": str(state),
                 "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
                 "FLEETWATCH_LONGTERM_URL": f"http://{host}:{ports.longterm}",
-                "FLEETWATCH_SCRAPE_INTERVAL": config.scrape_interval,
+                "FLEETWATCH_SCRAPE_INTERVAL": str(max(1, round(_seconds(config.scrape_interval)))),
                 "FLEETWATCH_RAW_RETENTION": config.raw_retention,
                 "FLEETWATCH_LONGTERM_RETENTION": config.longterm_retention,
                 "FLEETWATCH_ALERTMANAGER_URL": f"http://{host}:{ports.alertmanager}",
                 "FLEETWATCH_GATEWAY_URL": f"http://{host}:{ports.gateway}",
-                "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(int(_seconds(config.evaluation_interval))),
+                "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(_seconds(config.evaluation_interval)))),
                 "FLEETWATCH_PROMTOOL": find_binary("promtool"),
                 "FLEETWATCH_AMTOOL": find_binary("amtool"),
                 **config.gateway_env,
@@ -381,8 +381,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _seconds(duration: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for suffix in ("ms", "s", "m", "h"):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    for suffix in ("ms", "s", "m", "h", "d", "w"):
         if duration.endswith(suffix) and duration[: -len(suffix)].isdigit():
             return int(duration[: -len(suffix)]) * units[suffix]
     raise ValueError(f"not a duration: {duration!r}")

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then FLEETWATCH_* environment variables, then ``test_config``."""
     from gateway import alerts, auth, hosts, ingest, metrics, observability, processes, reports, users
-    from gateway.db import User, db
+    from gateway.db import User, db, secret
     from gateway.errors import Api
     from gateway.promql import Prometheus
     from gateway.ratelimit import counters_for
@@ -30,7 +30,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL") or f"sqlite:///{state_dir / 'gateway.db'}",
         PROMETHEUS_URL="http://127.0.0.1:9090",
         # The downsampled tier (rules_compiler/downsampling.py); empty: the raw tier answers every range.
-        LONGTERM_URL="http://127.0.0.1:9091",
+        LONGTERM_URL="",  # empty: the raw tier answers every range; `fleetwatch up` sets it
         SCRAPE_INTERVAL="5s",  # the raw tier's step
         RAW_RETENTION="7d",
         LONGTERM_RETENTION="90d",
@@ -119,6 +119,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         migrate(db.engine)
         request_metrics.watch_db(db.engine)
         _bootstrap_admin(app, db, User)
+        # Made now: made inside a rule write, secret() would commit that write's session early.
+        secret("alertmanager-webhook")
 
     return app
 

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.auth import AGENT, access
 from gateway.db import Host, add_with_id, db
-from gateway.errors import ApiError, Blueprint, Unavailable
+from gateway.errors import ApiError, Blueprint, Conflict, Unavailable
 from gateway.remote_write import RemoteWriter, WriteFailed, encode_labels, encode_sample, encode_series
 from rules_compiler.catalog import UnknownMetric, resolve
 
@@ -167,6 +167,10 @@ def check_points(host_id: str, points: list, budget: set, max_series: int, now_m
             value = point.get("value")
             if type(value) is not float and type(value) is not int:
                 raise ValueError("value: a number is required")
+            try:
+                value = float(value)  # an integer too big for a double is an OverflowError, not a 500
+            except OverflowError:
+                raise ValueError("value: out of range for a 64-bit float") from None
             if not math.isfinite(value):
                 raise ValueError("value: must be finite (no NaN or Infinity)")
             ts = point.get("ts")
@@ -256,8 +260,17 @@ def heartbeat(state: IngestState, body: dict, force: bool = False) -> None:
     now = time.monotonic()
     if not force and now - state.heartbeats.get(host_id, -math.inf) < _setting("HEARTBEAT_EVERY_S"):
         return
+    known = db.session.execute(db.select(Host.exporter).filter_by(id=host_id)).first()
+    if known is not None and known.exporter != PUSH:
+        # Its series come from the scrape: pushed ones would collide with them, and any
+        # agent key could otherwise rewrite a pulled host's liveness.
+        raise Conflict(f"host {host_id} is in the inventory as a scraped host, not pushed", {"host_id": host_id})
     state.heartbeats[host_id] = now
-    fields = {k: body[k] for k in ("agent_version", "has_gpu") if isinstance(body.get(k), str | bool)}
+    fields = {}
+    if isinstance(body.get("agent_version"), str):
+        fields["agent_version"] = body["agent_version"][:64]
+    if isinstance(body.get("has_gpu"), bool):
+        fields["has_gpu"] = body["has_gpu"]
     for _attempt in range(2):
         host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
         if host is None:

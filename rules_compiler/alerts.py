@@ -261,6 +261,8 @@ def parse_channel(text: str) -> Channel:
         slack_channel = "#" + slack_channel
     if kind == "email" and not _EMAIL.match(target):
         raise RuleInvalid("channels", f"{target!r} is not an email address", channel=text)
+    if slack_channel is not None and not re.fullmatch(r"#[A-Za-z0-9_.-]{1,80}", slack_channel):
+        raise RuleInvalid("channels", f"{slack_channel!r} is not a Slack channel name", channel=text)
     if kind in ("webhook", "slack") and not _URL.match(target):
         raise RuleInvalid("channels", f"{target!r} is not an http(s) URL", channel=text)
     return Channel(kind, target, slack_channel.removeprefix("#") if slack_channel else None)

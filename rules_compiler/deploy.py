@@ -95,8 +95,7 @@ class AlertDeployer:
         # matching Prometheus's rules/*.yml glob while it is unchecked.
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.staged")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o600)  # the Alertmanager config holds SMTP and webhook credentials
+        _write_private(tmp, text.encode())
         return tmp
 
     def _check(self, argv: list[str]) -> None:
@@ -147,10 +146,18 @@ class AlertDeployer:
                 target.unlink(missing_ok=True)
             else:
                 tmp = target.with_name(f".{target.name}.restore")
-                tmp.write_bytes(content)
+                _write_private(tmp, content)
                 os.replace(tmp, target)
         for url in (self.prometheus_url, self.alertmanager_url):
             try:
                 self._http.request("POST", f"{url.rstrip('/')}/-/reload")
             except urllib3.exceptions.HTTPError:
                 pass  # it is down: it reads the restored files when it starts
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file only its owner can read: the Alertmanager config holds SMTP and webhook secrets."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -290,3 +290,21 @@ def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
         assert "too old" in r.get_json()["error"]["details"]["errors"][0]["reason"]
     finally:
         prom.stop()
+
+
+def test_huge_numbers_are_refused_points_and_scraped_hosts_refuse_pushes(ingest_app, api_key):
+    now = rfc3339(datetime.now(UTC).replace(microsecond=0))
+    client = ingest_app.test_client()
+    huge = "1" + "0" * 400
+    body = f'{{"host_id": "h-huge", "metrics": [{{"metric": "mem.used_pct", "ts": "{now}", "value": {huge}}}]}}'
+    r = client.post("/api/v1/ingest/metrics", data=body, headers={**api_key, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.get_json()  # the request's only point, refused: not a 500
+    assert "out of range" in r.get_json()["error"]["details"]["errors"][0]["reason"]
+
+    admin = bearer(login(client, ADMIN)["access_token"])
+    pulled = client.post("/api/v1/hosts", json={"hostname": "pulled.example.com"}, headers=admin).get_json()["id"]
+    push = {"host_id": pulled, "metrics": [{"metric": "mem.used_pct", "ts": now, "value": 50}]}
+    r = client.post("/api/v1/ingest/metrics", json=push, headers=api_key)
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "CONFLICT"
+    r = client.post("/api/v1/ingest/heartbeat", json={"host_id": pulled, "has_gpu": "yes"}, headers=api_key)
+    assert r.status_code == 409
