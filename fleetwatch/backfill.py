@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from fleetwatch.stack import seconds
 from gateway.promql import Prometheus
 from rules_compiler.catalog import CATALOG, resolve
 from rules_compiler.downsampling import render_downsampling_rules
@@ -48,7 +49,7 @@ def write_openmetrics(prom: Prometheus, rules_text: str, start: float, end: floa
     """Evaluate every rule at its group's interval over [start, end] and write the samples; return their number."""
     samples = 0
     for group in yaml.safe_load(rules_text)["groups"]:
-        step = _seconds(group["interval"])
+        step = int(seconds(group["interval"]))
         for rule in group["rules"]:
             first = -(-start // step) * step  # whole multiples of the step: stable, comparable timestamps
             last = min(end, first_live_sample(prom, rule["record"], int(end - start) + 3600) or end)
@@ -90,10 +91,6 @@ def backfill(prom: Prometheus, metrics: list[str], start: float, end: float, int
                 shutil.copytree(block, tmp_block)
                 tmp_block.rename(target / block.name)
     return samples
-
-
-def _seconds(interval: str) -> int:
-    return int(interval[:-1]) * {"s": 1, "m": 60, "h": 3600}[interval[-1]]
 
 
 def _escape(value: str) -> str:

@@ -196,7 +196,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    interval_s = _seconds(config.scrape_interval)
+    interval_s = seconds(config.scrape_interval)
     values = {
         "state_dir": str(state),
         "ports": config.ports,
@@ -315,12 +315,12 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 "FLEETWATCH_STATE_DIR": str(state),
                 "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
                 "FLEETWATCH_LONGTERM_URL": f"http://{host}:{ports.longterm}",
-                "FLEETWATCH_SCRAPE_INTERVAL": str(max(1, round(_seconds(config.scrape_interval)))),
+                "FLEETWATCH_SCRAPE_INTERVAL": str(max(1, round(seconds(config.scrape_interval)))),
                 "FLEETWATCH_RAW_RETENTION": config.raw_retention,
                 "FLEETWATCH_LONGTERM_RETENTION": config.longterm_retention,
                 "FLEETWATCH_ALERTMANAGER_URL": f"http://{host}:{ports.alertmanager}",
                 "FLEETWATCH_GATEWAY_URL": f"http://{host}:{ports.gateway}",
-                "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(_seconds(config.evaluation_interval)))),
+                "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(seconds(config.evaluation_interval)))),
                 "FLEETWATCH_PROMTOOL": find_binary("promtool"),
                 "FLEETWATCH_AMTOOL": find_binary("amtool"),
                 **config.gateway_env,
@@ -380,7 +380,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _seconds(duration: str) -> float:
+def seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration: ``500ms``, ``5s``, ``1m``, ``1h``, ``7d``, ``1w``."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     for suffix in ("ms", "s", "m", "h", "d", "w"):
         if duration.endswith(suffix) and duration[: -len(suffix)].isdigit():

@@ -121,7 +121,9 @@ def parse_tag_filter(text: str) -> dict[str, str]:
     return wanted
 
 
-def fleet_state(prom, host_ids: list[str], whole_fleet: bool = False) -> dict[str, dict]:
+def fleet_state(
+    prom, host_ids: list[str], whole_fleet: bool = False, pushed: frozenset[str] = frozenset()
+) -> dict[str, dict]:
     """Summary, status and last-seen time of every host in ``host_ids``.
 
     The summary and the values held over the last minute are recorded by
@@ -152,7 +154,9 @@ def fleet_state(prom, host_ids: list[str], whole_fleet: bool = False) -> dict[st
 
     now_values, held_values = by_host(now_result), by_host(held_result)
     seen = {s["metric"].get("host_id", ""): float(s["value"][1]) for s in seen_result}
-    down = [h for h in host_ids if h not in seen]
+    # A pushing host has no `up`: its agent's last push judges it (_push_status), so
+    # looking back 15 min for its scrapes would cost a query whose answer is thrown away.
+    down = [h for h in host_ids if h not in seen and h not in pushed]
     if down:
         up = selector("up", {"job": "fleetwatch"}, regex={"host_id": down})
         back = f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
@@ -265,7 +269,8 @@ class Hosts(MethodView):
                 total = len(hosts)
                 hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
         prom = current_app.extensions["prometheus"]
-        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size)
+        pushed = frozenset(h.id for h in hosts if h.exporter == PUSH)
+        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
         rows = [_with_state(h, state) for h in hosts]
         if "status" in args:
             rows = [r for r in rows if r["status"] == args["status"]]
@@ -292,7 +297,8 @@ class HostById(MethodView):
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
         host = _get_host(host_id)
-        state = fleet_state(current_app.extensions["prometheus"], [host.id])
+        pushed = frozenset([host.id] if host.exporter == PUSH else [])
+        state = fleet_state(current_app.extensions["prometheus"], [host.id], pushed=pushed)
         series, resolution, tier = {}, None, None
         for name in DETAIL_METRICS:
             series[name], resolution, tier = fetch_series(

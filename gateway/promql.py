@@ -13,8 +13,6 @@ import urllib3
 from gateway.errors import ApiError, Unavailable
 from rules_compiler.promql import is_label_name, quote, regex_any
 
-__all__ = ["Prometheus", "quote", "regex_any", "selector"]
-
 
 def selector(metric: str, matchers: dict[str, str] | None = None, regex: dict[str, list[str]] | None = None) -> str:
     """``metric{a="x", b=~"y|z"}`` with every label name checked and every value escaped.

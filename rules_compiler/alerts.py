@@ -8,7 +8,7 @@ compiles; ``rules_compiler.deploy`` installs the output.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import yaml
 
@@ -143,7 +143,6 @@ class AlertRule:
     channels: tuple[Channel, ...] = ()
     severity: str = "warning"
     enabled: bool = True
-    description: str = field(default="", compare=False)
 
 
 def parse_expression(text: str) -> Expression:
