@@ -35,7 +35,7 @@ def _day_text(day: int) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _unix_text(ts: int) -> str:
+def unix_text(ts: int) -> str:
     # Series answers format thousands of points, mostly the same ones as the previous answer's
     # (a window sliding by one step): memoised, and without gmtime+strftime per point.
     day, second = divmod(ts, 86400)
@@ -53,7 +53,7 @@ class UtcDateTime(ma.fields.DateTime):
 def utc_text(value: datetime | float) -> str:
     """A datetime (naive ones are UTC) or a Unix time as RFC 3339 UTC, e.g. 2025-11-13T08:50:00Z."""
     if not isinstance(value, datetime):
-        return _unix_text(int(value))
+        return unix_text(int(value))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

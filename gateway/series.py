@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from gateway.errors import ApiError
 from gateway.promql import Prometheus, selector
-from gateway.schemas import utc_text
+from gateway.schemas import unix_text
 from rules_compiler.catalog import UnknownMetric, resolve
 from rules_compiler.downsampling import LEVELS
 
@@ -190,5 +190,5 @@ def fetch_series(
     return Answer(series, label_of(how.step_s), how.tier)
 
 
-def points(values: list) -> list[dict]:
-    return [{"ts": utc_text(ts), "value": float(v)} for ts, v in values]
+def points(values: list, text=unix_text) -> list[dict]:
+    return [{"ts": text(int(ts)), "value": float(v)} for ts, v in values]
