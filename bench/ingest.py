@@ -3,7 +3,8 @@
 Starts a fresh Prometheus (remote-write receiver, 1 h out-of-order window)
 and the gateway (gunicorn), then for D seconds each:
 
-1. direct: pre-encoded remote-write requests of 1,000 samples into Prometheus;
+1. direct: pre-encoded remote-write requests of 1,000 samples into Prometheus,
+   then of 100 (an agent's batch, sent straight to Prometheus);
 2. gateway, agent batches: JSON requests of 100 points, many hosts;
 3. gateway, large batches: JSON requests of 10,000 points (an agent's replay);
 4. the agent itself (`fleetwatch-exporter --push`, default collectors, 5 s) for its CPU and RSS.
@@ -112,10 +113,11 @@ def hammer(url: str, bodies: list[bytes], points_each: int, headers: dict, clien
     return sent[0] / (time.monotonic() - start)
 
 
-def direct_bodies(count: int, base_ms: int) -> list[bytes]:
-    """Remote-write requests of 1,000 samples: 1,000 series, a new timestamp (10 ms on) per request."""
+def direct_bodies(count: int, base_ms: int, size: int) -> list[bytes]:
+    """Remote-write requests of ``size`` samples: ``size`` series, a new timestamp (10 ms on) per request."""
     labels = [
-        encode_labels([("__name__", "fleet:cpu_core"), ("core", str(c)), ("host_id", "direct")]) for c in range(1000)
+        encode_labels([("__name__", "fleet:cpu_core"), ("core", str(c)), ("host_id", f"direct-{size}")])
+        for c in range(size)
     ]
     import cramjam
 
@@ -179,9 +181,11 @@ def main() -> int:
         try:
             now = time.time()
             print("preparing request bodies ...", file=sys.stderr)
-            direct = direct_bodies(int(args.duration * 1200), int((now - 3300) * 1000))
             rw_headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+            direct = direct_bodies(int(args.duration * 1200), int((now - 3300) * 1000), 1000)
             direct_rate = hammer(f"{prom_url}/api/v1/write", direct, 1000, rw_headers, args.clients, args.duration)
+            direct = direct_bodies(int(args.duration * 4000), int((now - 3300) * 1000), 100)
+            direct_small = hammer(f"{prom_url}/api/v1/write", direct, 100, rw_headers, args.clients, args.duration)
             del direct
             key = api_key(gw_url)
             headers = {"X-API-Key": key, "Content-Type": "application/json"}
@@ -199,12 +203,14 @@ def main() -> int:
     per_min = 60 / 1e6
     print(f"cores: {os.cpu_count()}, gateway: {args.workers} workers x {args.threads} threads, clients: {args.clients}")
     print(f"direct remote-write, 1,000 samples/request : {direct_rate * per_min:6.1f} M points/min")
-    print(f"gateway JSON, 100 points/request         : {small_rate * per_min:6.1f} M points/min")
-    print(f"gateway JSON, 10,000 points/request      : {large_rate * per_min:6.1f} M points/min")
+    print(f"direct remote-write, 100 samples/request   : {direct_small * per_min:6.1f} M points/min")
+    print(f"gateway JSON, 100 points/request           : {small_rate * per_min:6.1f} M points/min")
+    print(f"gateway JSON, 10,000 points/request        : {large_rate * per_min:6.1f} M points/min")
     print(
-        f"ratio gateway/direct                     : {small_rate / direct_rate:.2f} (100 points), "
+        f"ratio gateway/direct (1,000-sample requests): {small_rate / direct_rate:.2f} (100 points), "
         f"{large_rate / direct_rate:.2f} (10,000)"
     )
+    print(f"ratio at the same request size (100)        : {small_rate / direct_small:.2f}")
     print(f"agent, default collectors every 5 s      : {cpu:.2f} % CPU, {rss:.1f} MB RSS")
     return 0
 

@@ -39,6 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ACCESS_TOKEN_TTL=timedelta(minutes=15),
         REFRESH_TOKEN_TTL=timedelta(days=7),
         BCRYPT_ROUNDS=12,
+        API_KEY_CACHE_S=5.0,  # how long a worker trusts an API key it checked (revocation delay)
         RATE_LIMIT_READS_PER_MIN=60,
         RATE_LIMIT_WRITES_PER_MIN=30,
         LOGIN_ATTEMPTS_PER_MIN=20,

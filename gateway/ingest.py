@@ -9,6 +9,11 @@ and drops a resent identical sample without storing it twice.
 The views read the body with orjson and check points in a plain loop, not
 through marshmallow: a batch of 10,000 points is checked in a few
 milliseconds that way, and per-point errors must not fail the whole batch.
+
+Requests that arrive while a remote write is in flight share the next one
+(``GroupWriter``, REQ-INGEST-004), and pushes note their host's last-seen
+time for one batched UPDATE every 15 s: with agents' 100-point batches, the
+fixed cost of each request is what limits the rate, not its points.
 """
 
 from __future__ import annotations
@@ -26,12 +31,20 @@ import marshmallow as ma
 import orjson
 from flask import current_app, request
 from flask.views import MethodView
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.auth import AGENT, access
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, Unavailable
-from gateway.remote_write import RemoteWriter, WriteFailed, encode_labels, encode_sample, encode_series
+from gateway.remote_write import (
+    GroupWriter,
+    RemoteWriter,
+    WriteFailed,
+    encode_labels,
+    encode_timeseries,
+)
+from gateway.schemas import fast_json
 from rules_compiler.catalog import UnknownMetric, resolve
 
 log = logging.getLogger(__name__)
@@ -47,7 +60,8 @@ DEFAULTS = {
     "INGEST_WRITE_TIMEOUT_S": 5.0,
     "INGEST_PAST_S": 3600,  # ts window [now - past, now + future] (§11.2)
     "INGEST_FUTURE_S": 300,
-    "HEARTBEAT_EVERY_S": 15,  # how often one worker writes a pushing host's last_seen_at
+    "HEARTBEAT_EVERY_S": 15,  # how often a worker writes its pushing hosts' last_seen_at, all in one go
+    "PUSHER_RECHECK_S": 60,  # how long a worker trusts that a host id is a pushing host's
 }
 PUSH = "push"  # Host.exporter of a host that pushes: nothing to scrape
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -67,10 +81,13 @@ class IngestState:
     def __init__(self, config):
         url = config.get("REMOTE_WRITE_URL") or config["PROMETHEUS_URL"].rstrip("/") + "/api/v1/write"
         self.writer = RemoteWriter(url, config.get("INGEST_WRITE_TIMEOUT_S", DEFAULTS["INGEST_WRITE_TIMEOUT_S"]))
+        self.group = GroupWriter(self.writer, 2 * config.get("INGEST_WRITE_BATCH", DEFAULTS["INGEST_WRITE_BATCH"]))
         self.lock = threading.Lock()
         self.in_flight = 0
         self.series: dict[str, set] = {}
-        self.heartbeats: dict[str, float] = {}
+        self.pushers: dict[str, float] = {}  # host id -> when the DB said it is a pushing host (monotonic)
+        self.seen: dict[str, datetime] = {}  # host id -> its latest push, not yet written
+        self.flushed_at = time.monotonic()
 
 
 @blp.record_once
@@ -232,14 +249,18 @@ def _batches(series: list, size: int):
         yield batch
 
 
+def _encoded(batch: list) -> list[bytes]:
+    return [encode_timeseries(labels, samples) for labels, samples in batch]
+
+
 def store(writer: RemoteWriter, batch: list, errors: list) -> None:
-    """Remote-write ``batch`` of ``(labels, samples)``; samples Prometheus refuses (4xx) go to ``errors``.
+    """Remote-write ``batch`` of ``(labels, samples)`` alone; samples Prometheus refuses (4xx) go to ``errors``.
 
     Raises:
         WriteFailed: Prometheus did not answer or failed (5xx): nothing may be acknowledged.
     """
     try:
-        writer.write([encode_series(labels, [encode_sample(v, t) for t, v, _ in samples]) for labels, samples in batch])
+        writer.write(_encoded(batch))
     except WriteFailed as exc:
         if exc.retry:
             raise
@@ -255,17 +276,26 @@ def store(writer: RemoteWriter, batch: list, errors: list) -> None:
 
 
 def heartbeat(state: IngestState, body: dict, force: bool = False) -> None:
-    """Note that ``host_id``'s agent is alive; a host seen for the first time is added to the inventory."""
+    """Note that ``host_id``'s agent is alive; a host seen for the first time is added to the inventory.
+
+    A push from a host this worker knows as a pushing one only notes the time:
+    the notes of every host are written together every HEARTBEAT_EVERY_S, in
+    one transaction, instead of one commit per push (a fifth of the ingest
+    path's time with 500 agents). The status judges silence over 2 min, so
+    15 s late costs nothing. A heartbeat (``force``) is written at once.
+    """
     host_id = body["host_id"]
     now = time.monotonic()
-    if not force and now - state.heartbeats.get(host_id, -math.inf) < _setting("HEARTBEAT_EVERY_S"):
+    if not force and now - state.pushers.get(host_id, -math.inf) < _setting("PUSHER_RECHECK_S"):
+        with state.lock:
+            state.seen[host_id] = datetime.now(UTC)
+        _write_seen(state, now)
         return
     known = db.session.execute(db.select(Host.exporter).filter_by(id=host_id)).first()
     if known is not None and known.exporter != PUSH:
         # Its series come from the scrape: pushed ones would collide with them, and any
         # agent key could otherwise rewrite a pulled host's liveness.
         raise Conflict(f"host {host_id} is in the inventory as a scraped host, not pushed", {"host_id": host_id})
-    state.heartbeats[host_id] = now
     fields = {}
     if isinstance(body.get("agent_version"), str):
         fields["agent_version"] = body["agent_version"][:64]
@@ -282,9 +312,29 @@ def heartbeat(state: IngestState, body: dict, force: bool = False) -> None:
             setattr(host, key, value)
         try:
             db.session.commit()
-            return
+            break
         except IntegrityError:  # another worker discovered it at the same moment
             db.session.rollback()
+    state.pushers[host_id] = now
+
+
+def _write_seen(state: IngestState, now: float) -> None:
+    """Every noted push's time in one UPDATE, once every HEARTBEAT_EVERY_S."""
+    with state.lock:
+        if now - state.flushed_at < _setting("HEARTBEAT_EVERY_S") or not state.seen:
+            return
+        seen, state.seen, state.flushed_at = state.seen, {}, now
+    hosts = Host.__table__
+    try:
+        db.session.execute(
+            update(hosts).where(hosts.c.id == bindparam("host")).values(last_seen_at=bindparam("at")),
+            [{"host": host_id, "at": at} for host_id, at in seen.items()],
+        )
+        db.session.commit()
+    except SQLAlchemyError as exc:
+        # The points are what matters here; the next write carries newer times anyway.
+        db.session.rollback()
+        log.warning("last_seen_at of %d pushing hosts not written: %s", len(seen), exc)
 
 
 def _body() -> dict:
@@ -347,7 +397,7 @@ class IngestMetrics(MethodView):
         result = {"accepted": len(points) - rejected, "rejected": rejected, "errors": errors[:MAX_ERRORS_LISTED]}
         if points and not rejected < len(points):
             raise ApiError(f"no valid point: {errors[0]['reason']}", result)
-        return result
+        return fast_json(result)
 
 
 def _store_bounded(state: IngestState, counters, valid: list, errors: list) -> None:
@@ -363,8 +413,14 @@ def _store_bounded(state: IngestState, counters, valid: list, errors: list) -> N
     stored = 0
     try:
         for batch in _batches(valid, _setting("INGEST_WRITE_BATCH")):
-            store(state.writer, batch, errors)
-            stored += sum(len(samples) for _, samples in batch)
+            size = sum(len(samples) for _, samples in batch)
+            try:
+                state.group.write(_encoded(batch), size)
+            except WriteFailed as exc:
+                if exc.retry:
+                    raise
+                store(state.writer, batch, errors)  # refused: alone, halved until the culprits are found
+            stored += size
     except WriteFailed as exc:
         counters.ingest_points.labels("failed").inc(total - stored)
         counters.ingest_errors.labels("store_unavailable").inc()

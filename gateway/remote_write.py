@@ -15,6 +15,7 @@ receiver (``--web.enable-remote-write-receiver``) answers 400 with the reason.
 from __future__ import annotations
 
 import struct
+import threading
 
 import cramjam
 import urllib3
@@ -41,8 +42,15 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+_VARINTS = [varint(n) for n in range(1 << 14)]  # field lengths: nearly all are shorter than 16 KiB
+
+
+def _length(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else varint(n)
+
+
 def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + varint(len(payload)) + payload
+    return bytes((tag,)) + _length(len(payload)) + payload
 
 
 def encode_labels(labels: list[tuple[str, str]]) -> bytes:
@@ -50,24 +58,45 @@ def encode_labels(labels: list[tuple[str, str]]) -> bytes:
     return b"".join(_field(0x0A, _field(0x0A, k.encode()) + _field(0x12, v.encode())) for k, v in labels)
 
 
-_TS_TAIL: dict[int, bytes] = {}
+_SAMPLE_PARTS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _sample_parts(ts_ms: int) -> tuple[bytes, bytes]:
+    """The bytes around a sample's value: its field header, and its timestamp field."""
+    # A request's points share few timestamps: each one's parts are made once.
+    parts = _SAMPLE_PARTS.get(ts_ms)
+    if parts is None:
+        if len(_SAMPLE_PARTS) > 100_000:
+            _SAMPLE_PARTS.clear()
+        # ts 0 is the field's default and left out; negative ones would take 10 bytes: never sent.
+        tail = b"\x10" + varint(ts_ms) if ts_ms > 0 else b""
+        parts = _SAMPLE_PARTS[ts_ms] = (b"\x12" + bytes((9 + len(tail),)) + b"\x09", tail)
+    return parts
 
 
 def encode_sample(value: float, ts_ms: int) -> bytes:
     """One ``samples`` field of a TimeSeries."""
-    # A request's points share few timestamps: each one's varint is made once.
-    tail = _TS_TAIL.get(ts_ms)
-    if tail is None:
-        if len(_TS_TAIL) > 100_000:
-            _TS_TAIL.clear()
-        # ts 0 is the field's default and left out; negative ones would take 10 bytes: never sent.
-        tail = _TS_TAIL[ts_ms] = b"\x10" + varint(ts_ms) if ts_ms > 0 else b""
-    return b"\x12" + bytes((9 + len(tail),)) + b"\x09" + _DOUBLE.pack(value) + tail
+    head, tail = _sample_parts(ts_ms)
+    return head + _DOUBLE.pack(value) + tail
 
 
 def encode_series(labels: bytes, samples: list[bytes]) -> bytes:
     """One ``timeseries`` field from pre-encoded labels and samples."""
     return _field(0x0A, labels + b"".join(samples))
+
+
+def encode_timeseries(labels: bytes, samples: list[tuple]) -> bytes:
+    """One ``timeseries`` field from pre-encoded labels and ``(ts_ms, value, …)`` tuples.
+
+    The ingest's hot path: an agent's batch is a hundred series of one sample
+    each, encoded here in a third of the time encode_series(encode_sample…) takes.
+    """
+    if len(samples) == 1:
+        head, tail = _sample_parts(samples[0][0])
+        body = labels + head + _DOUBLE.pack(samples[0][1]) + tail
+    else:
+        body = labels + b"".join(encode_sample(s[1], s[0]) for s in samples)
+    return b"\x0a" + _length(len(body)) + body
 
 
 class RemoteWriter:
@@ -106,3 +135,75 @@ class RemoteWriter:
         # retrying those would jam an agent's queue forever.
         retry = (r.status >= 500 or r.status == 429) and not any(m in reason for m in REFUSED_FOR_GOOD)
         raise WriteFailed(reason or f"HTTP {r.status}", retry=retry, status=r.status)
+
+
+class Refused(WriteFailed):
+    """The receiver refused a shared request for a reason that may lie in another writer's series."""
+
+
+class GroupWriter:
+    """Concurrent writers' series share remote-write requests (REQ-INGEST-004: batched writes).
+
+    Group commit, as databases do it: a writer that finds no request in
+    flight sends at once, alone; writers that come while one is in flight
+    wait for it, and the next of them sends everything that queued meanwhile
+    in one request. A lone agent waits for nobody, and under load Prometheus
+    gets a few large requests instead of one per agent's batch of 100 points.
+    Every writer returns only once its own series are stored.
+    """
+
+    def __init__(self, writer: RemoteWriter, max_samples: int = 10_000):
+        self.writer = writer
+        self._max = max_samples
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._sending = False
+
+    def write(self, series: list[bytes], samples: int) -> None:
+        """Store ``series`` (encoded, ``samples`` samples in all), alone or with others' in one request.
+
+        Raises:
+            WriteFailed: not stored, as RemoteWriter.write; ``Refused`` when a shared request was
+                refused (4xx): this writer's series may be fine, and should be sent alone.
+        """
+        job = _Job(series, samples)
+        with self._cond:
+            self._queue.append(job)
+        while True:
+            with self._cond:
+                while not job.done and self._sending:
+                    self._cond.wait()
+                if job.done:
+                    break
+                group, count = [], 0
+                while self._queue and (not group or count + self._queue[0].samples <= self._max):
+                    count += self._queue[0].samples
+                    group.append(self._queue.pop(0))
+                self._sending = True
+            error = self._send(group)
+            with self._cond:
+                for member in group:
+                    member.done, member.error = True, error
+                self._sending = False
+                self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+
+    def _send(self, group: list[_Job]) -> Exception | None:
+        try:
+            self.writer.write([s for member in group for s in member.series])
+        except WriteFailed as exc:
+            if exc.retry or len(group) == 1:
+                return exc
+            return Refused(str(exc), retry=False, status=exc.status)
+        except Exception as exc:  # noqa: BLE001 - every waiting writer must hear of it, not only this one
+            return exc
+        return None
+
+
+class _Job:
+    __slots__ = ("series", "samples", "done", "error")
+
+    def __init__(self, series: list[bytes], samples: int):
+        self.series, self.samples = series, samples
+        self.done, self.error = False, None

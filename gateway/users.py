@@ -8,7 +8,7 @@ import marshmallow as ma
 from flask import g
 from flask.views import MethodView
 
-from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, hash_api_key, hash_password
+from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, forget_api_key, hash_api_key, hash_password
 from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.schemas import Page, PageArgs, UtcDateTime, page
@@ -177,6 +177,7 @@ class ApiKeyById(MethodView):
         row.revoked_at = row.revoked_at or utcnow()
         audit("api_key_revoke", row.id)
         db.session.commit()
+        forget_api_key(row.key_hash)
         return row
 
 

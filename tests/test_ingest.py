@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from gateway.db import Host, db
-from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
+from gateway.remote_write import (
+    GroupWriter,
+    Refused,
+    RemoteWriter,
+    WriteFailed,
+    encode_labels,
+    encode_sample,
+    encode_series,
+)
 from tests.conftest import ADMIN, PromClient, bearer, free_port, login, make_app, wait_http
 
 PROM_CONFIG = """\
@@ -308,3 +317,122 @@ def test_huge_numbers_are_refused_points_and_scraped_hosts_refuse_pushes(ingest_
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "CONFLICT"
     r = client.post("/api/v1/ingest/heartbeat", json={"host_id": pulled, "has_gpu": "yes"}, headers=api_key)
     assert r.status_code == 409
+
+
+class HeldWriter(RemoteWriter):
+    """The real remote write, held until ``release`` is set: writers that come meanwhile queue."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.requests: list[int] = []  # series per request, in order
+        self.sent, self.release = threading.Event(), threading.Event()
+
+    def write(self, series: list[bytes]) -> None:
+        self.requests.append(len(series))
+        self.sent.set()
+        assert self.release.wait(10)
+        super().write(series)
+
+
+def one_series(metric: str, host: str, value: float, ts_ms: int) -> list[bytes]:
+    return [encode_series(encode_labels([("__name__", metric), ("host_id", host)]), [encode_sample(value, ts_ms)])]
+
+
+def writing(group: GroupWriter, series: list[bytes], results: dict, name) -> threading.Thread:
+    """A thread that writes ``series`` through ``group`` and notes "stored" or the exception under ``name``."""
+
+    def write():
+        try:
+            group.write(series, 1)
+            results[name] = "stored"
+        except WriteFailed as exc:
+            results[name] = exc
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def test_concurrent_writers_share_one_remote_write_and_each_waits_for_its_own(prometheus):
+    writer = HeldWriter(f"{prometheus.url}/api/v1/write")
+    group, results, now_ms = GroupWriter(writer), {}, int(time.time() * 1000)
+    threads = [writing(group, one_series("fleet:cpu_load1", "h-group-0", 0, now_ms), results, 0)]
+    assert writer.sent.wait(10)
+    for i in range(1, 6):
+        threads.append(writing(group, one_series("fleet:cpu_load1", f"h-group-{i}", i, now_ms), results, i))
+    time.sleep(0.3)
+    assert results == {}  # nobody returns before its series are stored
+    writer.release.set()
+    for t in threads:
+        t.join(10)
+    assert results == {i: "stored" for i in range(6)}
+    assert writer.requests == [1, 5]  # the five that queued behind the first went in one request
+    stored = PromClient(prometheus.url).query('fleet:cpu_load1{host_id=~"h-group-.*"}')
+    assert sorted(float(s["value"][1]) for s in stored) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_refused_shared_request_is_each_writers_to_send_alone(prometheus):
+    now_ms, week_ms = int(time.time() * 1000), 7 * 86400 * 1000
+    too_old = one_series("fleet:cpu_load5", "h-refused", 1, now_ms - week_ms)
+    writer = HeldWriter(f"{prometheus.url}/api/v1/write")
+    writer.release.set()
+    with pytest.raises(WriteFailed) as alone:
+        GroupWriter(writer).write(too_old, 1)
+    assert type(alone.value) is WriteFailed and not alone.value.retry  # alone, the reason is its own
+
+    writer = HeldWriter(f"{prometheus.url}/api/v1/write")
+    group, results = GroupWriter(writer), {}
+    threads = [writing(group, one_series("fleet:cpu_load5", "h-head", 1, now_ms), results, "head")]
+    assert writer.sent.wait(10)
+    threads.append(writing(group, too_old, results, "old"))
+    threads.append(writing(group, one_series("fleet:cpu_load5", "h-new", 2, now_ms), results, "new"))
+    time.sleep(0.3)
+    writer.release.set()
+    for t in threads:
+        t.join(10)
+    assert writer.requests == [1, 2]
+    # Prometheus refused the shared request whole, and neither writer knows whose sample it was.
+    assert results["head"] == "stored"
+    assert all(isinstance(results[n], Refused) and not results[n].retry for n in ("old", "new")), results
+
+
+def test_pushes_note_last_seen_and_write_it_for_all_hosts_at_once(prometheus, tmp_path):
+    app = make_app(tmp_path, prometheus.url, HEARTBEAT_EVERY_S=3600)
+    client = app.test_client()
+    key = client.post(
+        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+    ).get_json()["key"]
+
+    def push(host_id: str) -> None:
+        point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC)), "value": 1}
+        r = client.post(
+            "/api/v1/ingest/metrics", json={"host_id": host_id, "metrics": [point]}, headers={"X-API-Key": key}
+        )
+        assert r.status_code == 200, r.get_json()
+
+    def last_seen() -> dict[str, datetime]:
+        with app.app_context():
+            return dict(db.session.execute(db.select(Host.id, Host.last_seen_at)).all())
+
+    push("h-seen-a")
+    push("h-seen-b")  # discovered: written at once
+    first = last_seen()
+    time.sleep(0.05)
+    push("h-seen-a")
+    push("h-seen-b")
+    assert last_seen() == first  # noted, not yet written
+    app.config["HEARTBEAT_EVERY_S"] = 0
+    push("h-seen-a")  # the write is due: both hosts' notes go in one UPDATE
+    now = last_seen()
+    assert all(now[h] > first[h] for h in ("h-seen-a", "h-seen-b")), (first, now)
+
+
+def test_a_revoked_key_is_refused_at_once_though_workers_remember_valid_keys(ingest_app):
+    client = ingest_app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    created = client.post("/api/v1/api-keys", json={"name": "short-lived"}, headers=admin).get_json()
+    beat = {"host_id": "h-revoked"}
+    assert client.post("/api/v1/ingest/heartbeat", json=beat, headers={"X-API-Key": created["key"]}).status_code == 200
+    assert client.delete(f"/api/v1/api-keys/{created['id']}", headers=admin).status_code == 200
+    r = client.post("/api/v1/ingest/heartbeat", json=beat, headers={"X-API-Key": created["key"]})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "UNAUTHORIZED"
