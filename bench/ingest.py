@@ -6,8 +6,10 @@ and the gateway (gunicorn), then for D seconds each:
 1. direct: pre-encoded remote-write requests of 1,000 samples into Prometheus,
    then of 100 (an agent's batch, sent straight to Prometheus);
 2. gateway, agent batches: JSON requests of 100 points, many hosts;
-3. gateway, large batches: JSON requests of 10,000 points (an agent's replay);
-4. the agent itself (`fleetwatch-exporter --push`, default collectors, 5 s) for its CPU and RSS.
+3. gateway, GET /health: the request rate of an endpoint that does no work, the
+   ceiling that every request's fixed cost (HTTP, gunicorn, Flask) sets;
+4. gateway, large batches: JSON requests of 10,000 points (an agent's replay);
+5. the agent itself (`fleetwatch-exporter --push`, default collectors, 5 s) for its CPU and RSS.
 
 Clients send ready-made bodies from several threads, so the figures are the
 servers', with the client's own CPU on the same machine counted against them.
@@ -82,7 +84,9 @@ def start_gateway(state: Path, prom_url: str, workers: int, threads: int) -> tup
     return proc, url
 
 
-def hammer(url: str, bodies: list[bytes], points_each: int, headers: dict, clients: int, duration: float) -> float:
+def hammer(
+    url: str, bodies: list[bytes], points_each: int, headers: dict, clients: int, duration: float, method: str = "POST"
+) -> float:
     """Post ``bodies`` in order from ``clients`` threads for ``duration`` s; points stored per second."""
     http = urllib3.PoolManager(maxsize=clients, retries=False, timeout=30)
     lock, sent, failed = threading.Lock(), [0], [0]
@@ -95,7 +99,7 @@ def hammer(url: str, bodies: list[bytes], points_each: int, headers: dict, clien
                 i = next(cursor, None)
             if i is None:
                 return
-            r = http.request("POST", url, body=bodies[i], headers=headers)
+            r = http.request(method, url, body=bodies[i] or None, headers=headers)
             with lock:
                 if r.status < 300:
                     sent[0] += points_each
@@ -192,6 +196,9 @@ def main() -> int:
             small = json_bodies(int(args.duration * 2500), 100, 1, time.time() - 3000, 500)
             small_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", small, 100, headers, args.clients, args.duration)
             del small
+            # The same clients on GET /health, a request that does no work: the ceiling any
+            # endpoint of this gateway meets, here in "points" as if each carried 100.
+            noop_rate = hammer(f"{gw_url}/health", [b""] * 10**6, 100, {}, args.clients, args.duration, "GET")
             large = json_bodies(int(args.duration * 50), 100, 100, time.time() - 2400, 20)
             large_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", large, 10_000, headers, args.clients, args.duration)
             del large
@@ -206,6 +213,10 @@ def main() -> int:
     print(f"direct remote-write, 100 samples/request   : {direct_small * per_min:6.1f} M points/min")
     print(f"gateway JSON, 100 points/request           : {small_rate * per_min:6.1f} M points/min")
     print(f"gateway JSON, 10,000 points/request        : {large_rate * per_min:6.1f} M points/min")
+    print(
+        f"gateway GET /health, the no-work ceiling   : {noop_rate / 100:6.0f} requests/s "
+        f"(= {noop_rate * per_min:.1f} M/min at 100 points each)"
+    )
     print(
         f"ratio gateway/direct (1,000-sample requests): {small_rate / direct_rate:.2f} (100 points), "
         f"{large_rate / direct_rate:.2f} (10,000)"

@@ -46,6 +46,10 @@ class AgentConfig:
     timeout_s: float = 10.0
 
 
+# What the gateway may set (REQ-AGENT-003), and the bounds an agent accepts it within.
+PUSHED_SETTINGS = {"interval_s": (1.0, 300.0), "heartbeat_s": (5.0, 60.0)}
+
+
 def parse_duration(text: str | float) -> float:
     """Seconds from ``5s``, ``500ms``, ``1m`` or a bare number of seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", str(text))
@@ -81,6 +85,8 @@ class Agent:
         self._translator = Translator()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._retimed = threading.Event()  # the gateway changed the interval: the next tick moves
+        self._own = {key: getattr(config, key) for key in PUSHED_SETTINGS}
         self._threads: list[threading.Thread] = []
         self._retry_after = 0.0  # seconds the gateway asked us to wait, from its last answer
         self._http = urllib3.PoolManager(
@@ -106,6 +112,7 @@ class Agent:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._retimed.set()
         for thread in self._threads:
             thread.join(timeout_s)
 
@@ -139,11 +146,29 @@ class Agent:
         return False
 
     def heartbeat(self) -> bool:
-        """Tell the gateway this host is alive (REQ-AGENT-006)."""
+        """Tell the gateway this host is alive (REQ-AGENT-006), and take the settings it answers with."""
         body = {"host_id": self.config.host_id, "agent_version": __version__}
         if self.config.hostname:
             body["hostname"] = self.config.hostname
-        return self._post(self._beat_url, json.dumps(body).encode())[0] == 200
+        status, answer = self._post(self._beat_url, json.dumps(body).encode())
+        if status == 200:
+            self.apply(answer.get("config"))
+        return status == 200
+
+    def apply(self, pushed: object) -> None:
+        """The gateway's settings (REQ-AGENT-003) over this agent's own; one it leaves unset is the agent's own."""
+        pushed = pushed if isinstance(pushed, dict) else {}
+        for key, (low, high) in PUSHED_SETTINGS.items():
+            value = pushed.get(key)
+            valid = type(value) in (int, float) and low <= value <= high
+            if value is not None and not valid:
+                log.warning("ignoring %s=%r from the gateway: not in [%g, %g] s", key, value, low, high)
+            wanted = float(value) if valid else self._own[key]
+            if wanted != getattr(self.config, key):
+                log.info("%s is now %g (%s)", key, wanted, "set by the gateway" if valid else "this agent's own")
+                setattr(self.config, key, wanted)
+                if key == "interval_s":
+                    self._retimed.set()
 
     def _post(self, url: str, body: bytes) -> tuple[int | None, dict]:
         try:
@@ -167,7 +192,6 @@ class Agent:
 
     def _sample_loop(self) -> None:
         # Ticks on a fixed grid: a slow scrape delays one sample, not every later one.
-        interval = self.config.interval_s
         tick = self._clock()
         while not self._stop.is_set():
             try:
@@ -175,11 +199,15 @@ class Agent:
             except Exception:  # noqa: BLE001 - one failed sample must not end sampling
                 log.exception("sampling failed")
             self._wake.set()
-            tick += interval
+            sampled, tick = tick, tick + self.config.interval_s
             now = self._clock()
-            if now > tick + interval:  # suspended or starved: resume from now, not a burst of catch-up
+            if now > tick + self.config.interval_s:  # suspended or starved: resume from now, no burst of catch-up
                 tick = now
-            self._stop.wait(max(0.0, tick - now))
+            while now < tick and not self._stop.is_set():
+                if self._retimed.wait(tick - now):  # a new interval counts from the last sample
+                    self._retimed.clear()
+                    tick = sampled + self.config.interval_s
+                now = self._clock()
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then FLEETWATCH_* environment variables, then ``test_config``."""
-    from gateway import alerts, auth, hosts, ingest, metrics, observability, processes, reports, users
+    from gateway import agents, alerts, auth, hosts, ingest, metrics, observability, processes, reports, users
     from gateway.db import User, db, secret
     from gateway.errors import Api
     from gateway.promql import Prometheus
@@ -109,7 +109,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["request_metrics"] = request_metrics
 
     api = Api(app)
-    for module in (observability, auth, users, hosts, metrics, processes, reports, alerts, ingest):
+    for module in (observability, auth, users, hosts, metrics, processes, reports, alerts, ingest, agents):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)
 

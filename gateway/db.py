@@ -108,6 +108,16 @@ class Secret(db.Model):
     value: Mapped[str] = mapped_column(String(128))
 
 
+class Setting(db.Model):
+    """What admins set through the API as one JSON document per name, e.g. "agent": what agents are told."""
+
+    __tablename__ = "settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
 class AlertRuleRow(Stamped, db.Model):
     """An alert rule as the API shows it; ``rules_compiler.alerts.to_rule`` parses it for compiling."""
 

@@ -34,6 +34,7 @@ from flask.views import MethodView
 from sqlalchemy import bindparam, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from gateway.agents import AgentSettingsSchema, agent_settings
 from gateway.auth import AGENT, access
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, Unavailable
@@ -114,6 +115,10 @@ class HeartbeatSchema(ma.Schema):
     hostname = ma.fields.String()
     agent_version = ma.fields.String()
     has_gpu = ma.fields.Boolean()
+
+
+class HeartbeatAnswer(HeartbeatSchema):
+    config = ma.fields.Nested(AgentSettingsSchema, metadata={"description": "settings the agent must apply"})
 
 
 class PointError(ma.Schema):
@@ -439,9 +444,13 @@ def _store_bounded(state: IngestState, counters, valid: list, errors: list) -> N
 class Heartbeat(MethodView):
     @access(AGENT)
     @blp.doc(requestBody={"content": {"application/json": {"schema": HeartbeatSchema}}})
-    @blp.response(200, HeartbeatSchema)
+    @blp.response(200, HeartbeatAnswer)
     def post(self):
-        """An agent's alive signal (REQ-AGENT-006): the host's last_seen_at; a new host is discovered."""
+        """An agent's alive signal (REQ-AGENT-006): the host's last_seen_at; a new host is discovered.
+
+        The answer's ``config`` is what admins set at /api/v1/agents/config (REQ-AGENT-003).
+        """
         body = _body()
         heartbeat(current_app.extensions["ingest"], body, force=True)
-        return {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
+        echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
+        return {**echo, "config": agent_settings()}

@@ -22,6 +22,18 @@ from gateway.db import db
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 FIRST = "0001"
+# The tables revision 0001 makes: what a DB from before migrations is completed to before it is stamped.
+FIRST_TABLES = (
+    "alert_events",
+    "alert_rules",
+    "api_keys",
+    "audit_log",
+    "hosts",
+    "login_sessions",
+    "rate_counters",
+    "secrets",
+    "users",
+)
 
 
 def alembic_config(connection) -> Config:
@@ -37,7 +49,8 @@ def migrate(engine: sa.Engine) -> None:
         tables = set(sa.inspect(connection).get_table_names())
         config = alembic_config(connection)
         if "users" in tables and "alembic_version" not in tables:
-            db.metadata.create_all(connection)  # the tables added since, then on as usual
+            # The tables of 0001 it lacks; later ones come from their own migrations.
+            db.metadata.create_all(connection, tables=[db.metadata.tables[name] for name in FIRST_TABLES])
             command.stamp(config, FIRST)
         command.upgrade(config, "head")
 
@@ -49,8 +62,10 @@ def main(argv: list[str]) -> int:
         return 2
     engine = sa.create_engine("sqlite://")
     migrate(engine)
+    # Numbered, not random: the order of the files is the order of the schema's history.
+    rev_id = f"{len(list((MIGRATIONS / 'versions').glob('[0-9]*.py'))) + 1:04d}"
     with engine.begin() as connection:
-        command.revision(alembic_config(connection), message=argv[1], autogenerate=True)
+        command.revision(alembic_config(connection), message=argv[1], autogenerate=True, rev_id=rev_id)
     return 0
 
 

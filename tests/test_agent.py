@@ -222,3 +222,32 @@ def test_the_agent_pushes_over_tls_only_to_a_certificate_it_trusts(tmp_path, cap
     finally:
         gateway.stop()
         prom.stop()
+
+
+def test_agents_sample_at_the_interval_an_admin_sets_on_the_gateway(world, tmp_path):
+    """REQ-AGENT-003: the interval is pushed with the heartbeat's answer; unset, each agent keeps its own."""
+    prom, gateway = world
+    token = requests.post(
+        f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10
+    ).json()["access_token"]
+    admin = {"Authorization": f"Bearer {token}"}
+    url = f"{gateway.url}/api/v1/agents/config"
+    assert requests.get(url, headers=admin, timeout=10).json() == {}
+    bad = requests.put(url, json={"interval_s": 0.2, "heartbeat_s": 10}, headers=admin, timeout=10)
+    assert bad.status_code == 400 and "interval_s" in bad.json()["error"]["details"]["json"], bad.json()
+    assert requests.get(url, headers=admin, timeout=10).json() == {}  # a refused change changes nothing
+    r = requests.put(url, json={"interval_s": 1, "heartbeat_s": 10}, headers=admin, timeout=10)
+    assert r.status_code == 200 and r.json() == {"interval_s": 1.0, "heartbeat_s": 10.0}
+
+    config = AgentConfig(push=gateway.url, api_key=api_key(gateway.url), host_id="h-tuned", interval_s=60)
+    agent = Agent(config, HostCollector(), PushBuffer(str(tmp_path / "tuned.db"), 10_000)).start()
+    try:
+        # Its own interval is a minute; the gateway's answer to its first heartbeat makes it a second.
+        PromClient(prom.url).wait_for('count_over_time(fleet:cpu_load1{host_id="h-tuned"}[1m]) >= 5', 20)
+        assert (config.interval_s, config.heartbeat_s) == (1.0, 10.0)
+        requests.put(url, json={}, headers=admin, timeout=10).raise_for_status()
+        assert agent.heartbeat() and (config.interval_s, config.heartbeat_s) == (60.0, 30.0)
+    finally:
+        agent.stop()
+    audit = requests.get(f"{gateway.url}/api/v1/audit?action=agent_config_update", headers=admin, timeout=10)
+    assert [e["details"] for e in audit.json()["events"]] == [{}, {"interval_s": 1.0, "heartbeat_s": 10.0}]

@@ -33,6 +33,8 @@ ENDPOINTS = [
     ("GET", "/api/v1/alerts/rules", None, "viewer"),
     ("GET", "/api/v1/alerts/events?state=firing", None, "viewer"),
     ("GET", "/api/v1/alerts/history", None, "viewer"),
+    ("GET", "/api/v1/agents/config", None, "viewer"),
+    ("PUT", "/api/v1/agents/config", {"interval_s": 5}, "admin"),
     ("POST", "/api/v1/auth/logout", None, "viewer"),
 ]
 CALLERS = ["none", "viewer", "admin", "expired", "other_key", "alg_none"]
