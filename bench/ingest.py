@@ -31,13 +31,12 @@ from pathlib import Path
 
 import orjson
 import psutil
-import requests
 import urllib3
+from harness import admin_session, start_gateway
 
 from fleetwatch.stack import free_port, wait_http
 from gateway.remote_write import encode_labels, encode_sample, encode_series
 
-ADMIN = ("bench@example.com", "bench-password-123")
 PROM_CONFIG = "global: {scrape_interval: 1m}\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n"
 
 
@@ -58,29 +57,6 @@ def start_prometheus(state: Path) -> tuple[subprocess.Popen, str]:
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/-/ready", proc)
-    return proc, url
-
-
-def start_gateway(state: Path, prom_url: str, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLEETWATCH_STATE_DIR": str(state / "gateway"),
-        "FLEETWATCH_PROMETHEUS_URL": prom_url,
-        "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-        "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-        "FLEETWATCH_BCRYPT_ROUNDS": "4",
-        "FLEETWATCH_LOG_LEVEL": "WARNING",
-    }
-    argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}"]
-    proc = subprocess.Popen(
-        [*argv, f"--workers={workers}", f"--threads={threads}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health", proc)
     return proc, url
 
 
@@ -147,9 +123,7 @@ def json_bodies(count: int, series: int, per_series: int, base_s: float, hosts: 
 
 
 def api_key(url: str) -> str:
-    s = requests.Session()
-    token = s.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
-    r = s.post(f"{url}/api/v1/api-keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"})
+    r = admin_session(url).post(f"{url}/api/v1/api-keys", json={"name": "bench"})
     return r.json()["key"]
 
 
@@ -181,7 +155,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         state = Path(tmp)
         prom, prom_url = start_prometheus(state)
-        gateway, gw_url = start_gateway(state, prom_url, args.workers, args.threads)
+        gateway, gw_url = start_gateway(
+            state / "gateway", prom_url, args=(f"--workers={args.workers}", f"--threads={args.threads}")
+        )
         try:
             now = time.time()
             print("preparing request bodies ...", file=sys.stderr)

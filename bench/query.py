@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,12 +29,12 @@ import time
 from pathlib import Path
 
 import requests
+from harness import admin_session, start_gateway
 
 from fleetwatch.stack import free_port, wait_http
 from rules_compiler.recording import HOST_SUMMARY, JUDGED
 
 STEP_S = 5
-ADMIN = ("bench@example.com", "bench-password-123")
 SUMMARY_SERIES = {
     "fleet:cpu_utilization": "",
     "fleet:mem_used_pct": "",
@@ -199,30 +198,17 @@ def main() -> int:
 
         def gateway(name: str, cache_ttl_s: str) -> tuple[str, dict]:
             """A gateway on its own state dir, with the N hosts, logged in; rate limits lifted."""
-            url = f"http://127.0.0.1:{free_port()}"
-            env = {
-                **os.environ,
-                "FLEETWATCH_STATE_DIR": str(tmp / name),
-                "FLEETWATCH_PROMETHEUS_URL": prom_url,
-                "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-                "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-                "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
-                "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000000",
-                "FLEETWATCH_QUERY_CACHE_TTL_S": cache_ttl_s,
-                "FLEETWATCH_LOG_LEVEL": "WARNING",
-            }
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", f"--bind={url[7:]}"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            proc, url = start_gateway(
+                tmp / name,
+                prom_url,
+                {
+                    "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
+                    "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000000",
+                    "FLEETWATCH_QUERY_CACHE_TTL_S": cache_ttl_s,
+                },
             )
             procs.append(proc)
-            wait_http(f"{url}/health", proc)
-            login = requests.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]})
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-            with requests.Session() as admin:
-                admin.headers.update(headers)
+            with admin_session(url) as admin:
                 for i in range(args.hosts):
                     admin.post(
                         f"{url}/api/v1/hosts",
@@ -232,7 +218,7 @@ def main() -> int:
                             "exporter": f"{host_id(i)}.invalid:9101",
                         },
                     ).raise_for_status()
-            return url, headers
+                return url, dict(admin.headers)
 
         # Latency figures: every request reaches Prometheus. Load: the gateway as shipped (2 s cache).
         gw_url, headers = gateway("uncached", "0")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
+from harness import admin_session, start_gateway
 
 from fleetwatch.stack import free_port, wait_http
 from rules_compiler.catalog import CATALOG
@@ -35,7 +34,6 @@ from rules_compiler.downsampling import LEVELS, aggregations_for, record_name
 
 DAY = 86400
 RAW_STEP_S = 5
-ADMIN = ("bench@example.com", "bench-password-123")
 
 
 def host_series(gpus: int) -> list[tuple[object, str]]:
@@ -169,30 +167,18 @@ def latency(tmp: Path, hosts: int, repeat: int) -> dict:
         )
         procs.append(lt)
         wait_http(f"{lt_url}/-/ready", lt)
-        gw_url = f"http://127.0.0.1:{free_port()}"
-        env = {
-            **os.environ,
-            "FLEETWATCH_STATE_DIR": str(tmp / "gateway"),
-            # The raw tier is never asked for these ranges: the long-term one answers them.
-            "FLEETWATCH_PROMETHEUS_URL": lt_url,
-            "FLEETWATCH_LONGTERM_URL": lt_url,
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-            "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
-            "FLEETWATCH_QUERY_CACHE_TTL_S": "0",
-            "FLEETWATCH_LOG_LEVEL": "WARNING",
-        }
-        gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", f"--bind={gw_url[7:]}"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # The raw tier is never asked for these ranges: the long-term one answers them.
+        gw, gw_url = start_gateway(
+            tmp / "gateway",
+            lt_url,
+            {
+                "FLEETWATCH_LONGTERM_URL": lt_url,
+                "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
+                "FLEETWATCH_QUERY_CACHE_TTL_S": "0",
+            },
         )
         procs.append(gw)
-        wait_http(f"{gw_url}/health", gw)
-        s = requests.Session()
-        token = s.post(f"{gw_url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}).json()
-        s.headers["Authorization"] = f"Bearer {token['access_token']}"
+        s = admin_session(gw_url)
         s.post(f"{gw_url}/api/v1/hosts", json={"id": "bench-0000", "hostname": "bench-0000.invalid"})
         out = {"longterm_samples": lines}
         for range_ in ("30d", "90d"):
