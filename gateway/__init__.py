@@ -48,6 +48,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
         ALERTMANAGER_URL="http://127.0.0.1:9093",
         GATEWAY_URL="http://127.0.0.1:8080",
+        GATEWAY_CA_FILE="",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
         PROMTOOL="promtool",
         AMTOOL="amtool",
         ALERT_EVALUATION_INTERVAL_S=30,

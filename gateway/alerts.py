@@ -11,6 +11,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 import marshmallow as ma
@@ -170,6 +171,7 @@ def delivery() -> Delivery:
     return Delivery(
         events_url=c["GATEWAY_URL"].rstrip("/") + "/api/v1/alerts/webhook",
         events_token=secret("alertmanager-webhook"),
+        events_ca_file=c["GATEWAY_CA_FILE"] or "",
         smtp_smarthost=c["SMTP_SMARTHOST"] or "",
         smtp_from=c["SMTP_FROM"],
         smtp_auth_username=c["SMTP_AUTH_USERNAME"] or "",
@@ -472,9 +474,13 @@ def reconcile_acknowledged() -> None:
 class Alertmanager:
     """The few calls of Alertmanager's v2 API the gateway makes: silences and the active alerts."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0):
+    def __init__(self, url: str, timeout_s: float = 5.0, active_ttl_s: float = 2.0):
         self.url = url.rstrip("/")
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=timeout_s), retries=False)
+        # Every read of events asks which acknowledged alerts are still active: one answer
+        # serves this worker's reads for a couple of seconds (REQ-API-005's short TTL).
+        self._active_ttl_s = active_ttl_s
+        self._active: tuple[float, set[str]] | None = None
 
     def silence(self, labels: dict, ttl: timedelta, created_by: str, comment: str) -> str:
         now = datetime.now(UTC)
@@ -494,8 +500,12 @@ class Alertmanager:
             log.warning("could not expire silence %s; it ends by itself", silence_id)
 
     def active_fingerprints(self) -> set[str]:
+        now = time.monotonic()
+        if self._active is not None and now - self._active[0] < self._active_ttl_s:
+            return self._active[1]
         alerts = self._call("GET", "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true")
-        return {a["fingerprint"] for a in alerts}
+        self._active = (now, {a["fingerprint"] for a in alerts})
+        return self._active[1]
 
     def _call(self, method: str, path: str, body: dict | None = None):
         try:

@@ -25,6 +25,8 @@ def serve(args: argparse.Namespace) -> int:
     from gateway import create_app
 
     app = create_app()  # in the master: the schema and first admin exist before workers fork
+    if args.certfile:
+        _webhook_over_tls(app, args.certfile)
     _install_alert_rules(app)
 
     class Gateway(BaseApplication):
@@ -53,6 +55,19 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     Gateway().run()
     return 0
+
+
+def _webhook_over_tls(app, certfile: str) -> None:
+    """Serving HTTPS: Alertmanager must reach the events webhook by https and trust our certificate."""
+    if not app.config["GATEWAY_CA_FILE"]:
+        # A leaf certificate among Go's roots is trusted as itself: this serves self-signed and CA-signed alike.
+        app.config["GATEWAY_CA_FILE"] = str(Path(certfile).resolve())
+    if not app.config["GATEWAY_URL"].startswith("https://"):
+        app.logger.warning(
+            "serving HTTPS, but FLEETWATCH_GATEWAY_URL is %s: Alertmanager cannot post alert events to it; "
+            "set it to https://<a name in the certificate>:<port>",
+            app.config["GATEWAY_URL"],
+        )
 
 
 def _install_alert_rules(app) -> None:

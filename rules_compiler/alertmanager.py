@@ -19,6 +19,7 @@ class Delivery:
 
     events_url: str  # the gateway's webhook for alert events
     events_token: str  # a bearer token the gateway checks on that webhook
+    events_ca_file: str = ""  # a gateway serving HTTPS itself: the certificate Alertmanager trusts for it
     smtp_smarthost: str = ""  # host:port; empty means email channels are refused
     smtp_from: str = "fleetwatch@localhost"
     smtp_auth_username: str = ""
@@ -59,16 +60,13 @@ def render_alertmanager_config(rules: list[AlertRule], delivery: Delivery) -> st
             "continue": True,
         }
     ]
+    events_http = {"authorization": {"type": "Bearer", "credentials": delivery.events_token}}
+    if delivery.events_ca_file:
+        events_http["tls_config"] = {"ca_file": delivery.events_ca_file}
     receivers = [
         {
             "name": EVENTS_RECEIVER,
-            "webhook_configs": [
-                {
-                    "url": delivery.events_url,
-                    "send_resolved": True,
-                    "http_config": {"authorization": {"type": "Bearer", "credentials": delivery.events_token}},
-                }
-            ],
+            "webhook_configs": [{"url": delivery.events_url, "send_resolved": True, "http_config": events_http}],
         }
     ]
     for rule in sorted(rules, key=lambda r: r.id):

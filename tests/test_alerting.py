@@ -9,6 +9,7 @@ webhooks to an HTTP receiver on loopback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -373,3 +374,31 @@ def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
     r = client.get("/api/v1/alerts/events", headers=bearer(login(client, ADMIN)["access_token"]))
     assert r.status_code == 200, r.get_json()
     assert [e["state"] for e in r.get_json()["alerts"]] == ["acknowledged"]
+
+
+def test_a_gateway_serving_https_has_alertmanager_trust_its_certificate(tmp_path, caplog):
+    from gateway.alerts import delivery
+    from gateway.cli import _webhook_over_tls
+    from tests.conftest import make_app
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    app = make_app(tmp_path, "http://127.0.0.1:1", GATEWAY_URL="https://127.0.0.1:8443")
+    _webhook_over_tls(app, str(cert))
+    with app.app_context():
+        config = render_alertmanager_config([], delivery())
+    (tmp_path / "am.yml").write_text(config)
+    subprocess.run(["amtool", "check-config", str(tmp_path / "am.yml")], check=True, capture_output=True)
+    receivers = {r["name"]: r for r in yaml.safe_load(config)["receivers"]}
+    webhook = receivers["fleet-events"]["webhook_configs"][0]
+    assert webhook["url"] == "https://127.0.0.1:8443/api/v1/alerts/webhook"
+    assert webhook["http_config"]["tls_config"] == {"ca_file": str(cert.resolve())}
+
+    plain = make_app(tmp_path, "http://127.0.0.1:1", db_name="plain")  # GATEWAY_URL left at http://
+    with caplog.at_level(logging.WARNING):
+        _webhook_over_tls(plain, str(cert))
+    assert "Alertmanager cannot post alert events" in caplog.text
