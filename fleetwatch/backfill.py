@@ -29,10 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from fleetwatch.stack import seconds
 from gateway.promql import Prometheus
 from rules_compiler.catalog import CATALOG, resolve
 from rules_compiler.downsampling import render_downsampling_rules
+from rules_compiler.promql import seconds
 
 MAX_STEPS = 10_000  # per range query; Prometheus refuses more than 11,000 points per series
 BLOCK = "24h"

@@ -28,6 +28,7 @@ import requests
 from rules_compiler.alertmanager import GENERATED_BY_GATEWAY
 from rules_compiler.catalog import CATALOG
 from rules_compiler.downsampling import SERIES_PATTERN, render_downsampling_rules
+from rules_compiler.promql import seconds
 from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
 log = logging.getLogger(__name__)
@@ -378,12 +379,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def seconds(duration: str) -> float:
-    """Seconds in a Prometheus duration: ``500ms``, ``5s``, ``1m``, ``1h``, ``7d``, ``1w``."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    for suffix in ("ms", "s", "m", "h", "d", "w"):
-        if duration.endswith(suffix) and duration[: -len(suffix)].isdigit():
-            return int(duration[: -len(suffix)]) * units[suffix]
-    raise ValueError(f"not a duration: {duration!r}")

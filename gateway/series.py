@@ -11,7 +11,6 @@ long-term tier beyond.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,6 +20,7 @@ from gateway.promql import Prometheus, selector
 from gateway.schemas import unix_text
 from rules_compiler.catalog import UnknownMetric, resolve
 from rules_compiler.downsampling import LEVELS
+from rules_compiler.promql import seconds
 
 DAY_S = 86400
 RANGES = {  # name -> span in seconds
@@ -42,18 +42,11 @@ LONGTERM_KEEPS_S = {"1m": 30 * DAY_S, "5m": 90 * DAY_S, "1h": 90 * DAY_S}
 MAX_POINTS = 11_000  # Prometheus refuses a range query with more points per series
 # How the several series of one host (GPUs, mounts, NICs) combine into one line.
 COMBINE = {"disk.used_pct": "max", "net.tx_mbps": "sum", "net.rx_mbps": "sum", "net.errors": "sum", "net.drops": "sum"}
-_DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 
 
 def duration_s(text: str | int | float) -> int:
-    """Seconds in "5s", "7d", … (a number is taken as seconds already)."""
-    if isinstance(text, int | float):
-        return int(text)
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"not a duration: {text!r}")
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
+    """Whole seconds in "5s", "7d", … (a number, as the environment may give, is seconds already)."""
+    return int(text) if isinstance(text, int | float) else int(seconds(text))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from rules_compiler.catalog import CATALOG, UnknownMetric, resolve
-from rules_compiler.promql import is_label_name, quote
+from rules_compiler.promql import is_label_name, quote, seconds
 
 SEVERITIES = ("info", "warning", "critical")
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
@@ -22,8 +22,6 @@ GROUP = "fleet-alerts"
 # aggregation, and a critical alert inhibits a warning one only on the same subject.
 SUBJECT_LABELS = tuple(sorted({label for m in CATALOG.values() for label in m.labels}))
 
-_DURATION = re.compile(r"^(\d{1,6})(s|m|h|d)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CONDITION = re.compile(rf"^([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+)\s*(>=|<=|==|!=|>|<)\s*({_NUMBER})$")
 _HEARTBEAT = re.compile(r"^no\s+heartbeat\s+for\s+(\S+)$", re.IGNORECASE)
@@ -191,13 +189,16 @@ def parse_duration(text: str, field_name: str = "duration", allow_static: bool =
     text = str(text).strip()
     if allow_static and text == "static":
         return 0
-    m = _DURATION.match(text)
-    if not m or int(m.group(1)) * _UNIT_S[m.group(2)] > 7 * 86400:
+    try:
+        value = seconds(text)
+    except ValueError:
+        value = -1
+    if value != int(value) or not 0 <= value <= 7 * 86400:
         raise RuleInvalid(
             field_name,
             f"{text!r} is not a duration: write 'static' or a number and s, m, h or d (e.g. 30s, 10m, 1h), at most 7d",
         )
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
+    return int(value)
 
 
 def format_duration(seconds: int) -> str:

@@ -27,3 +27,21 @@ def regex_any(values: list[str]) -> str:
 def is_label_name(name: str) -> bool:
     """A name PromQL accepts as a label, and not one of Prometheus's reserved ``__`` names."""
     return bool(LABEL_NAME.match(name)) and not name.startswith("__")
+
+
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^(\d{1,9})(ms|s|m|h|d|w)$")
+
+
+def seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration of one unit: ``500ms``, ``5s``, ``1m``, ``1h``, ``7d``, ``1w``.
+
+    The one parser of durations in configuration and the API; callers add their own bounds.
+
+    Raises:
+        ValueError: anything else.
+    """
+    m = _DURATION.match(duration.strip()) if isinstance(duration, str) else None
+    if not m:
+        raise ValueError(f"not a duration: {duration!r} (e.g. 500ms, 5s, 1m, 1h, 7d, 1w)")
+    return int(m.group(1)) * _DURATION_UNITS_S[m.group(2)]

@@ -144,6 +144,7 @@ def test_expression_grammar_compiles_to_promql():
         ("expression", lambda: parse_expression(""), "empty"),
         ("duration", lambda: parse_duration("10 minutes"), "is not a duration"),
         ("duration", lambda: parse_duration("30d"), "at most 7d"),
+        ("duration", lambda: parse_duration("1500ms"), "is not a duration"),
         ("scope", lambda: parse_scope({"tags": {"ro-le": "web"}}), "must be letters"),
         ("scope", lambda: parse_scope({"tags": {"role": 3}}), "must be a string"),
         ("scope", lambda: parse_scope("role"), "is not tag=value"),
@@ -158,6 +159,18 @@ def test_invalid_fields_say_what_is_wrong(field, call, fragment):
         call()
     assert err.value.field == field
     assert fragment in str(err.value)
+
+
+def test_one_grammar_of_durations_for_config_and_rules():
+    from gateway.series import duration_s
+    from rules_compiler.promql import seconds
+
+    assert (seconds("500ms"), seconds(" 5s"), seconds("1w")) == (0.5, 5, 604800)
+    assert (duration_s("7d"), duration_s(300)) == (604800, 300)  # the environment may give bare seconds
+    assert (parse_duration("1w"), parse_duration("static"), parse_duration("2000ms")) == (604800, 0, 2)
+    for bad in ("1.5h", "5 minutes", "1h30m", "", "s"):
+        with pytest.raises(ValueError, match="not a duration"):
+            seconds(bad)
 
 
 def test_unknown_metric_lists_the_valid_ones():
