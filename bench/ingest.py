@@ -175,7 +175,10 @@ def main() -> int:
             # The same clients on GET /health, a request that does no work: the ceiling any
             # endpoint of this gateway meets, here in "points" as if each carried 100.
             noop_rate = hammer(f"{gw_url}/health", [b""] * 10**6, 100, {}, args.clients, args.duration, "GET")
-            large = json_bodies(int(args.duration * 50), 100, 100, time.time() - 2400, 20)
+            # Each host's requests walk 100 s forward: 24 per host keep them all inside the
+            # ingest window of [now - 1 h, now + 5 min], however long the phase.
+            count = int(args.duration * 50)
+            large = json_bodies(count, 100, 100, time.time() - 2400, max(20, -(-count // 24)))
             large_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", large, 10_000, headers, args.clients, args.duration)
             del large
             cpu, rss = agent_usage(gw_url, key, state, args.agent_seconds)
