@@ -46,8 +46,10 @@ class AgentConfig:
     timeout_s: float = 10.0
 
 
-# What the gateway may set (REQ-AGENT-003), and the bounds an agent accepts it within.
-PUSHED_SETTINGS = {"interval_s": (1.0, 300.0), "heartbeat_s": (5.0, 60.0)}
+# What the gateway may set (REQ-AGENT-003), and the bounds an agent accepts it within. At most
+# 30 s between samples: every 1-minute average (the 1m tier) still gets one, and every
+# query's 5-minute look-back finds the host.
+PUSHED_SETTINGS = {"interval_s": (1.0, 30.0), "heartbeat_s": (5.0, 60.0)}
 
 
 def parse_duration(text: str | float) -> float:
@@ -203,6 +205,8 @@ class Agent:
             now = self._clock()
             if now > tick + self.config.interval_s:  # suspended or starved: resume from now, no burst of catch-up
                 tick = now
+            elif tick - now > self.config.interval_s:  # the clock was set back: no pause as long as the step
+                tick = now + self.config.interval_s
             while now < tick and not self._stop.is_set():
                 if self._retimed.wait(tick - now):  # a new interval counts from the last sample
                     self._retimed.clear()

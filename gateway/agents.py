@@ -25,8 +25,9 @@ NAME = "agent"
 class AgentSettingsSchema(ma.Schema):
     interval_s = ma.fields.Float(
         allow_none=True,
-        validate=ma.validate.Range(min=1, max=300),
-        metadata={"description": "seconds between samples (1-300); unset: each agent's own (default 5)"},
+        # At most 30 s: every 1-minute average still gets a sample, every 5-minute look-back finds one.
+        validate=ma.validate.Range(min=1, max=30),
+        metadata={"description": "seconds between samples (1-30); unset: each agent's own (default 5)"},
     )
     heartbeat_s = ma.fields.Float(
         allow_none=True,

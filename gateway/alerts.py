@@ -483,6 +483,8 @@ class Alertmanager:
         self._active: tuple[float, set[str]] | None = None
 
     def silence(self, labels: dict, ttl: timedelta, created_by: str, comment: str) -> str:
+        # An answer about active alerts from before this alert fired would end its event at the next read.
+        self._active = None
         now = datetime.now(UTC)
         body = {
             "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in sorted(labels.items())],

@@ -152,24 +152,25 @@ def _api_key_principal() -> Principal:
     known = current_app.extensions.setdefault("api_keys", {})
     now = time.monotonic()
     hit = known.get(digest)
-    if hit is not None and now < hit[0]:
+    if hit is not None and now < hit[0] and hit[1] is not None:
         return hit[1]
     row = db.session.execute(
         text("SELECT id, revoked_at FROM api_keys WHERE key_hash = :digest"), {"digest": digest}
     ).first()
     if row is None or row.revoked_at is not None:
-        known.pop(digest, None)
         raise Unauthorized("invalid or revoked API key")
     principal = Principal("api_key", row.id, AGENT)
-    if len(known) > 10_000:  # keys, not agents: a fleet has a handful
-        known.clear()
-    known[digest] = (now + current_app.config["API_KEY_CACHE_S"], principal)
+    if hit is None or now >= hit[0]:  # not while a revocation is fresh: this read may predate its commit
+        if len(known) > 10_000:  # keys, not agents: a fleet has a handful
+            known.clear()
+        known[digest] = (now + current_app.config["API_KEY_CACHE_S"], principal)
     return principal
 
 
 def forget_api_key(key_hash: str) -> None:
     """Revoked: this worker stops honouring the key at once (the others within API_KEY_CACHE_S)."""
-    current_app.extensions.setdefault("api_keys", {}).pop(key_hash, None)
+    ttl = current_app.config["API_KEY_CACHE_S"]
+    current_app.extensions.setdefault("api_keys", {})[key_hash] = (time.monotonic() + ttl, None)
 
 
 def issue_token(user: Principal, kind: str, ttl: timedelta) -> tuple[str, int]:

@@ -37,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", None)
-            if os.path.isdir("/dev/shm"):
+            if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
             if args.certfile:  # TLS (§12.1) without a proxy in front: agents verify this certificate

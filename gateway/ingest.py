@@ -22,6 +22,8 @@ import functools
 import json
 import logging
 import math
+import os
+import random
 import re
 import threading
 import time
@@ -31,7 +33,7 @@ import marshmallow as ma
 import orjson
 from flask import current_app, request
 from flask.views import MethodView
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.agents import AgentSettingsSchema, agent_settings
@@ -40,6 +42,7 @@ from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, Unavailable
 from gateway.remote_write import (
     GroupWriter,
+    Refused,
     RemoteWriter,
     WriteFailed,
     encode_labels,
@@ -88,7 +91,7 @@ class IngestState:
         self.series: dict[str, set] = {}
         self.pushers: dict[str, float] = {}  # host id -> when the DB said it is a pushing host (monotonic)
         self.seen: dict[str, datetime] = {}  # host id -> its latest push, not yet written
-        self.flushed_at = time.monotonic()
+        self.flushed_at, self.pid = time.monotonic(), os.getpid()
 
 
 @blp.record_once
@@ -269,15 +272,20 @@ def store(writer: RemoteWriter, batch: list, errors: list) -> None:
     except WriteFailed as exc:
         if exc.retry:
             raise
-        # Prometheus 2.x refuses a whole request for one bad sample (e.g. older than its
-        # out-of-order window): halve until the culprits are alone, store the rest.
-        single = [(labels, [s]) for labels, samples in batch for s in samples]
-        if len(single) == 1:
-            errors.append({"index": single[0][1][0][2], "reason": f"refused by the store: {exc}"[:300]})
-            return
-        middle = len(single) // 2
-        store(writer, single[:middle], errors)
-        store(writer, single[middle:], errors)
+        halve(writer, batch, errors, exc)
+
+
+def halve(writer: RemoteWriter, batch: list, errors: list, refusal: WriteFailed) -> None:
+    """``batch`` was refused (4xx): store it in halves until the culprits are alone, and report those."""
+    # Prometheus 2.x refuses a whole request for one bad sample (e.g. older than its
+    # out-of-order window): halve until the culprits are alone, store the rest.
+    single = [(labels, [s]) for labels, samples in batch for s in samples]
+    if len(single) == 1:
+        errors.append({"index": single[0][1][0][2], "reason": f"refused by the store: {refusal}"[:300]})
+        return
+    middle = len(single) // 2
+    store(writer, single[:middle], errors)
+    store(writer, single[middle:], errors)
 
 
 def heartbeat(state: IngestState, body: dict, force: bool = False) -> None:
@@ -325,15 +333,26 @@ def heartbeat(state: IngestState, body: dict, force: bool = False) -> None:
 
 def _write_seen(state: IngestState, now: float) -> None:
     """Every noted push's time in one UPDATE, once every HEARTBEAT_EVERY_S."""
+    every = _setting("HEARTBEAT_EVERY_S")
     with state.lock:
-        if now - state.flushed_at < _setting("HEARTBEAT_EVERY_S") or not state.seen:
+        if state.pid != os.getpid():
+            # Forked from the master with the rest: a phase of its own keeps the workers' UPDATEs apart.
+            state.pid, state.flushed_at = os.getpid(), now - random.uniform(0, every)
+        if now - state.flushed_at < every or not state.seen:
             return
         seen, state.seen, state.flushed_at = state.seen, {}, now
     hosts = Host.__table__
     try:
         db.session.execute(
-            update(hosts).where(hosts.c.id == bindparam("host")).values(last_seen_at=bindparam("at")),
-            [{"host": host_id, "at": at} for host_id, at in seen.items()],
+            update(hosts)
+            # Never backwards: another worker may have written a later push or heartbeat already.
+            .where(
+                hosts.c.id == bindparam("host"),
+                or_(hosts.c.last_seen_at.is_(None), hosts.c.last_seen_at < bindparam("at")),
+            )
+            .values(last_seen_at=bindparam("at")),
+            # In one order in every worker: two UPDATEs of the same hosts never wait on each other (PostgreSQL).
+            [{"host": host_id, "at": at} for host_id, at in sorted(seen.items())],
         )
         db.session.commit()
     except SQLAlchemyError as exc:
@@ -421,10 +440,12 @@ def _store_bounded(state: IngestState, counters, valid: list, errors: list) -> N
             size = sum(len(samples) for _, samples in batch)
             try:
                 state.group.write(_encoded(batch), size)
+            except Refused:
+                store(state.writer, batch, errors)  # refused with others' points: alone, then halved if need be
             except WriteFailed as exc:
                 if exc.retry:
                     raise
-                store(state.writer, batch, errors)  # refused: alone, halved until the culprits are found
+                halve(state.writer, batch, errors, exc)  # refused, alone: its own points are to blame
             stored += size
     except WriteFailed as exc:
         counters.ingest_points.labels("failed").inc(total - stored)

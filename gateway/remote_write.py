@@ -144,20 +144,23 @@ class Refused(WriteFailed):
 class GroupWriter:
     """Concurrent writers' series share remote-write requests (REQ-INGEST-004: batched writes).
 
-    Group commit, as databases do it: a writer that finds no request in
-    flight sends at once, alone; writers that come while one is in flight
-    wait for it, and the next of them sends everything that queued meanwhile
-    in one request. A lone agent waits for nobody, and under load Prometheus
-    gets a few large requests instead of one per agent's batch of 100 points.
-    Every writer returns only once its own series are stored.
+    Group commit, as databases do it: a writer that finds a free slot sends
+    at once, alone; writers that come while every slot (``max_in_flight``) has
+    a request in flight wait, and the next of them to get a slot sends
+    everything that queued meanwhile in one request. A lone agent waits for
+    nobody, and under load Prometheus gets a few large requests instead of one
+    per agent's batch of 100 points; with two slots, one slow request does not
+    hold up every writer behind it. Every writer returns only once its own
+    series are stored.
     """
 
-    def __init__(self, writer: RemoteWriter, max_samples: int = 10_000):
+    def __init__(self, writer: RemoteWriter, max_samples: int = 10_000, max_in_flight: int = 2):
         self.writer = writer
         self._max = max_samples
+        self._slots = max_in_flight
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
-        self._sending = False
+        self._in_flight = 0
 
     def write(self, series: list[bytes], samples: int) -> None:
         """Store ``series`` (encoded, ``samples`` samples in all), alone or with others' in one request.
@@ -171,7 +174,8 @@ class GroupWriter:
             self._queue.append(job)
         while True:
             with self._cond:
-                while not job.done and self._sending:
+                # Its series already in a request in flight (another writer's): wait for that one.
+                while not job.done and (job.taken or self._in_flight >= self._slots):
                     self._cond.wait()
                 if job.done:
                     break
@@ -179,13 +183,17 @@ class GroupWriter:
                 while self._queue and (not group or count + self._queue[0].samples <= self._max):
                     count += self._queue[0].samples
                     group.append(self._queue.pop(0))
-                self._sending = True
-            error = self._send(group)
-            with self._cond:
-                for member in group:
-                    member.done, member.error = True, error
-                self._sending = False
-                self._cond.notify_all()
+                    group[-1].taken = True
+                self._in_flight += 1
+            error: BaseException | None = RuntimeError("remote write interrupted")
+            try:
+                error = self._send(group)
+            finally:  # whatever happened, the group hears of it and the slot is freed
+                with self._cond:
+                    for member in group:
+                        member.done, member.error = True, error
+                    self._in_flight -= 1
+                    self._cond.notify_all()
         if job.error is not None:
             raise job.error
 
@@ -202,8 +210,8 @@ class GroupWriter:
 
 
 class _Job:
-    __slots__ = ("series", "samples", "done", "error")
+    __slots__ = ("series", "samples", "taken", "done", "error")
 
     def __init__(self, series: list[bytes], samples: int):
         self.series, self.samples = series, samples
-        self.done, self.error = False, None
+        self.taken, self.done, self.error = False, False, None

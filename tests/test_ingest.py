@@ -355,7 +355,7 @@ def writing(group: GroupWriter, series: list[bytes], results: dict, name) -> thr
 
 def test_concurrent_writers_share_one_remote_write_and_each_waits_for_its_own(prometheus):
     writer = HeldWriter(f"{prometheus.url}/api/v1/write")
-    group, results, now_ms = GroupWriter(writer), {}, int(time.time() * 1000)
+    group, results, now_ms = GroupWriter(writer, max_in_flight=1), {}, int(time.time() * 1000)
     threads = [writing(group, one_series("fleet:cpu_load1", "h-group-0", 0, now_ms), results, 0)]
     assert writer.sent.wait(10)
     for i in range(1, 6):
@@ -371,6 +371,25 @@ def test_concurrent_writers_share_one_remote_write_and_each_waits_for_its_own(pr
     assert sorted(float(s["value"][1]) for s in stored) == [0, 1, 2, 3, 4, 5]
 
 
+def test_with_two_requests_in_flight_the_writers_behind_them_still_share_one(prometheus):
+    writer = HeldWriter(f"{prometheus.url}/api/v1/write")
+    group, results, now_ms = GroupWriter(writer, max_in_flight=2), {}, int(time.time() * 1000)
+    threads = []
+    for i in range(2):  # both slots taken, both held
+        writer.sent.clear()
+        threads.append(writing(group, one_series("fleet:cpu_load15", f"h-slot-{i}", i, now_ms), results, i))
+        assert writer.sent.wait(10)
+    for i in range(2, 5):
+        threads.append(writing(group, one_series("fleet:cpu_load15", f"h-slot-{i}", i, now_ms), results, i))
+    time.sleep(0.3)
+    writer.release.set()
+    for t in threads:
+        t.join(10)
+    assert results == {i: "stored" for i in range(5)}
+    # The three that waited went in one request; the one whose series it carried did not send an empty one.
+    assert writer.requests == [1, 1, 3]
+
+
 def test_a_refused_shared_request_is_each_writers_to_send_alone(prometheus):
     now_ms, week_ms = int(time.time() * 1000), 7 * 86400 * 1000
     too_old = one_series("fleet:cpu_load5", "h-refused", 1, now_ms - week_ms)
@@ -381,7 +400,7 @@ def test_a_refused_shared_request_is_each_writers_to_send_alone(prometheus):
     assert type(alone.value) is WriteFailed and not alone.value.retry  # alone, the reason is its own
 
     writer = HeldWriter(f"{prometheus.url}/api/v1/write")
-    group, results = GroupWriter(writer), {}
+    group, results = GroupWriter(writer, max_in_flight=1), {}
     threads = [writing(group, one_series("fleet:cpu_load5", "h-head", 1, now_ms), results, "head")]
     assert writer.sent.wait(10)
     threads.append(writing(group, too_old, results, "old"))
