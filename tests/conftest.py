@@ -235,6 +235,17 @@ def make_app(state_dir, prometheus_url: str, **overrides):
     return create_app(config)
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl: (cert.pem, key.pem) in ``directory``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def login(client, creds) -> dict:
     r = client.post("/api/v1/auth/login", json={"email": creds[0], "password": creds[1]})
     assert r.status_code == 200, r.get_json()

@@ -18,7 +18,7 @@ from exporter.catalog_points import Translator
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
 from rules_compiler.catalog import resolve
-from tests.conftest import ADMIN, PromClient, free_port, wait_http
+from tests.conftest import ADMIN, PromClient, free_port, self_signed_certificate, wait_http
 from tests.test_ingest import Prometheus
 
 
@@ -170,12 +170,7 @@ def test_config_from_yaml_and_durations(tmp_path):
 
 def test_the_agent_pushes_over_tls_only_to_a_certificate_it_trusts(tmp_path, caplog):
     """The gateway serving HTTPS itself; the agent with --ca-file gets through, without it nothing leaves."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     (tmp_path / "prom").mkdir()
     prom = Prometheus(tmp_path / "prom").start()
     gateway = Gateway(tmp_path, prom.url)

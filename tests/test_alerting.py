@@ -392,14 +392,9 @@ def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
 def test_a_gateway_serving_https_has_alertmanager_trust_its_certificate(tmp_path, caplog):
     from gateway.alerts import delivery
     from gateway.cli import _webhook_over_tls
-    from tests.conftest import make_app
+    from tests.conftest import make_app, self_signed_certificate
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     app = make_app(tmp_path, "http://127.0.0.1:1", GATEWAY_URL="https://127.0.0.1:8443")
     _webhook_over_tls(app, str(cert))
     with app.app_context():
