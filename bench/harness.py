@@ -1,4 +1,4 @@
-"""What the bench scripts share: a gateway of their own on a free loopback port, and its admin."""
+"""What the bench scripts share: a Prometheus and a gateway of their own on free loopback ports, and its admin."""
 
 from __future__ import annotations
 
@@ -12,6 +12,21 @@ import requests
 from fleetwatch.stack import free_port, wait_http
 
 ADMIN = ("bench@example.com", "bench-password-123")
+
+
+def start_prometheus(data: Path, config: str = "global: {}\n", flags: tuple = ()):
+    """Debian's Prometheus with ``config``, its TSDB in ``data`` (the config file beside it); (process, URL)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    config_file = data.with_name(f"{data.name}.yml")
+    config_file.write_text(config)
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={data}", f"--web.listen-address={url[7:]}"]
+        + list(flags),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"{url}/-/ready", proc)
+    return proc, url
 
 
 def start_gateway(state: Path, prometheus_url: str, env: dict | None = None, args: tuple = ()):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,32 +31,11 @@ from pathlib import Path
 import orjson
 import psutil
 import urllib3
-from harness import admin_session, start_gateway
+from harness import admin_session, start_gateway, start_prometheus
 
-from fleetwatch.stack import free_port, wait_http
 from gateway.remote_write import encode_labels, encode_sample, encode_series
 
 PROM_CONFIG = "global: {scrape_interval: 1m}\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n"
-
-
-def start_prometheus(state: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    (state / "prometheus.yml").write_text(PROM_CONFIG)
-    proc = subprocess.Popen(
-        [
-            shutil.which("prometheus"),
-            f"--config.file={state / 'prometheus.yml'}",
-            f"--storage.tsdb.path={state / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-remote-write-receiver",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/-/ready", proc)
-    return proc, url
 
 
 def hammer(
@@ -154,7 +132,9 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         state = Path(tmp)
-        prom, prom_url = start_prometheus(state)
+        prom, prom_url = start_prometheus(
+            state / "prom-data", PROM_CONFIG, ("--web.enable-remote-write-receiver", "--log.level=warn")
+        )
         gateway, gw_url = start_gateway(
             state / "gateway", prom_url, args=(f"--workers={args.workers}", f"--threads={args.threads}")
         )

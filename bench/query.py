@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 import requests
-from harness import admin_session, start_gateway
+from harness import admin_session, start_gateway, start_prometheus
 
-from fleetwatch.stack import free_port, wait_http
 from rules_compiler.recording import HOST_SUMMARY, JUDGED
 
 STEP_S = 5
@@ -179,22 +178,10 @@ def main() -> int:
         check=True,
         capture_output=True,
     )
-    (tmp / "prometheus.yml").write_text("global: {}\n")
-    prom_url = f"http://127.0.0.1:{free_port()}"
     procs = []
     try:
-        prom = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address={prom_url[7:]}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        prom, prom_url = start_prometheus(tmp / "data")
         procs.append(prom)
-        wait_http(f"{prom_url}/-/ready", prom)
 
         def gateway(name: str, cache_ttl_s: str) -> tuple[str, dict]:
             """A gateway on its own state dir, with the N hosts, logged in; rate limits lifted."""

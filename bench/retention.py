@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import admin_session, start_gateway
+from harness import admin_session, start_gateway, start_prometheus
 
-from fleetwatch.stack import free_port, wait_http
 from rules_compiler.catalog import CATALOG
 from rules_compiler.downsampling import LEVELS, aggregations_for, record_name
 
@@ -155,18 +154,10 @@ def latency(tmp: Path, hosts: int, repeat: int) -> dict:
         check=True,
         capture_output=True,
     )
-    (tmp / "empty.yml").write_text("global: {}\n")
-    lt_url = f"http://127.0.0.1:{free_port()}"
     procs = []
     try:
-        lt = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp / 'empty.yml'}", f"--storage.tsdb.path={tmp / 'lt-data'}"]
-            + [f"--web.listen-address={lt_url[7:]}", "--storage.tsdb.retention.time=90d"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        lt, lt_url = start_prometheus(tmp / "lt-data", flags=("--storage.tsdb.retention.time=90d",))
         procs.append(lt)
-        wait_http(f"{lt_url}/-/ready", lt)
         # The raw tier is never asked for these ranges: the long-term one answers them.
         gw, gw_url = start_gateway(
             tmp / "gateway",
