@@ -34,8 +34,6 @@ DETAIL_METRICS = ("cpu.utilization", "mem.used_pct", "gpu.utilization", "disk.us
 RESERVED_TAGS = {"host_id", "hostname", "instance", "job"}
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
-
-
 PUSH = "push"  # the API's ``exporter`` of a pushing host, as it was before Host.pushes existed
 
 
