@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from fleetwatch.stack import Ports, Stack, StackConfig, free_port, wait_http  # noqa: F401 - used by tests
-from gateway import create_app
+from gateway.app import create_app
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ADMIN = ("admin@example.com", "admin-password-123")

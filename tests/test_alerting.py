@@ -390,7 +390,7 @@ def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
 
 
 def test_a_gateway_serving_https_has_alertmanager_trust_its_certificate(tmp_path, caplog):
-    from gateway.alerts import delivery
+    from gateway.alert_channels import delivery
     from gateway.cli import _webhook_over_tls
     from tests.conftest import make_app, self_signed_certificate
 

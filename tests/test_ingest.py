@@ -241,7 +241,9 @@ def test_first_push_discovers_the_host_and_silence_turns_it_crit(ingest_app, api
     host = client.get("/api/v1/hosts/h-beat?range=15m", headers=admin).get_json()["host"]
     assert host["status"] == "crit" and "crit: agent silent for 2m" in host["status_reasons"]
     # A pushing host is no scrape target: Prometheus must not try to reach it.
-    client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin)
+    assert (
+        client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin).json["exporter"] == "push"
+    )
     targets = json.loads((Path(ingest_app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
     assert all(t["labels"]["host_id"] != "h-beat" for t in targets)
 
