@@ -110,7 +110,9 @@ def test_a_busy_process_tops_the_cpu_ranking_on_the_real_proc():
     finally:
         busy.kill()
         busy.wait()
-    top = ranking.by_cpu[0]
-    assert top.pid == busy.pid
+    # Ranked by CPU; on a shared machine another busy process may rank above it, never an idle one.
+    cpu = [p.cpu_percent for p in ranking.by_cpu]
+    assert cpu == sorted(cpu, reverse=True)
+    top = next(p for p in ranking.by_cpu if p.pid == busy.pid)
     assert 50 < top.cpu_percent <= 110
     assert len(ranking.by_cpu) <= 3 and len(ranking.by_memory) == 3
