@@ -48,7 +48,7 @@ class Receiver:
         received = self.posts
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's hook name
+            def do_POST(self):  # http.server's hook name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append(json.loads(body))
                 self.send_response(200)

@@ -270,7 +270,8 @@ def test_validation_says_which_field_and_why_and_changes_nothing(client, admin):
 
 
 def test_duplicate_host_id_is_409(client, admin):
-    client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"})
+    first = client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"})
+    assert first.status_code == 201, first.get_json()
     assert_error(
         client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"}),
         409,

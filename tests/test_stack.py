@@ -48,7 +48,9 @@ def reference(prom: PromClient) -> str:
 
 
 def test_prometheus_scrapes_the_exporter(prom, ours_instance):
-    ours(prom, ours_instance)  # waits for up == 1
+    instance = ours(prom, ours_instance)  # waits for up == 1
+    (scraped,) = prom.query(f'scrape_samples_scraped{{instance="{instance}"}}')
+    assert float(scraped["value"][1]) > 100  # a whole host's families, not an empty page
 
 
 @pytest.mark.parametrize("family", OUR_FAMILIES)

@@ -15,7 +15,7 @@ class Mailbox:
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd's hook name
         from email import message_from_bytes
 
         self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
