@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
+.PHONY: run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -12,6 +12,10 @@ run: system-deps $(STAMP)
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(ARGS)
+
+# The tests that start no real service: seconds, not minutes (docs/testing.md).
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not integration" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -87,7 +87,7 @@ class FakePynvml:
     def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
         return self.devices[index]
 
-    class c_nvmlGpmMetricsGet_t:  # noqa: N801 - pynvml's name; the real struct takes only real samples
+    class c_nvmlGpmMetricsGet_t:  # pynvml's name; the real struct takes only real samples
         def __init__(self):
             self.metrics = [NS(metricId=0, nvmlReturn=-1, value=0.0) for _ in range(8)]
 

@@ -18,6 +18,7 @@ import pynvml
 import pytest
 import requests
 
+from fleetwatch.testing.waits import free_port, wait_until
 from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
 from tests.fake_nvml import TOTAL, UUID1, FakePynvml, h100
@@ -177,7 +178,8 @@ def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
         hog.kill()
         busy.wait()
         hog.wait()
-    time.sleep(2)  # the rule evaluation at t1 is written
+    # The rule evaluations at t1 are written once one a second later is (each group evaluates in order).
+    prom.wait_for(f'timestamp(fleet:cpu_utilization{{host_id="{host}"}}) > {t1 + 1}', timeout_s=15)
     busy_s = (busy1.user + busy1.system) - (busy0.user + busy0.system)
     return Window(
         host,
@@ -350,7 +352,6 @@ def gpu_node(stack, prom):
     from exporter.nvml import Nvml
     from exporter.processes import ProcessScanner, TopProcessCollector
     from exporter.registry import ExporterConfig, build_registry
-    from tests.conftest import free_port
 
     h100_procs = [NS(pid=os.getpid(), usedGpuMemory=1234 * MiB)]
     lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), _mig_h100(os.getppid())])
@@ -386,25 +387,24 @@ GPU_CHECKS = {  # metric: {gpu_index: what NVML said, in the metric's unit}
 
 def check_gpu(metric: str):
     def check(prom, host: str) -> None:
-        deadline = time.monotonic() + 15
-        while (got := by(prom, metric, "gpu_index", host)).keys() != GPU_CHECKS[metric].keys():
-            assert time.monotonic() < deadline, got  # both GPUs, once both have been scraped
-            time.sleep(0.5)
+        got = wait_until(  # both GPUs, once both have been scraped
+            lambda: (found := by(prom, metric, "gpu_index", host)).keys() == GPU_CHECKS[metric].keys() and found,
+            15,
+            f"{metric} of both GPUs",
+        )
         assert got == pytest.approx(GPU_CHECKS[metric], rel=1e-9)
 
     return check
 
 
 def check_top_gpu_mem(prom, host: str) -> None:
-    deadline = time.monotonic() + 15
     want = {(str(os.getpid()), "0"): 1234.0, (str(os.getppid()), "1"): 700.0}
-    while True:
+
+    def top_gpu_mem() -> tuple[list[dict], dict]:
         result = prom.wait_for(selector(CATALOG["proc.top.gpu_mem_mb"].record, host_id=host))
-        got = {(s["metric"]["pid"], s["metric"]["gpu_index"]): float(s["value"][1]) for s in result}
-        if got == want or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert got == want
+        return result, {(s["metric"]["pid"], s["metric"]["gpu_index"]): float(s["value"][1]) for s in result}
+
+    result, _ = wait_until(lambda: (found := top_gpu_mem())[1] == want and found, 15, f"GPU processes {want}")
     mine = next(s["metric"] for s in result if s["metric"]["pid"] == str(os.getpid()))
     assert mine["name"] == psutil.Process().name() and mine["user"] == psutil.Process().username()
 
