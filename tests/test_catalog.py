@@ -17,6 +17,7 @@ import psutil
 import pytest
 import requests
 
+from exporter import catalog_table as T
 from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
 from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
@@ -39,6 +40,15 @@ def test_promtool_accepts_the_rules(tmp_path):
     r = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {len(CATALOG) + len(HOST_SUMMARY) + len(JUDGED)} rules found" in r.stdout
+
+
+def test_the_shared_table_names_catalog_metrics_with_their_labels():
+    """exporter/catalog_table.py, which the agent evaluates, holds catalog names only, labelled as the catalog is."""
+    for name in (*T.HOST_GAUGES, *T.RATES, *T.GPU_GAUGES, *T.PROCESSES):
+        assert name in CATALOG, name
+    assert all(CATALOG[name].labels == (T.RATE_LABEL,) for name in T.RATES)
+    assert all(CATALOG[name].labels == ("gpu_index",) for name in T.GPU_GAUGES)
+    assert all(CATALOG[name].labels[:4] == T.PROCESS_LABELS for name in T.PROCESSES)
 
 
 def test_resolve_per_core_and_plain_names():

@@ -1,11 +1,12 @@
 """One exporter scrape, both implementations of the catalog: the recording rules in a real Prometheus and
 the push agent's Translator give every catalog metric the same value.
 
-Two scrapes A and B of our collectors (psutil and /proc, plus an H100 and a MIG H100 faked at the pynvml
-boundary) are the fixed input. The agent reads them ``DT`` seconds apart. Prometheus scrapes a loopback
-server that serves B's gauges as they are and each counter moving on from B at the rate A→B implies
-((B - A) / DT per second), stamped with the time it serves them: rate() over any window of that straight
-line is exactly the agent's (B - A) / DT, whatever Prometheus's scrape times and extrapolation.
+Two scrapes A and B of our collectors (psutil and /proc with one more NIC and disk, an H100 and a MIG H100
+faked at the pynvml boundary) are the fixed input. The agent reads them ``DT`` seconds apart. Prometheus
+gets them by remote write, as a backfill: B's gauges, and each counter moving on from B at the rate A→B
+implies ((B - A) / DT per second), one sample a second from GRID_S before to GRID_S after the moment of
+writing. Its own rule evaluations then each see whole seconds of that straight line in their window, so
+rate() (extrapolation included) is exactly the agent's (B - A) / DT, whatever the moment they run.
 """
 
 from __future__ import annotations
