@@ -14,14 +14,14 @@ from types import SimpleNamespace as NS
 from typing import NamedTuple
 
 import psutil
-import pynvml
 import pytest
 import requests
 
+from exporter import catalog_table as T
 from fleetwatch.testing.waits import free_port, wait_until
 from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
-from tests.fake_nvml import TOTAL, UUID1, FakePynvml, h100
+from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
 
 GOLDEN = Path(__file__).parent / "golden" / "normalisation.yml"
 MiB = 1024 * 1024
@@ -41,6 +41,15 @@ def test_promtool_accepts_the_rules(tmp_path):
     r = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {len(CATALOG) + len(HOST_SUMMARY) + len(JUDGED)} rules found" in r.stdout
+
+
+def test_the_shared_table_names_catalog_metrics_with_their_labels():
+    """exporter/catalog_table.py, which the agent evaluates, holds catalog names only, labelled as the catalog is."""
+    for name in (*T.HOST_GAUGES, *T.RATES, *T.GPU_GAUGES, *T.PROCESSES):
+        assert name in CATALOG, name
+    assert all(CATALOG[name].labels == (T.RATE_LABEL,) for name in T.RATES)
+    assert all(CATALOG[name].labels == ("gpu_index",) for name in T.GPU_GAUGES)
+    assert all(CATALOG[name].labels[:4] == T.PROCESS_LABELS for name in T.PROCESSES)
 
 
 def test_resolve_per_core_and_plain_names():
@@ -308,39 +317,7 @@ HOST_CHECKS = {
 
 # A GPU node with NVML faked at the pynvml boundary: an H100 under load (tests/fake_nvml.py) and an H100 in
 # MIG mode with two GPU instances. Our real collectors and HTTP path, scraped by the real Prometheus.
-GI_MIB = {2: (40960, 20000, 100), 9: (10240, 512, 0)}  # GPU instance id: (total, used, reserved) in MiB
 GPU0_USED, GPU0_RESERVED = 13171 * MiB + 12345, 479 * MiB + 1000  # as h100() answers
-
-
-def _memory(total: int, used: int, reserved: int):
-    v2 = NS(total=total, used=used, reserved=reserved, free=total - used - reserved)
-    return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else NS(total=total, used=used + reserved)
-
-
-def _mig_h100(pid: int) -> dict:
-    def instance(gi: int, procs: list) -> dict:
-        total, used, reserved = GI_MIB[gi]
-        return {
-            "nvmlDeviceGetName": "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
-            "nvmlDeviceGetGpuInstanceId": gi,
-            "nvmlDeviceGetMemoryInfo": _memory(total * MiB, used * MiB, reserved * MiB),
-            "nvmlDeviceGetComputeRunningProcesses": procs,
-        }
-
-    slots = {0: instance(2, [NS(pid=pid, usedGpuMemory=700 * MiB)]), 3: instance(9, [])}
-
-    def by_index(i: int):
-        return slots.get(i, pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND))
-
-    return h100(
-        UUID1,
-        "00000000:00:07.0",
-        nvmlDeviceGetMigMode=[1, 1],
-        nvmlDeviceGetComputeRunningProcesses=[],  # they are listed per GPU instance
-        nvmlDeviceGetMaxMigDeviceCount=7,
-        nvmlDeviceGetMigDeviceHandleByIndex=by_index,
-        nvmlDeviceGetUtilizationRates=pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +331,7 @@ def gpu_node(stack, prom):
     from exporter.registry import ExporterConfig, build_registry
 
     h100_procs = [NS(pid=os.getpid(), usedGpuMemory=1234 * MiB)]
-    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), _mig_h100(os.getppid())])
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), mig_h100(os.getppid())])
     gpu = GpuCollector(Nvml(lib), hostname="gpu-node-catalog", interval=1)
     top = TopProcessCollector(ProcessScanner(5, gpu_processes=gpu.processes), interval=1)
     config = ExporterConfig(host=False, gpu=False, processes=False, extra_collectors={"gpu": gpu, "processes": top})
