@@ -11,9 +11,12 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable
 from itertools import chain
 from types import ModuleType
 from typing import Any, NamedTuple
+
+from exporter.nvml_health import read_health
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class ComputeProcess(NamedTuple):
 
 
 class MigInstance(NamedTuple):
-    """One MIG GPU instance: memory and processes belong to it, not to the parent GPU."""
+    """One MIG GPU instance: memory, processes and GPM activity belong to it, not to the parent GPU."""
 
     gpu_instance_id: int  # NVML GI id, dcgm-exporter's GPU_I_ID
     profile: str  # e.g. "1g.10gb", dcgm-exporter's GPU_I_PROFILE
@@ -35,6 +38,10 @@ class MigInstance(NamedTuple):
     fb_free_mib: int | None
     fb_reserved_mib: int | None
     processes: tuple[ComputeProcess, ...]
+    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer).
+    gr_engine_active: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
 
 
 class GpuDevice(NamedTuple):
@@ -59,10 +66,27 @@ class GpuDevice(NamedTuple):
     pcie_replay: int | None  # monotonic
     processes: tuple[ComputeProcess, ...]  # empty for a MIG GPU: see mig_instances
     mig_instances: tuple[MigInstance, ...] | None  # None unless MIG mode is on
-    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer, not MIG):
+    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer; per instance on MIG):
     gr_engine_active: float | None = None
     tensor_active: float | None = None
     dram_active: float | None = None
+    # Health (nvml_health.py); counters are monotonic until a driver reload (volatile) or forever (aggregate).
+    ecc_sbe_vol: int | None = None
+    ecc_dbe_vol: int | None = None
+    ecc_sbe_agg: int | None = None
+    ecc_dbe_agg: int | None = None
+    retired_sbe: int | None = None  # pages retired (before Ampere)
+    retired_dbe: int | None = None
+    retired_pending: int | None = None  # 1: a retirement waits for a reset
+    remapped_correctable: int | None = None  # rows remapped (Ampere and newer)
+    remapped_uncorrectable: int | None = None
+    remap_pending: int | None = None  # 1: a remap waits for a reset
+    remap_failure: int | None = None  # 1: a remap failed
+    clocks_event_reasons: int | None = None  # bitmask of nvmlClocksEventReason*
+    power_limit_w: float | None = None
+    nvlink_kib: int | None = None  # sent + received over all links, since driver load
+    nvlink_at_us: int | None = None  # when NVML read nvlink_kib
+    nvlink_mib_s: float | None = None  # rate between two readings, filled in by the collector
 
 
 # GpuDevice field -> NVML GPM metric; DCGM reports these percentages as ratios.
@@ -90,6 +114,11 @@ class Nvml:
         self._gpm_primed: set[str] = set()  # the previous buffer holds a reading
         self._no_gpm: set[str] = set()  # no GPM on this GPU
         self._gpm_failed: set[str] = set()  # failure logged
+
+    @property
+    def lib(self) -> Any:
+        """The pynvml module (or fake) in use, for its constants; None before the first read."""
+        return self._lib
 
     def driver_version(self) -> str:
         """The driver version read at initialisation ("" before it, or without NVML)."""
@@ -132,9 +161,10 @@ class Nvml:
         try:
             return call(*args, **kwargs)
         except lib.NVMLError as exc:
-            if exc.value in (lib.NVML_ERROR_NOT_SUPPORTED, lib.NVML_ERROR_NOT_FOUND):
+            if exc.value == lib.NVML_ERROR_NOT_FOUND:  # "no such thing now": an empty MIG slot, no samples
                 return default
             if exc.value not in (
+                lib.NVML_ERROR_NOT_SUPPORTED,  # this GPU lacks the field
                 lib.NVML_ERROR_FUNCTION_NOT_FOUND,  # a driver older than the call
                 lib.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,  # a driver older than the struct
                 lib.NVML_ERROR_NO_PERMISSION,
@@ -205,8 +235,8 @@ class Nvml:
         used, free, reserved = (None, None, None) if mig else self._memory_mib(h)
         power_mw = q("nvmlDeviceGetPowerUsage", h)
         uuid = _text(lib.nvmlDeviceGetUUID(h))
-        # GPM per MIG instance needs nvmlGpmMigSampleGet; not done yet, so MIG GPUs have no PROF series.
-        gpm = {} if mig else self._gpm_ratios(uuid, h)
+        # On a MIG GPU, GPM measures each instance (nvmlGpmMigSampleGet), not the whole GPU.
+        gpm = {} if mig else self._gpm_ratios(uuid, h, lambda sample: lib.nvmlGpmSampleGet(h, sample))
         return GpuDevice(
             index=index,
             uuid=uuid,
@@ -226,30 +256,36 @@ class Nvml:
             mem_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM),
             pcie_replay=q("nvmlDeviceGetPcieReplayCounter", h),
             processes=() if mig else self._processes(h),
-            mig_instances=self._mig_instances(h) if mig else None,
+            mig_instances=self._mig_instances(uuid, h) if mig else None,
             **gpm,
+            **read_health(self, h),
         )
 
-    def _gpm_ratios(self, uuid: str, h: Any) -> dict[str, float]:
-        """DCGM's PROF ratios over the interval since this GPU's previous reading; {} where there are none."""
+    def _gpm_ratios(self, key: str, h: Any, sample_get: Callable[[Any], Any]) -> dict[str, float]:
+        """DCGM's PROF ratios over the interval since ``key``'s previous reading; {} where there are none.
+
+        ``key`` is a GPU's UUID, or "UUID/GI id" for a MIG instance; ``h`` is the
+        (parent) GPU, asked whether it has GPM; ``sample_get`` fills a sample.
+        """
         lib = self._lib
+        uuid = key.partition("/")[0]
         if uuid in self._no_gpm:
             return {}
-        samples = self._gpm.get(uuid)
+        samples = self._gpm.get(key)
         try:
             if samples is None:
                 support = self.query("nvmlGpmQueryDeviceSupport", h)  # None for a driver without GPM
                 if support is None or not support.isSupportedDevice:
                     self._no_gpm.add(uuid)  # before Hopper DCGM uses its profiling module; we have none
                     return {}
-                samples = self._gpm[uuid] = []
+                samples = self._gpm[key] = []
             while len(samples) < 2:  # kept as soon as allocated, so that shutdown frees each one
                 samples.append(lib.nvmlGpmSampleAlloc())
             previous, current = samples
-            lib.nvmlGpmSampleGet(h, current)
+            sample_get(current)
             samples.reverse()  # this reading is the next one's previous; its old buffer is reused
-            if uuid not in self._gpm_primed:  # one sample is not an interval yet
-                self._gpm_primed.add(uuid)
+            if key not in self._gpm_primed:  # one sample is not an interval yet
+                self._gpm_primed.add(key)
                 return {}
             request = lib.c_nvmlGpmMetricsGet_t()
             request.version = lib.NVML_GPM_METRICS_GET_VERSION
@@ -260,12 +296,12 @@ class Nvml:
             lib.nvmlGpmMetricsGet(request)
         except lib.NVMLError as exc:
             if exc.value in (lib.NVML_ERROR_GPU_IS_LOST, lib.NVML_ERROR_RESET_REQUIRED):
-                self._gpm_primed.discard(uuid)  # a reset GPU restarts its counters
+                self._gpm_primed -= {k for k in self._gpm_primed if k.startswith(uuid)}  # a reset restarts them
                 raise
             # After a failed sample the next interval is just longer: still a true average.
-            if uuid not in self._gpm_failed:
-                log.warning("GPU %s: NVML GPM failed (%s): its DCGM_FI_PROF_* series are left out", uuid, exc)
-                self._gpm_failed.add(uuid)
+            if key not in self._gpm_failed:
+                log.warning("GPU %s: NVML GPM failed (%s): its DCGM_FI_PROF_* series are left out", key, exc)
+                self._gpm_failed.add(key)
             return {}
         return {
             field: request.metrics[i].value / 100.0
@@ -273,8 +309,8 @@ class Nvml:
             if request.metrics[i].nvmlReturn == lib.NVML_SUCCESS
         }
 
-    def _mig_instances(self, h: Any) -> tuple[MigInstance, ...]:
-        q = self.query
+    def _mig_instances(self, uuid: str, h: Any) -> tuple[MigInstance, ...]:
+        q, lib = self.query, self._lib
         by_gi: dict[int, MigInstance] = {}
         # Indices are sparse (profiles occupy several slots): walk them all.
         for i in range(q("nvmlDeviceGetMaxMigDeviceCount", h, default=0)):
@@ -292,7 +328,10 @@ class Nvml:
                 continue
             name = _text(q("nvmlDeviceGetName", mig, default=""))
             used, free, reserved = self._memory_mib(mig)
-            by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs)
+            gpm = self._gpm_ratios(
+                f"{uuid}/{gi_id}", h, lambda sample, gi=gi_id: lib.nvmlGpmMigSampleGet(h, gi, sample)
+            )
+            by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs, **gpm)
         return tuple(by_gi[k] for k in sorted(by_gi))
 
     def _memory_mib(self, h: Any) -> tuple[int | None, int | None, int | None]:

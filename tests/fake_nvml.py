@@ -25,6 +25,22 @@ def memory(used: int, reserved: int) -> Any:
     return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else v1
 
 
+def nvlink(kib_per_s: int) -> Any:
+    """nvmlDeviceGetFieldValues for NVLink RX/TX: each call one second and ``kib_per_s`` KiB (both ways) later."""
+    calls = [0]
+
+    def field_values(fields: list) -> list:
+        calls[0] += 1
+        half = calls[0] * kib_per_s // 2
+        return [
+            NS(fieldId=f, scopeId=scope, timestamp=calls[0] * 1_000_000, nvmlReturn=pynvml.NVML_SUCCESS,
+               value=NS(ullVal=half))
+            for f, scope in fields
+        ]  # fmt: skip
+
+    return field_values
+
+
 def h100(uuid: str = UUID0, pci: str = "00000000:00:06.0", **answers: Any) -> dict[str, Any]:
     """An H100 under load as read on the lent machine (facts/h100-nvml.md); ``answers`` override."""
     clocks = {pynvml.NVML_CLOCK_SM: 1305, pynvml.NVML_CLOCK_MEM: 2619}
@@ -43,6 +59,16 @@ def h100(uuid: str = UUID0, pci: str = "00000000:00:06.0", **answers: Any) -> di
         "nvmlDeviceGetClockInfo": clocks.__getitem__,
         "nvmlDeviceGetPcieReplayCounter": 0,
         "nvmlDeviceGetFanSpeed": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        # Health: ECC on and clean, rows remapped (Hopper) rather than pages retired, power capped under load.
+        "nvmlDeviceGetTotalEccErrors": lambda error_type, counter: 0,
+        "nvmlDeviceGetRetiredPages": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        "nvmlDeviceGetRetiredPagesPendingStatus": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        "nvmlDeviceGetRemappedRows": (0, 0, 0, 0),
+        "nvmlDeviceGetCurrentClocksEventReasons": pynvml.nvmlClocksEventReasonSwPowerCap,
+        "nvmlDeviceGetPowerManagementLimit": 700000,  # mW
+        "nvmlDeviceGetFieldValues": nvlink(0),
+        "nvmlDeviceGetSupportedEventTypes": 0x3F,  # ECC, PState, XID, clocks
+        "nvmlDeviceRegisterEvents": None,
         # GPM (Hopper): percentages by metric id between two samples.
         "nvmlGpmQueryDeviceSupport": NS(isSupportedDevice=1),
         "gpm": {
