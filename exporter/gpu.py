@@ -210,6 +210,10 @@ class GpuCollector:
                 found.append(GpuProcess(p.pid, str(dev.index), dev.uuid, p.used_gpu_memory_bytes))
         return found
 
+    def driver_version(self) -> str:
+        """The NVIDIA driver's version ("" before NVML answered)."""
+        return self._nvml.driver_version()
+
     def labels(self, driver: str, dev: GpuDevice, gi: MigInstance | None) -> dict[str, str]:
         """dcgm-exporter's labels of a GPU's series, or of one of its MIG instances'."""
         # dcgm-exporter's order; the text exposition sorts them anyway.

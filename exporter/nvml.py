@@ -44,6 +44,15 @@ class MigInstance(NamedTuple):
     dram_active: float | None = None
 
 
+class GpuIdentity(NamedTuple):
+    """What names a GPU in its series' labels (a GpuDevice has the same fields)."""
+
+    index: int
+    uuid: str
+    pci_bus_id: str
+    name: str
+
+
 class GpuDevice(NamedTuple):
     """One physical GPU as read at one moment; None means the GPU or driver does not support it."""
 
@@ -149,6 +158,28 @@ class Nvml:
                 if index in self._lost:
                     log.info("GPU %d answers again", index)
                     self._lost.discard(index)
+            return found
+
+    def handles(self) -> list[tuple[GpuIdentity, Any]]:
+        """Every GPU's identity and NVML handle, read now; [] without a driver, a lost GPU left out.
+
+        Raises:
+            NVMLError: NVML is installed but failed otherwise.
+        """
+        with self._lock:
+            if not self._init():
+                return []
+            lib, found = self._lib, []
+            for index in range(lib.nvmlDeviceGetCount()):
+                try:
+                    h = lib.nvmlDeviceGetHandleByIndex(index)
+                    pci = self.query("nvmlDeviceGetPciInfo", h)
+                    uuid, name = _text(lib.nvmlDeviceGetUUID(h)), _text(lib.nvmlDeviceGetName(h))
+                except lib.NVMLError as exc:
+                    if exc.value not in (lib.NVML_ERROR_GPU_IS_LOST, lib.NVML_ERROR_RESET_REQUIRED):
+                        raise
+                    continue
+                found.append((GpuIdentity(index, uuid, _text(pci.busId) if pci is not None else "", name), h))
             return found
 
     def query(self, func: str, *args: Any, default: Any = None, **kwargs: Any) -> Any:

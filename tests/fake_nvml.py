@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -96,6 +97,30 @@ class FakePynvml:
         self.init_error = init_error
         self.shutdowns = 0
         self.gpm_allocated = self.gpm_freed = self.gpm_samples = 0
+        self.events: queue.Queue = queue.Queue()  # what nvmlEventSetWait_v2 hands out: event data or an error
+        self.event_sets_created = self.event_sets_freed = 0
+
+    def xid(self, index: int, code: int, gpu_instance_id: int = 0xFFFFFFFF) -> None:
+        """The driver reports XID ``code`` on GPU ``index`` (one MIG instance of it, or the whole GPU)."""
+        event = NS(device=self.devices[index], eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=code,
+                   gpuInstanceId=gpu_instance_id, computeInstanceId=gpu_instance_id)  # fmt: skip
+        self.events.put(event)
+
+    def nvmlEventSetCreate(self) -> Any:
+        self.event_sets_created += 1
+        return NS(number=self.event_sets_created)
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        try:
+            answer = self.events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            raise err(pynvml.NVML_ERROR_TIMEOUT) from None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        self.event_sets_freed += 1
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
