@@ -12,7 +12,6 @@ import atexit
 import logging
 import threading
 from collections.abc import Callable
-from itertools import chain
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -209,13 +208,7 @@ class Nvml:
         with self._lock:
             if self._ready:
                 self._ready = False
-                for sample in chain.from_iterable(self._gpm.values()):
-                    try:
-                        self._lib.nvmlGpmSampleFree(sample)
-                    except self._lib.NVMLError as exc:
-                        log.debug("nvmlGpmSampleFree: %s", exc)
-                self._gpm.clear()
-                self._gpm_primed.clear()
+                self._forget_gpm(set(self._gpm))
                 try:
                     self._lib.nvmlShutdown()
                 except self._lib.NVMLError as exc:
@@ -363,7 +356,18 @@ class Nvml:
                 f"{uuid}/{gi_id}", h, lambda sample, gi=gi_id: lib.nvmlGpmMigSampleGet(h, gi, sample)
             )
             by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs, **gpm)
+        # A destroyed instance's samples go with it: a new instance may reuse its id.
+        self._forget_gpm({k for k in self._gpm if k.startswith(f"{uuid}/")} - {f"{uuid}/{gi}" for gi in by_gi})
         return tuple(by_gi[k] for k in sorted(by_gi))
+
+    def _forget_gpm(self, keys: set[str]) -> None:
+        for key in keys:
+            for sample in self._gpm.pop(key, ()):
+                try:
+                    self._lib.nvmlGpmSampleFree(sample)
+                except self._lib.NVMLError as exc:
+                    log.debug("nvmlGpmSampleFree: %s", exc)
+            self._gpm_primed.discard(key)
 
     def _memory_mib(self, h: Any) -> tuple[int | None, int | None, int | None]:
         # v1 "used" includes driver-reserved memory; v2 is what nvidia-smi and DCGM report.

@@ -99,6 +99,7 @@ class FakePynvml:
         self.gpm_allocated = self.gpm_freed = self.gpm_samples = 0
         self.events: queue.Queue = queue.Queue()  # what nvmlEventSetWait_v2 hands out: event data or an error
         self.event_sets_created = self.event_sets_freed = 0
+        self._mig_samples: dict[tuple[int, int], dict[str, Any]] = {}
 
     def xid(self, index: int, code: int, gpu_instance_id: int = 0xFFFFFFFF) -> None:
         """The driver reports XID ``code`` on GPU ``index`` (one MIG instance of it, or the whole GPU)."""
@@ -153,6 +154,17 @@ class FakePynvml:
         self._answer(handle, "nvmlGpmSampleGet", default=None)
         self.gpm_samples += 1
         sample.handle, sample.taken = handle, self.gpm_samples
+
+    def nvmlGpmMigSampleGet(self, handle: dict[str, Any], gpu_instance_id: int, sample: Any) -> None:
+        """A sample of one MIG instance: its percentages are the device's "gpm_mig"[GI id] answers."""
+        self._answer(handle, "nvmlGpmMigSampleGet", gpu_instance_id, default=None)
+        instances = self._answer(handle, "gpm_mig")  # NotSupported for a GPU without MIG
+        if gpu_instance_id not in instances:
+            raise err(pynvml.NVML_ERROR_NOT_FOUND)
+        self.gpm_samples += 1
+        key = (id(handle), gpu_instance_id)  # one stand-in handle per instance, so samples of it compare equal
+        stand_in = self._mig_samples.setdefault(key, {"gpm": instances[gpu_instance_id]})
+        sample.handle, sample.taken = stand_in, self.gpm_samples
 
     def nvmlGpmQueryDeviceSupport(self, handle: dict[str, Any]) -> Any:
         return self._answer(handle, "nvmlGpmQueryDeviceSupport")
