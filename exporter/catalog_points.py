@@ -7,8 +7,11 @@ summed), so a pushed host and a scraped host read alike in the ``fleet:`` layer.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
+
+from rules_compiler.catalog import THROTTLE_REASONS, XID_RECENT_S
 
 MiB = 1024 * 1024
 
@@ -69,6 +72,7 @@ class Translator:
                 ("net.sockets_active", one["node_sockstat_TCP_inuse"] + one.get("node_sockstat_TCP6_inuse", 0), {})
             )
         out += _gpu_points(raw)
+        out += _gpu_health_points(raw, now)
         for metric, family, scale, extra in PROCESSES:
             for lab, v in raw[family]:
                 labels = {k: lab[k] for k in ("pid", "name", "user", "slurm_job_id") if lab.get(k)}
@@ -96,6 +100,14 @@ GPU_GAUGES = (
     ("gpu.utilization", "DCGM_FI_DEV_GPU_UTIL"),
     ("gpu.temperature_c", "DCGM_FI_DEV_GPU_TEMP"),
     ("gpu.power_w", "DCGM_FI_DEV_POWER_USAGE"),
+    ("gpu.ecc_uncorrectable", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
+    ("gpu.row_remap_failed", "DCGM_FI_DEV_ROW_REMAP_FAILURE"),
+)
+GPU_INSTANCE = (  # (metric, family, scale) per MIG instance
+    ("gpu.instance.utilization", "DCGM_FI_PROF_GR_ENGINE_ACTIVE", 100),
+    ("gpu.instance.tensor_active_pct", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", 100),
+    ("gpu.instance.dram_active_pct", "DCGM_FI_PROF_DRAM_ACTIVE", 100),
+    ("gpu.instance.memory_used_mb", "DCGM_FI_DEV_FB_USED", 1),
 )
 
 
@@ -133,6 +145,38 @@ def _gpu_points(raw) -> list[tuple[str, float, dict]]:
             if total > 0:
                 out.append(("gpu.memory_used_pct", 100 * u / total, {"gpu_index": gpu}))
     return out
+
+
+def _gpu_health_points(raw, now: float) -> list[tuple[str, float, dict]]:
+    """XID, remap and throttling points, and MIG instances' own, as the catalog's rules compute them."""
+    out = []
+    pending: dict[str, float] = {}
+    for family in ("DCGM_FI_DEV_RETIRED_PENDING", "DCGM_FI_DEV_ROW_REMAP_PENDING"):  # row remapping wins
+        for lab, v in raw[family]:
+            pending[lab["gpu"]] = v
+    out += [("gpu.remapped_rows_pending", v, {"gpu_index": g}) for g, v in pending.items()]
+    throttled: dict[tuple[str, str], float] = {}
+    for lab, v in raw["fleet_gpu_clocks_event_reason"]:
+        if lab["reason"] in THROTTLE_REASONS:
+            key = (lab["gpu"], lab["reason"])
+            throttled[key] = max(v, throttled.get(key, v))
+    out += [("gpu.throttled", v, {"gpu_index": g, "reason": r}) for (g, r), v in throttled.items()]
+    when = {_unit(lab): v for lab, v in raw["fleet_gpu_xid_last_timestamp_seconds"]}
+    xid: dict[str, float] = {}
+    for lab, v in raw["DCGM_FI_DEV_XID_ERRORS"]:
+        recent = now - when.get(_unit(lab), -math.inf) < XID_RECENT_S
+        xid[lab["gpu"]] = max(v if recent else 0, xid.get(lab["gpu"], 0))
+    out += [("gpu.xid_last", v, {"gpu_index": g}) for g, v in xid.items()]
+    for metric, family, scale in GPU_INSTANCE:
+        for lab, v in raw[family]:
+            if lab.get("GPU_I_ID"):
+                labels = {"gpu_index": lab["gpu"], "gpu_instance": lab["GPU_I_ID"], "mig_profile": lab["GPU_I_PROFILE"]}
+                out.append((metric, v * scale, labels))
+    return out
+
+
+def _unit(labels: dict) -> tuple:
+    return labels["gpu"], labels.get("GPU_I_ID")
 
 
 def rfc3339(t: float) -> str:

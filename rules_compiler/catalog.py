@@ -61,6 +61,14 @@ def _gpu_mem(family: str) -> str:
     )
 
 
+def _gpu_instance(family: str) -> str:
+    # A MIG instance's series (those with GPU_I_ID) under the spec's label style, beside its GPU's gpu_index.
+    labels = f'label_replace({family}{{GPU_I_ID!=""}}, "gpu_index", "$1", "gpu", "(.*)")'
+    labels = f'label_replace({labels}, "gpu_instance", "$1", "GPU_I_ID", "(.*)")'
+    labels = f'label_replace({labels}, "mig_profile", "$1", "GPU_I_PROFILE", "(.*)")'
+    return f"max by (host_id, gpu_index, gpu_instance, mig_profile) ({labels})"
+
+
 def _node(family: str, by: str = "host_id") -> str:
     return f"max by ({by}) ({family})"
 
@@ -74,6 +82,26 @@ _GPU_TOTAL = (
     # FB_RESERVED is absent on drivers without the v2 memory call: count it as 0 there.
     f" + ({_gpu_mem('DCGM_FI_DEV_FB_RESERVED')} or {_gpu_mem('DCGM_FI_DEV_FB_USED')} * 0))"
 )
+# An XID is an event: the catalog shows the last one for this long, then 0 again.
+XID_RECENT_S = 900
+_XID_RECENT = (
+    "DCGM_FI_DEV_XID_ERRORS and ignoring(err_code, err_msg)"
+    f" (time() - fleet_gpu_xid_last_timestamp_seconds < {XID_RECENT_S})"
+)
+# Clocks event reasons that hold a GPU below the clocks it asked for (idle and settings are not throttling).
+THROTTLE_REASONS = (
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
+_THROTTLED = (
+    f'max by (host_id, gpu_index, reason) (label_replace(fleet_gpu_clocks_event_reason{{reason=~"'
+    f'{"|".join(THROTTLE_REASONS)}"}}, "gpu_index", "$1", "gpu", "(.*)"))'
+)
+_INSTANCE = ("gpu_index", "gpu_instance", "mig_profile")
 _PROC = ("pid", "name", "user", "slurm_job_id")
 _PROC_BY = "host_id, pid, name, user, slurm_job_id"
 # iowait counts as idle, as psutil and top(1) count it: a CPU waiting on the
@@ -169,6 +197,70 @@ CATALOG: dict[str, CatalogMetric] = {
         CatalogMetric("gpu.temperature_c", "°C", "GPU die temperature", ("gpu_index",), _gpu("DCGM_FI_DEV_GPU_TEMP")),
         CatalogMetric("gpu.power_w", "W", "GPU board power draw", ("gpu_index",), _gpu("DCGM_FI_DEV_POWER_USAGE")),
         CatalogMetric(
+            "gpu.xid_last",
+            "",
+            f"code of the GPU's last XID error in the past {XID_RECENT_S // 60} min (any MIG instance's); 0 if none",
+            ("gpu_index",),
+            f"{_gpu(_XID_RECENT)} or 0 * {_gpu('DCGM_FI_DEV_XID_ERRORS')}",
+        ),
+        CatalogMetric(
+            "gpu.ecc_uncorrectable",
+            "errors",
+            "uncorrectable (double-bit) ECC errors since the driver loaded",
+            ("gpu_index",),
+            _gpu("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
+        ),
+        CatalogMetric(
+            "gpu.remapped_rows_pending",
+            "",
+            "1 while a row remap (Ampere and newer) or a page retirement (older) waits for a GPU reset",
+            ("gpu_index",),
+            f"{_gpu('DCGM_FI_DEV_ROW_REMAP_PENDING')} or {_gpu('DCGM_FI_DEV_RETIRED_PENDING')}",
+        ),
+        CatalogMetric(
+            "gpu.row_remap_failed",
+            "",
+            "1 once remapping a row failed: the GPU needs service",
+            ("gpu_index",),
+            _gpu("DCGM_FI_DEV_ROW_REMAP_FAILURE"),
+        ),
+        CatalogMetric(
+            "gpu.throttled",
+            "",
+            f"1 while the GPU's clocks are held down for the reason ({', '.join(THROTTLE_REASONS)}); "
+            "ask for gpu.throttled.REASON",
+            ("gpu_index", "reason"),
+            _THROTTLED,
+        ),
+        CatalogMetric(
+            "gpu.instance.utilization",
+            "%",
+            "MIG instance: graphics engine active (GPM, Hopper and newer); a sub-series of its GPU",
+            _INSTANCE,
+            f"100 * {_gpu_instance('DCGM_FI_PROF_GR_ENGINE_ACTIVE')}",
+        ),
+        CatalogMetric(
+            "gpu.instance.tensor_active_pct",
+            "%",
+            "MIG instance: tensor pipes active (GPM, Hopper and newer)",
+            _INSTANCE,
+            f"100 * {_gpu_instance('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE')}",
+        ),
+        CatalogMetric(
+            "gpu.instance.dram_active_pct",
+            "%",
+            "MIG instance: device memory interface active (GPM, Hopper and newer)",
+            _INSTANCE,
+            f"100 * {_gpu_instance('DCGM_FI_PROF_DRAM_ACTIVE')}",
+        ),
+        CatalogMetric(
+            "gpu.instance.memory_used_mb",
+            "MiB",
+            "MIG instance: framebuffer in use, without driver-reserved",
+            _INSTANCE,
+            _gpu_instance("DCGM_FI_DEV_FB_USED"),
+        ),
+        CatalogMetric(
             "disk.used_pct",
             "%",
             "filesystem space used, of what non-root users can have",
@@ -260,6 +352,7 @@ CATALOG: dict[str, CatalogMetric] = {
     )
 }
 _CORE = re.compile(r"^cpu\.core\.(\d{1,4})$")
+_THROTTLED_BY = re.compile(r"^gpu\.throttled\.([a-z_]+)$")
 
 
 def valid_names() -> list[str]:
@@ -278,6 +371,9 @@ def resolve(name: str) -> tuple[CatalogMetric, dict[str, str]]:
     m = _CORE.match(name)
     if m:
         return CATALOG["cpu.core"], {"core": m.group(1)}
+    m = _THROTTLED_BY.match(name)
+    if m and m.group(1) in THROTTLE_REASONS:  # gpu.throttled.hw_thermal_slowdown → reason="hw_thermal_slowdown"
+        return CATALOG["gpu.throttled"], {"reason": m.group(1)}
     raise UnknownMetric(name, valid_names())
 
 

@@ -27,14 +27,14 @@ RETIRED = {
 
 def sick_gpu(**answers):
     """An H100 with ECC errors, remapped rows (one pending), thermal and HW slowdown, and NVLink traffic."""
-    return h100(
-        nvmlDeviceGetTotalEccErrors=lambda error_type, counter: ECC[(error_type, counter)],
-        nvmlDeviceGetRemappedRows=(5, 1, 1, 0),
-        nvmlDeviceGetCurrentClocksEventReasons=pynvml.nvmlClocksEventReasonHwSlowdown
+    sick = {
+        "nvmlDeviceGetTotalEccErrors": lambda error_type, counter: ECC[(error_type, counter)],
+        "nvmlDeviceGetRemappedRows": (5, 1, 1, 0),
+        "nvmlDeviceGetCurrentClocksEventReasons": pynvml.nvmlClocksEventReasonHwSlowdown
         | pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-        nvmlDeviceGetFieldValues=nvlink(3_000_000),
-        **answers,
-    )
+        "nvmlDeviceGetFieldValues": nvlink(3_000_000),
+    }
+    return h100(**{**sick, **answers})
 
 
 def types(c) -> dict[str, str]:
