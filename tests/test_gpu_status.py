@@ -7,6 +7,7 @@ the stack's gateway has installed the starter rules into that Prometheus.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pynvml
@@ -18,6 +19,7 @@ from rules_compiler.catalog import CATALOG
 from tests.conftest import ADMIN, bearer, login
 from tests.fake_nvml import UUID1, FakePynvml, h100
 from tests.gpu_nodes import GpuNode
+from tests.test_gpu import mig_gpu
 
 UNCORRECTED_VOLATILE = (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC)
 
@@ -54,6 +56,8 @@ STATES = {
         "warn",
         ["warn: GPU 0 row remap pending a GPU reset"],
     ),
+    # GPU 1 in MIG mode, its instance 9 busy: utilisation is shown, never judged.
+    "gpu-mig": ([h100(), mig_gpu()], [(1, 13)], "ok", []),
 }
 
 
@@ -76,6 +80,8 @@ def gpu_hosts(stack, prom, app):
     # Every node's layer is recorded, XIDs included (the watcher has read them).
     for host_id, (_, xids, _, _) in STATES.items():
         prom.wait_for(f'fleet:gpu_throttled{{host_id="{host_id}"}}')
+        if host_id == "gpu-mig":  # GPM needs two readings of each instance
+            prom.wait_for(f'fleet:gpu_instance_utilization{{host_id="{host_id}"}}')
         for gpu, code in xids:
             prom.wait_for(f'fleet:gpu_xid_last{{host_id="{host_id}",gpu_index="{gpu}"}} == {code}')
     yield {n.host_id: n for n in nodes}
@@ -112,7 +118,11 @@ def test_starter_gpu_rules_fire_on_the_fakes_values(stack, prom, gpu_hosts):
             {h: g for h, g in ecc.items() if h in STATES},
             {h: g for h, g in thermal.items() if h in STATES},
         )
-        if mine == ({"gpu-xid": {"1"}, "gpu-healthy": {"0"}}, {"gpu-ecc": {"0"}}, {"gpu-thermal": {"0"}}):
+        if mine == (
+            {"gpu-xid": {"1"}, "gpu-healthy": {"0"}, "gpu-mig": {"1"}},
+            {"gpu-ecc": {"0"}},
+            {"gpu-thermal": {"0"}},
+        ):
             break
         assert time.monotonic() < deadline, mine
         time.sleep(0.5)
@@ -154,3 +164,26 @@ def test_pushed_points_equal_the_recorded_layer(prom, gpu_hosts, host_id):
         for s in recorded:
             labels = tuple(sorted((k, v) for k, v in s["metric"].items() if k in CATALOG[metric].labels))
             assert pushed[(metric, labels)] == float(s["value"][1]), (metric, labels)
+
+
+def test_mig_instances_are_their_gpus_sub_series(app, gpu_hosts):
+    client = app.test_client()
+    viewer = bearer(login(client, ADMIN)["access_token"])
+    url = "/api/v1/metrics/query?host_id=gpu-mig&range=15m&metric="
+    deadline = time.monotonic() + 15
+    # Points fall on whole multiples of the 5 s step: the first comes once one has passed since the data began.
+    while not (body := client.get(url + "gpu.instance.utilization", headers=viewer).get_json())["series"]:
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+    got = sorted(((s["labels"], s["datapoints"][-1]["value"]) for s in body["series"]), key=str)
+    assert got == [
+        ({"gpu_index": "1", "gpu_instance": "2", "mig_profile": "3g.40gb"}, 80.0),
+        ({"gpu_index": "1", "gpu_instance": "9", "mig_profile": "1g.10gb"}, 10.0),
+    ]
+    gpu1 = json.dumps({"gpu_index": "1", "gpu_instance": "9"})
+    one = client.get(url + f"gpu.instance.memory_used_mb&labels={gpu1}", headers=viewer).get_json()
+    assert [s["labels"] for s in one["series"]] == [{"gpu_index": "1", "gpu_instance": "9", "mig_profile": "1g.10gb"}]
+    assert one["datapoints"][-1]["value"] == 512
+    # The MIG GPU has no whole-GPU utilisation (NVML has none); GPU 0 does.
+    whole = client.get(url + "gpu.utilization", headers=viewer).get_json()
+    assert [s["labels"] for s in whole["series"]] == [{"gpu_index": "0"}]
