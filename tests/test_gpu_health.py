@@ -164,22 +164,58 @@ def test_lost_gpu_while_reading_health_is_left_out():
     assert series(text, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL") == {("1",): 0}
 
 
+def real_reading(call, *args):
+    """What the real GPU 0 answers to ``call``, or None where it cannot (the family must then be absent)."""
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    try:
+        return getattr(pynvml, call)(h, *args)
+    except pynvml.NVMLError:
+        return None
+
+
 @pytest.mark.gpu
-def test_real_nvml_health_families():
+def test_real_nvml_health_families_equal_nvmls_own_answers():
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         pytest.skip(f"NVML does not initialise here: {exc}")
-    pynvml.nvmlShutdown()
     from exporter.gpu import GpuCollector
     from exporter.nvml import Nvml
 
-    c = GpuCollector(Nvml(), hostname="test")
-    c.sampler.sample_now()
-    c.sampler.sample_now()
-    text = scrape(c)
-    # Every GPU NVML supports has a power limit and clocks event reasons; the rest depends on the board.
-    assert series(text, "DCGM_FI_DEV_POWER_MGMT_LIMIT")
-    assert series(text, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")
-    assert all(v >= 0 for v in series(text, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL").values())
-    print("\n".join(x for x in text.splitlines() if "ECC" in x or "REMAP" in x or "RETIRED" in x or "NVLINK" in x))
+    try:
+        c = GpuCollector(Nvml(), hostname="test")
+        c.sampler.sample_now()
+        c.sampler.sample_now()  # NVLink's rate and GPM need two readings
+        text = scrape(c)
+        volatile, aggregate = pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC
+        corrected, uncorrected = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+        rows = real_reading("nvmlDeviceGetRemappedRows")
+        limit = real_reading("nvmlDeviceGetPowerManagementLimit")
+        want = {  # counters and settings that do not move between two reads a moment apart
+            "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": real_reading("nvmlDeviceGetTotalEccErrors", corrected, volatile),
+            "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": real_reading("nvmlDeviceGetTotalEccErrors", uncorrected, volatile),
+            "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL": real_reading("nvmlDeviceGetTotalEccErrors", corrected, aggregate),
+            "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": real_reading("nvmlDeviceGetTotalEccErrors", uncorrected, aggregate),
+            "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": rows and rows[0],
+            "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": rows and rows[1],
+            "DCGM_FI_DEV_ROW_REMAP_PENDING": rows and rows[2],
+            "DCGM_FI_DEV_ROW_REMAP_FAILURE": rows and rows[3],
+            "DCGM_FI_DEV_RETIRED_PENDING": real_reading("nvmlDeviceGetRetiredPagesPendingStatus"),
+            "DCGM_FI_DEV_POWER_MGMT_LIMIT": limit and limit / 1000,
+        }
+        for name, value in want.items():
+            got = series(text, name).get(("0",))
+            assert got == (None if value is None else pytest.approx(value)), name
+        # These move: present exactly where NVML answers.
+        assert (("0",) in series(text, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")) == (
+            real_reading("nvmlDeviceGetCurrentClocksEventReasons") is not None
+            or real_reading("nvmlDeviceGetCurrentClocksThrottleReasons") is not None
+        )
+        support = real_reading("nvmlGpmQueryDeviceSupport")
+        mig = real_reading("nvmlDeviceGetMigMode")
+        if support is not None and support.isSupportedDevice and not (mig and mig[0]):
+            assert ("0",) in series(text, "DCGM_FI_PROF_GR_ENGINE_ACTIVE")  # Hopper and newer
+        shown = ("DCGM_FI_DEV_ECC", "DCGM_FI_DEV_R", "DCGM_FI_DEV_C", "DCGM_FI_DEV_NVLINK", "DCGM_FI_DEV_POWER_MGMT")
+        print("\n".join(x for x in text.splitlines() if x.startswith((*shown, "DCGM_FI_PROF", "fleet_gpu_clocks"))))
+    finally:
+        pynvml.nvmlShutdown()
