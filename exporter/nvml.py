@@ -11,10 +11,10 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from exporter.gpm import Gpm
 from exporter.nvml_health import read_health
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,6 @@ class GpuDevice(NamedTuple):
     nvlink_mib_s: float | None = None  # rate between two readings, filled in by the collector
 
 
-# GpuDevice field -> NVML GPM metric; DCGM reports these percentages as ratios.
-GPM_METRICS = {
-    "gr_engine_active": "NVML_GPM_METRIC_GRAPHICS_UTIL",
-    "tensor_active": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
-    "dram_active": "NVML_GPM_METRIC_DRAM_BW_UTIL",
-}
-
-
 class Nvml:
     """Lazily initialised NVML access; ``lib`` is the ``pynvml`` module, or a fake in tests."""
 
@@ -117,11 +109,7 @@ class Nvml:
         self._driver_version = ""
         self._unusable_logged: set[str] = set()
         self._lost: set[int] = set()
-        # Per GPU UUID: its two GPM sample buffers, [previous reading, next one's buffer].
-        self._gpm: dict[str, list[Any]] = {}
-        self._gpm_primed: set[str] = set()  # the previous buffer holds a reading
-        self._no_gpm: set[str] = set()  # no GPM on this GPU
-        self._gpm_failed: set[str] = set()  # failure logged
+        self._gpm = Gpm(self)
 
     @property
     def lib(self) -> Any:
@@ -208,7 +196,7 @@ class Nvml:
         with self._lock:
             if self._ready:
                 self._ready = False
-                self._forget_gpm(set(self._gpm))
+                self._gpm.forget_all()
                 try:
                     self._lib.nvmlShutdown()
                 except self._lib.NVMLError as exc:
@@ -260,7 +248,7 @@ class Nvml:
         power_mw = q("nvmlDeviceGetPowerUsage", h)
         uuid = _text(lib.nvmlDeviceGetUUID(h))
         # On a MIG GPU, GPM measures each instance (nvmlGpmMigSampleGet), not the whole GPU.
-        gpm = {} if mig else self._gpm_ratios(uuid, h, lambda sample: lib.nvmlGpmSampleGet(h, sample))
+        gpm = {} if mig else self._gpm.ratios(uuid, h, lambda sample: lib.nvmlGpmSampleGet(h, sample))
         return GpuDevice(
             index=index,
             uuid=uuid,
@@ -285,54 +273,6 @@ class Nvml:
             **read_health(self, h),
         )
 
-    def _gpm_ratios(self, key: str, h: Any, sample_get: Callable[[Any], Any]) -> dict[str, float]:
-        """DCGM's PROF ratios over the interval since ``key``'s previous reading; {} where there are none.
-
-        ``key`` is a GPU's UUID, or "UUID/GI id" for a MIG instance; ``h`` is the
-        (parent) GPU, asked whether it has GPM; ``sample_get`` fills a sample.
-        """
-        lib = self._lib
-        uuid = key.partition("/")[0]
-        if uuid in self._no_gpm:
-            return {}
-        samples = self._gpm.get(key)
-        try:
-            if samples is None:
-                support = self.query("nvmlGpmQueryDeviceSupport", h)  # None for a driver without GPM
-                if support is None or not support.isSupportedDevice:
-                    self._no_gpm.add(uuid)  # before Hopper DCGM uses its profiling module; we have none
-                    return {}
-                samples = self._gpm[key] = []
-            while len(samples) < 2:  # kept as soon as allocated, so that shutdown frees each one
-                samples.append(lib.nvmlGpmSampleAlloc())
-            previous, current = samples
-            sample_get(current)
-            samples.reverse()  # this reading is the next one's previous; its old buffer is reused
-            if key not in self._gpm_primed:  # one sample is not an interval yet
-                self._gpm_primed.add(key)
-                return {}
-            request = lib.c_nvmlGpmMetricsGet_t()
-            request.version = lib.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(GPM_METRICS)
-            request.sample1, request.sample2 = previous, current
-            for i, metric in enumerate(GPM_METRICS.values()):
-                request.metrics[i].metricId = getattr(lib, metric)
-            lib.nvmlGpmMetricsGet(request)
-        except lib.NVMLError as exc:
-            if exc.value in (lib.NVML_ERROR_GPU_IS_LOST, lib.NVML_ERROR_RESET_REQUIRED):
-                self._gpm_primed -= {k for k in self._gpm_primed if k.startswith(uuid)}  # a reset restarts them
-                raise
-            # After a failed sample the next interval is just longer: still a true average.
-            if key not in self._gpm_failed:
-                log.warning("GPU %s: NVML GPM failed (%s): its DCGM_FI_PROF_* series are left out", key, exc)
-                self._gpm_failed.add(key)
-            return {}
-        return {
-            field: request.metrics[i].value / 100.0
-            for i, field in enumerate(GPM_METRICS)
-            if request.metrics[i].nvmlReturn == lib.NVML_SUCCESS
-        }
-
     def _mig_instances(self, uuid: str, h: Any) -> tuple[MigInstance, ...]:
         q, lib = self.query, self._lib
         by_gi: dict[int, MigInstance] = {}
@@ -352,22 +292,13 @@ class Nvml:
                 continue
             name = _text(q("nvmlDeviceGetName", mig, default=""))
             used, free, reserved = self._memory_mib(mig)
-            gpm = self._gpm_ratios(
+            gpm = self._gpm.ratios(
                 f"{uuid}/{gi_id}", h, lambda sample, gi=gi_id: lib.nvmlGpmMigSampleGet(h, gi, sample)
             )
             by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs, **gpm)
         # A destroyed instance's samples go with it: a new instance may reuse its id.
-        self._forget_gpm({k for k in self._gpm if k.startswith(f"{uuid}/")} - {f"{uuid}/{gi}" for gi in by_gi})
+        self._gpm.keep_instances(uuid, {f"{uuid}/{gi}" for gi in by_gi})
         return tuple(by_gi[k] for k in sorted(by_gi))
-
-    def _forget_gpm(self, keys: set[str]) -> None:
-        for key in keys:
-            for sample in self._gpm.pop(key, ()):
-                try:
-                    self._lib.nvmlGpmSampleFree(sample)
-                except self._lib.NVMLError as exc:
-                    log.debug("nvmlGpmSampleFree: %s", exc)
-            self._gpm_primed.discard(key)
 
     def _memory_mib(self, h: Any) -> tuple[int | None, int | None, int | None]:
         # v1 "used" includes driver-reserved memory; v2 is what nvidia-smi and DCGM report.
