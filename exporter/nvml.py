@@ -3,7 +3,9 @@
 Modelled on nvitop's ``libnvml``: NVML is initialised lazily under a lock and
 shut down at exit; every read goes through ``Nvml.query``, which turns "this
 GPU or driver cannot answer that" into an absent value instead of an error.
-A host without the NVIDIA driver or library simply has zero GPUs.
+A host without the NVIDIA driver or library simply has zero GPUs. Health
+fields (nvml_health.py), GPM (gpm.py) and XID events (xid.py) go through
+this door too: its ``query``, its handles and its initialised ``lib``.
 """
 
 from __future__ import annotations

@@ -89,11 +89,13 @@ class XidWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> XidWatcher:
+        """Start waiting for events on a daemon thread."""
         self._thread = threading.Thread(target=self._run, name="xid-events", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
+        """Stop the thread (it notices within one wait) and free its event set."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -205,10 +207,12 @@ class XidCollector:
         self._gpus = gpus
 
     def start(self) -> XidCollector:
+        """Start the watcher's thread."""
         self._watcher.start()
         return self
 
     def stop(self) -> None:
+        """Stop the watcher's thread."""
         self._watcher.stop()
 
     def describe(self) -> list[Metric]:
