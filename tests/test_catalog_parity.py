@@ -76,7 +76,10 @@ def scrapes():
         pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
         pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
     )
-    mig = mig_h100(1, gpm_mig={2: dict(zip(gpm, (80.0, 55.0, 20.0))), 9: dict(zip(gpm, (10.0, 0.0, 5.0)))})
+    mig = mig_h100(
+        1,
+        gpm_mig={2: dict(zip(gpm, (80.0, 55.0, 20.0), strict=True)), 9: dict(zip(gpm, (10.0, 0.0, 5.0), strict=True))},
+    )
     lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=1, usedGpuMemory=1234 << 20)]), mig])
     nvml = Nvml(lib)
     gpu = GpuCollector(nvml, hostname="parity", interval=0.2)  # GPM ratios need two readings
