@@ -1,0 +1,489 @@
+"""Scheduled reports: the API's checks, one run per occurrence across workers, the emailed PDF and CSV.
+
+Synthetic history (a sample a minute for 8 days, 10 GPU hosts and 2 others,
+and the 5-minute averages and maxima the downsampling rules would record) is
+written into a real Prometheus; reports go to a real SMTP server on loopback.
+Every number checked is computed here from the raw samples themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pypdf
+import pytest
+import requests
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from gateway import scheduler
+from gateway.db import AlertEvent
+from gateway.report_calendar import WEEKDAYS, latest_due, next_after, previous
+from tests.conftest import ADMIN, VIEWER, bearer, free_port, login, make_app, wait_http
+from tests.test_retention import start_prometheus, stop
+
+DAY = 86400
+STEP_S = 60
+GPU_HOSTS = [f"rpt-{i:02d}" for i in range(10)]
+OTHERS = ["rpt-web-0", "rpt-web-1"]
+METRICS = ["cpu.utilization", "gpu.utilization"]
+TZ = "Europe/Berlin"
+
+
+def value(host: int, metric: int, ts: int) -> float:
+    """A daily wave, a level per host (so hosts rank), and deterministic noise of ±3."""
+    wave = 15 * math.sin(2 * math.pi * ts / DAY + host)
+    noise = ((ts * 7919 + host * 104729 + metric * 1299709) % 601) / 100 - 3
+    return round(min(100.0, max(0.0, 8 + 7 * host + 10 * metric + wave + noise)), 3)
+
+
+def series_labels(host: str, metric: str) -> str:
+    return f'host_id="{host}"' + (',gpu_index="0"' if metric.startswith("gpu.") else "")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """A Prometheus holding 8 days of raw samples and their 5-minute levels; the samples by (host, metric)."""
+    tmp = tmp_path_factory.mktemp("report-history")
+    h0 = int(time.time()) // 300 * 300
+    samples: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    families: dict[str, list[str]] = {}
+    for i, host in enumerate(GPU_HOSTS + OTHERS):
+        for j, metric in enumerate(METRICS):
+            record = "fleet:" + metric.replace(".", "_")
+            points = [(ts, value(i, j, ts)) for ts in range(h0 - 8 * DAY + STEP_S, h0 + 1, STEP_S)]
+            samples[(host, metric)] = points
+            sel = series_labels(host, metric)
+            families.setdefault(record, []).extend(f"{record}{{{sel}}} {v} {ts}\n" for ts, v in points)
+            per = 300 // STEP_S
+            for k in range(0, len(points), per):  # windows (t - 300, t], t a multiple of 300
+                window = points[k : k + per]
+                end = window[-1][0]
+                values = [v for _, v in window]
+                for agg, v in (("avg", sum(values) / len(values)), ("max", max(values)), ("count", len(values))):
+                    families.setdefault(f"{record}:{agg}5m", []).append(f"{record}:{agg}5m{{{sel}}} {v} {end}\n")
+    source = tmp / "history.om"
+    with open(source, "w") as f:
+        for name, rows in families.items():
+            f.write(f"# TYPE {name} gauge\n")
+            f.writelines(rows)
+        f.write("# EOF\n")
+    data = tmp / "data"
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h", str(source), str(data)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    proc = start_prometheus(data, port, "30d", tmp)
+    yield {"url": f"http://127.0.0.1:{port}", "samples": samples, "h0": h0}
+    stop(proc)
+
+
+def expected(samples: list[tuple[int, float]], start: int, end: int) -> dict[str, float]:
+    inside = [v for ts, v in samples if start < ts <= end]
+    return {
+        "avg": statistics.fmean(inside),
+        "p95": statistics.quantiles(inside, n=100, method="inclusive")[94],
+        "max": max(inside),
+        "gpu_hours": sum(inside) / 100 * STEP_S / 3600,
+    }
+
+
+def weekly_at(ts: int) -> dict:
+    """A weekly schedule whose occurrence is ``ts`` (a whole minute) in Europe/Berlin."""
+    local = datetime.fromtimestamp(ts, ZoneInfo(TZ))
+    return {"every": "week", "weekday": WEEKDAYS[local.weekday()], "time": local.strftime("%H:%M"), "timezone": TZ}
+
+
+def schedule_body(name: str, calendar: dict, **extra) -> dict:
+    return {
+        "name": name,
+        "scope": {"tags": {"role": "gpu"}},
+        "metrics": METRICS,
+        "schedule": calendar,
+        "formats": ["pdf", "csv"],
+        "recipients": ["ops@example.com", "cto@example.com"],
+        **extra,
+    }
+
+
+def messages_for(mailbox, subject_start: str) -> list:
+    return [m for _, m in list(mailbox.messages) if m["Subject"].startswith(subject_start)]
+
+
+def utc(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.25)
+    raise AssertionError(f"{what} within {timeout_s} s")
+
+
+def attachments(message) -> dict[str, bytes]:
+    return {part.get_filename(): part.get_payload(decode=True) for part in message.walk() if part.get_filename()}
+
+
+def body_text(message) -> str:
+    part = next(p for p in message.walk() if p.get_content_type() == "text/plain" and not p.get_filename())
+    return part.get_payload(decode=True).decode()
+
+
+# --- the calendar (pure) ----------------------------------------------------------------------
+
+
+def test_weekly_occurrences_keep_local_time_across_daylight_saving():
+    calendar = {"every": "week", "weekday": "mon", "time": "08:00", "timezone": TZ}
+    # Friday 2026-03-27: the clocks go forward on Sunday the 29th.
+    first = next_after(calendar, int(datetime(2026, 3, 27, tzinfo=UTC).timestamp()))
+    second = next_after(calendar, first)
+    for ts in (first, second):
+        local = datetime.fromtimestamp(ts, ZoneInfo(TZ))
+        assert (local.strftime("%a %H:%M")) == "Mon 08:00"
+    assert second - first == 7 * DAY  # both after the change
+    assert previous(calendar, second) == first
+    monthly = {"every": "month", "day": 1, "time": "00:00", "timezone": "UTC"}
+    jan = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    assert next_after(monthly, jan) == int(datetime(2026, 2, 1, tzinfo=UTC).timestamp())
+    assert previous(monthly, jan) == int(datetime(2025, 12, 1, tzinfo=UTC).timestamp())
+    # Five weeks down: only the newest missed occurrence is reported.
+    assert latest_due(calendar, first, first + 5 * 7 * DAY + 3600) == first + 5 * 7 * DAY
+
+
+# --- the API's checks -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("report-api"), "http://127.0.0.1:1", SMTP_SMARTHOST="127.0.0.1:25")
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post("/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, headers=admin)
+    assert r.status_code == 201, r.get_json()
+    for host in ("rpt-a", "rpt-b"):
+        r = client.post("/api/v1/hosts", json={"id": host, "hostname": f"{host}.invalid"}, headers=admin)
+        assert r.status_code == 201, r.get_json()
+    return client, admin, bearer(login(client, VIEWER)["access_token"])
+
+
+GOOD = {"every": "week", "weekday": "mon", "time": "08:00", "timezone": TZ}
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"schedule": {**GOOD, "timezone": "Mars/Olympus"}}, "timezone"),
+        ({"schedule": {**GOOD, "weekday": "monday"}}, "weekday"),
+        ({"schedule": {**GOOD, "time": "24:00"}}, "time"),
+        ({"schedule": {**GOOD, "time": "8am"}}, "time"),
+        ({"schedule": {"every": "week", "time": "08:00"}}, "weekday"),
+        ({"schedule": {**GOOD, "every": "fortnight"}}, "every"),
+        ({"schedule": {"every": "month", "day": 31, "time": "08:00"}}, "day"),
+        ({"metrics": ["cpu.utilisation"]}, "metrics"),
+        ({"metrics": ["proc.top.cpu_pct"]}, "metrics"),
+        ({"recipients": ["not-an-address"]}, "recipients"),
+        ({"formats": ["docx"]}, "formats"),
+        ({"scope": {"hosts": ["rpt-a", "no-such-host"]}}, "scope.hosts"),
+        ({"scope": {"tags": {"role": "gpu"}, "hosts": ["rpt-a"]}}, "scope"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_bad_schedules_are_400_and_store_nothing(api, change, field):
+    client, admin, _ = api
+    before = client.get("/api/v1/reports/schedules", headers=admin).get_json()["total"]
+    r = client.post("/api/v1/reports/schedules", json=schedule_body("bad", GOOD) | change, headers=admin)
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "VALIDATION_ERROR" and error["message"]
+    assert field in str(error["details"]) or field in error["message"], error
+    assert client.get("/api/v1/reports/schedules", headers=admin).get_json()["total"] == before
+
+
+def test_schedules_are_admin_only_audited_and_editable(api):
+    client, admin, viewer = api
+    body = schedule_body("Weekly GPU fleet", GOOD, scope={"hosts": ["rpt-a"]})
+    del body["metrics"]
+    assert client.post("/api/v1/reports/schedules", json=body, headers=viewer).status_code == 403
+    assert client.get("/api/v1/reports/schedules", headers=viewer).status_code == 403
+    r = client.post("/api/v1/reports/schedules", json=body, headers=admin)
+    assert r.status_code == 201, r.get_json()
+    made = r.get_json()
+    assert made["metrics"] == [
+        "cpu.utilization",
+        "mem.used_pct",
+        "gpu.utilization",
+        "gpu.memory_used_pct",
+        "disk.used_pct",
+    ]
+    local = datetime.fromisoformat(made["next_run_at"].replace("Z", "+00:00")).astimezone(ZoneInfo(TZ))
+    assert local.strftime("%a %H:%M") == "Mon 08:00" and local > datetime.now(UTC)
+    sid = made["id"]
+    daily = {"every": "day", "time": "06:30", "timezone": "UTC"}
+    r = client.put(f"/api/v1/reports/schedules/{sid}", json={**body, "schedule": daily}, headers=admin)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["next_run_at"].endswith("T06:30:00Z")
+    assert client.put(f"/api/v1/reports/schedules/{sid}", json=body, headers=viewer).status_code == 403
+    assert client.get(f"/api/v1/reports/schedules/{sid}", headers=admin).get_json()["schedule"] == daily
+    assert client.delete(f"/api/v1/reports/schedules/{sid}", headers=viewer).status_code == 403
+    assert client.delete(f"/api/v1/reports/schedules/{sid}", headers=admin).status_code == 204
+    assert client.get(f"/api/v1/reports/schedules/{sid}", headers=admin).status_code == 404
+    audit = client.get("/api/v1/audit?limit=1000", headers=admin).get_json()
+    actions = [e["action"] for e in audit["events"] if e.get("target") == sid]
+    assert {"report_schedule_create", "report_schedule_update", "report_schedule_delete"} <= set(actions)
+
+
+# --- one run per occurrence, racing schedulers ------------------------------------------------
+
+
+def _race_app(tmp, prom_url: str, db_uri: str, mailbox, name: str):
+    return make_app(
+        tmp,
+        prom_url,
+        db_name=name,
+        SQLALCHEMY_DATABASE_URI=db_uri,
+        SMTP_SMARTHOST=f"127.0.0.1:{mailbox.port}",
+        SMTP_REQUIRE_TLS=False,
+        RAW_RETENTION="30d",
+        REPORT_ATTACH_MAX_BYTES=200,  # these go out as links
+        GATEWAY_URL="http://gateway.invalid",
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_racing_schedulers_on_one_db_make_one_run_and_one_email(history, mailbox, tmp_path, request, backend):
+    """Two app instances on one DB, each with 4 threads calling the scheduler at the same instant.
+
+    More contenders than any deployment has workers, all released by one
+    barrier past the due time: whatever one process believes, only the DB's
+    claim decides, so exactly one run (and one email) comes out.
+    """
+    uri = (
+        request.getfixturevalue("postgres").new_database()
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/shared.db"
+    )
+    apps = [_race_app(tmp_path, history["url"], uri, mailbox, f"race-{k}") for k in range(2)]
+    client = apps[0].test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    for host in GPU_HOSTS[:3]:
+        r = client.post(
+            "/api/v1/hosts", json={"id": host, "hostname": f"{host}.invalid", "tags": {"role": "gpu"}}, headers=admin
+        )
+        assert r.status_code == 201, r.get_json()
+    due = (history["h0"] // 60 + 1) * 60
+    for app in apps:
+        app.extensions["report_clock"] = lambda: due - 30
+    name = f"Race {backend} {time.time_ns()}"
+    r = client.post("/api/v1/reports/schedules", json=schedule_body(name, weekly_at(due)), headers=admin)
+    assert r.status_code == 201, r.get_json()
+    sid = r.get_json()["id"]
+    for app in apps:
+        app.extensions["report_clock"] = lambda: due + 5
+    barrier = threading.Barrier(8)
+    made: list[str] = []
+
+    def contend(app):
+        barrier.wait()
+        made.extend(scheduler.tick(app))
+
+    threads = [threading.Thread(target=contend, args=(apps[k % 2],)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(made) == 1, made
+    runs = client.get(f"/api/v1/reports/schedules/{sid}/runs", headers=admin).get_json()
+    assert runs["total"] == 1, runs
+    run = runs["runs"][0]
+    assert run["status"] == "sent" and run["delivery"] == "links", run
+    assert run["due_at"] == utc(due)
+    mails = wait_until(lambda: messages_for(mailbox, name), 10, "no email")
+    time.sleep(1)
+    assert len(messages_for(mailbox, name)) == 1
+    # Too large to attach (limit 200 bytes): links, signed, that any instance serves.
+    body = body_text(mails[0])
+    assert not attachments(mails[0])
+    links = [line for line in body.splitlines() if line.startswith("http://gateway.invalid/")]
+    assert len(links) == 2, body
+    for link in links:
+        path = link.removeprefix("http://gateway.invalid")
+        got = apps[1].test_client().get(path)
+        assert got.status_code == 200, got.get_json()
+        assert got.data[:4] == b"%PDF" if ".pdf?" in link else got.data.startswith(b"host_id,hostname,")
+        forged = apps[1].test_client().get(path.replace("sig=", "sig=0"))
+        assert forged.status_code == 403 and forged.get_json()["error"]["code"] == "FORBIDDEN"
+    # The schedule moved on one week; another tick makes nothing.
+    schedule = client.get(f"/api/v1/reports/schedules/{sid}", headers=admin).get_json()
+    assert schedule["next_run_at"] == utc(due + 7 * DAY)
+    assert scheduler.tick(apps[1]) == []
+
+
+# --- the real gateway: gunicorn with two workers ----------------------------------------------
+
+
+def start_gateway(state: Path, prom_url: str, mailbox, offset_s: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLEETWATCH_STATE_DIR": str(state),
+        "FLEETWATCH_PROMETHEUS_URL": prom_url,
+        "FLEETWATCH_RAW_RETENTION": "30d",
+        "FLEETWATCH_SCRAPE_INTERVAL": str(STEP_S),
+        "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+        "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+        "FLEETWATCH_BCRYPT_ROUNDS": "4",
+        "FLEETWATCH_SMTP_SMARTHOST": f"127.0.0.1:{mailbox.port}",
+        "FLEETWATCH_SMTP_REQUIRE_TLS": "false",
+        "FLEETWATCH_REPORT_SCHEDULER_TICK_S": "1",
+        "FLEETWATCH_REPORT_CLOCK_OFFSET_S": str(offset_s),
+        "FLEETWATCH_ALERTMANAGER_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    log = open(state.parent / f"gateway-{port}.log", "wb")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}", "--workers=2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", proc, 60)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def admin_session(url: str) -> requests.Session:
+    s = requests.Session()
+    r = s.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=30)
+    r.raise_for_status()
+    s.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+    return s
+
+
+def add_alert_events(db_file: Path, due: int) -> None:
+    """Three firings on hosts of the scope in the week (one acknowledged) and one outside the scope."""
+    engine = sa.create_engine(f"sqlite:///{db_file}")
+    at = datetime.fromtimestamp(due, UTC)
+    rows = [
+        ("rpt-00", "HighCPU", at - timedelta(days=2), timedelta(hours=2), True),
+        ("rpt-00", "HighCPU", at - timedelta(days=1), timedelta(hours=1), False),
+        ("rpt-01", "GpuHot", at - timedelta(hours=5), timedelta(minutes=30), False),
+        ("rpt-web-0", "DiskFull", at - timedelta(hours=3), timedelta(hours=9), False),
+    ]
+    with Session(engine) as s:
+        for k, (host, rule, began, lasted, acked) in enumerate(rows):
+            s.add(
+                AlertEvent(
+                    id=f"event-9{k:03d}", fingerprint=f"fp{k}", started_at=began, ended_at=began + lasted,
+                    state="resolved", rule_name=rule, host_id=host, severity="warning",
+                    acknowledged_at=began + timedelta(minutes=5) if acked else None,
+                )
+            )  # fmt: skip
+        s.commit()
+    engine.dispose()
+
+
+def pdf_rows(text: str, host: str, count: int) -> list[str]:
+    """The ``count`` cells after ``host``'s name in the host table (pypdf gives one cell a line)."""
+    lines = text.splitlines()
+    k = lines.index(host, lines.index("max"))  # after the table's header, not in the bar charts
+    return lines[k + 1 : k + 1 + count]
+
+
+def test_gunicorn_with_two_workers_sends_one_weekly_report_then_catches_up_once_after_downtime(
+    history, mailbox, tmp_path
+):
+    now = time.time()
+    due = int(now + 25) // 60 * 60 + 60  # a whole minute, 25 to 85 s away
+    offset = int(due - now - 20)  # the gateway's clock: due about 20 s after it starts
+    state = tmp_path / "state"
+    proc, url = start_gateway(state, history["url"], mailbox, offset)
+    try:
+        import psutil
+
+        assert len(psutil.Process(proc.pid).children()) == 2, "gunicorn should run two workers"
+        s = admin_session(url)
+        for host in GPU_HOSTS + OTHERS:
+            tags = {"role": "gpu" if host in GPU_HOSTS else "web"}
+            r = s.post(f"{url}/api/v1/hosts", json={"id": host, "hostname": f"{host}.invalid", "tags": tags})
+            assert r.status_code == 201, r.text
+        add_alert_events(state / "gateway.db", due)
+        name = f"Weekly GPU fleet {time.time_ns()}"
+        r = s.post(f"{url}/api/v1/reports/schedules", json=schedule_body(name, weekly_at(due)))
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        assert r.json()["next_run_at"] == utc(due)
+
+        mails = wait_until(lambda: messages_for(mailbox, name), 90, "no report emailed")
+        time.sleep(3)  # three more ticks of each worker
+        assert len(messages_for(mailbox, name)) == 1
+        runs = s.get(f"{url}/api/v1/reports/schedules/{sid}/runs").json()
+        assert runs["total"] == 1 and runs["runs"][0]["status"] == "sent", runs
+        files = attachments(mails[0])
+        assert sorted(files) == sorted(f["name"] for f in runs["runs"][0]["files"])
+        pdf = next(v for k, v in files.items() if k.endswith(".pdf"))
+        table = next(v for k, v in files.items() if k.endswith(".csv"))
+        assert s.get(runs["runs"][0]["files"][0]["download_url"]).content in (pdf, table)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    start = due - 7 * DAY
+    rows = {row["host_id"]: row for row in csv.DictReader(io.StringIO(table.decode()))}
+    assert sorted(rows) == GPU_HOSTS  # the scope: role=gpu, not the web hosts
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    assert len(reader.pages) == 1, "ten hosts fit on one A4 page"
+    text = reader.pages[0].extract_text()
+    for host in GPU_HOSTS:
+        cells = pdf_rows(text, host, 3 * len(METRICS) + 2)
+        for j, metric in enumerate(METRICS):
+            want = expected(history["samples"][(host, metric)], start, due)
+            for k, agg in enumerate(("avg", "p95", "max")):
+                got = float(rows[host][f"{metric}:{agg}"])
+                # avg and max are exact up to the edges of the 5-minute windows; p95 is over 5-minute averages.
+                assert got == pytest.approx(want[agg], abs=2.5 if agg == "p95" else 0.2), (host, metric, agg)
+                assert cells[3 * j + k] == f"{got:.1f}", (host, metric, agg, cells)
+        want_hours = expected(history["samples"][(host, "gpu.utilization")], start, due)["gpu_hours"]
+        assert float(rows[host]["gpu_hours"]) == pytest.approx(want_hours, rel=0.01)
+    assert all(h not in text for h in OTHERS)
+    assert "Alerts: 3 fired, 2 never acknowledged, longest 2h00m" in text
+    assert rows["rpt-00"]["alerts_fired"] == "2" and rows["rpt-01"]["alerts_unacknowledged"] == "1"
+    assert "p95 the 95th percentile of the 5-minute averages" in text
+    # The charts: their titles, the busiest host first, and vector drawing in the page.
+    assert "Fleet average per day" in text and "Busiest hosts, avg cpu.utilization (%)" in text
+    busiest = text.split("Busiest hosts")[1]
+    assert busiest.index("rpt-09") < busiest.index("rpt-00")
+    drawing = reader.pages[0].get_contents().get_data()
+    assert drawing.count(b" re") + drawing.count(b" l\n") > 50
+
+    # Down for three weeks and back: the newest missed week is reported, once.
+    proc, url = start_gateway(state, history["url"], mailbox, offset + 3 * 7 * DAY)
+    try:
+        wait_until(lambda: len(messages_for(mailbox, name)) == 2, 60, "no catch-up report")
+        time.sleep(3)
+        assert len(messages_for(mailbox, name)) == 2
+        s = admin_session(url)
+        runs = s.get(f"{url}/api/v1/reports/schedules/{sid}/runs").json()
+        assert runs["total"] == 2, runs
+        assert runs["runs"][0]["due_at"] == datetime.fromtimestamp(due + 3 * 7 * DAY, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        schedule = s.get(f"{url}/api/v1/reports/schedules/{sid}").json()
+        assert schedule["next_run_at"] == datetime.fromtimestamp(due + 4 * 7 * DAY, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    finally:
+        proc.terminate()
+        proc.wait(30)
