@@ -105,10 +105,13 @@ def store_files(schedule: ReportSchedule, run: ReportRun, report: Report) -> lis
     return files
 
 
-def download_link(run_id: str, name: str, ttl_s: int, now: float | None = None) -> tuple[str, int]:
-    """A signed link to one file of a run and its expiry (Unix seconds): no login, the signature is the permission."""
-    expires = int((now if now is not None else time.time()) + ttl_s)
-    base = current_app.config["GATEWAY_URL"].rstrip("/")
+def download_link(run_id: str, name: str, ttl_s: int, base: str | None = None) -> tuple[str, int]:
+    """A signed link to one file of a run and its expiry (Unix seconds): no login, the signature is the permission.
+
+    ``base``: the gateway's URL as the caller reached it; by default GATEWAY_URL (for emails).
+    """
+    expires = int(time.time() + ttl_s)
+    base = (base or current_app.config["GATEWAY_URL"]).rstrip("/")
     sig = signature(f"{run_id}/{name}", expires)
     return f"{base}/api/v1/reports/runs/{run_id}/files/{name}?expires={expires}&sig={sig}", expires
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import marshmallow as ma
-from flask import current_app, g
+from flask import current_app, g, request
 from flask.views import MethodView
 from sqlalchemy import func
 
@@ -250,7 +250,7 @@ def _run_view(run: ReportRun, schedule_id: str) -> dict:
     files = db.session.execute(
         db.select(ReportFile.name, func.length(ReportFile.content)).where(ReportFile.run_pk == run.pk)
     ).all()
-    links = [(name, size, *download_link(run.id, name, LINK_TTL_S)) for name, size in files]
+    links = [(name, size, *download_link(run.id, name, LINK_TTL_S, request.host_url)) for name, size in files]
     return {
         **{k: getattr(run, k) for k in ("id", "trigger", "status", "error", "attempts", "delivery")},
         **{k: getattr(run, k) for k in ("created_at", "started_at", "finished_at")},
