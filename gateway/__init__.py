@@ -68,7 +68,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
         REPORT_SCHEDULER=True,  # false: this gateway makes no reports (another replica does)
         REPORT_SCHEDULER_TICK_S=30,  # how often each worker looks for due reports (at most 60)
-        REPORT_LEASE_S=600,  # a worker that holds a run longer than this is taken for dead
+        REPORT_LEASE_S=180,  # a worker that holds a run longer than this is taken for dead
         REPORT_MAX_ATTEMPTS=3,
         REPORT_ATTACH_MAX_BYTES=10 * 1024 * 1024,  # larger reports are emailed as links
         REPORT_LINK_TTL_S=7 * 86400,  # how long an emailed link works

@@ -8,7 +8,7 @@ taken as zoneinfo takes it (fold 0: the offset before the change, one hour on).
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -60,7 +60,3 @@ def latest_due(schedule: dict, since: int, now: int) -> int:
     while (following := next_after(schedule, due)) <= now:
         due = following
     return due
-
-
-def utc_now() -> int:
-    return int(datetime.now(UTC).timestamp())

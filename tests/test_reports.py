@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -250,6 +250,26 @@ def test_schedules_are_admin_only_audited_and_editable(api):
     assert {"report_schedule_create", "report_schedule_update", "report_schedule_delete"} <= set(actions)
 
 
+def test_a_failed_run_shows_its_error_and_is_retried_until_it_gives_up(api):
+    client, admin, viewer = api
+    app = client.application
+    r = client.post("/api/v1/reports/schedules", json=schedule_body("Failing", GOOD, scope={}), headers=admin)
+    sid = r.get_json()["id"]
+    assert client.post(f"/api/v1/reports/schedules/{sid}/run", headers=viewer).status_code == 403
+    r = client.post(f"/api/v1/reports/schedules/{sid}/run", headers=admin)
+    assert r.status_code == 202, r.get_json()
+    clock = app.extensions["report_clock"]
+    now = clock()
+    for attempt in range(1, 4):  # Prometheus does not answer: retried a minute later, three times in all
+        app.extensions["report_clock"] = lambda at=now + 61 * attempt: at
+        scheduler.tick(app)
+        run = client.get(f"/api/v1/reports/schedules/{sid}/runs", headers=admin).get_json()["runs"][0]
+        assert run["attempts"] == attempt and "Prometheus does not answer" in run["error"], run
+        assert run["status"] == ("failed" if attempt == 3 else "pending") and run["files"] == []
+    app.extensions["report_clock"] = clock
+    assert client.delete(f"/api/v1/reports/schedules/{sid}", headers=admin).status_code == 204
+
+
 # --- one run per occurrence, racing schedulers ------------------------------------------------
 
 
@@ -334,6 +354,14 @@ def test_racing_schedulers_on_one_db_make_one_run_and_one_email(history, mailbox
     schedule = client.get(f"/api/v1/reports/schedules/{sid}", headers=admin).get_json()
     assert schedule["next_run_at"] == utc(due + 7 * DAY)
     assert scheduler.tick(apps[1]) == []
+    # Asked by hand: pending at once, made by the next tick of any instance, over a period up to now.
+    r = client.post(f"/api/v1/reports/schedules/{sid}/run", headers=admin)
+    assert r.status_code == 202 and r.get_json()["status"] == "pending", r.get_json()
+    assert r.get_json()["period_end"] == utc(due + 5) and r.get_json()["period_start"] == utc(due + 5 - 7 * DAY)
+    assert scheduler.tick(apps[1]) == [r.get_json()["id"]]
+    runs = client.get(f"/api/v1/reports/schedules/{sid}/runs", headers=admin).get_json()
+    assert [(x["trigger"], x["status"]) for x in runs["runs"]] == [("manual", "sent"), ("schedule", "sent")]
+    wait_until(lambda: len(messages_for(mailbox, name)) == 2, 10, "no email for the manual run")
 
 
 # --- the real gateway: gunicorn with two workers ----------------------------------------------
