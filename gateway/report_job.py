@@ -12,6 +12,7 @@ import smtplib
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import or_
@@ -91,17 +92,25 @@ def build(schedule: ReportSchedule, run: ReportRun, now: int) -> Report:
     )
 
 
-def store_files(schedule: ReportSchedule, run: ReportRun, report: Report) -> list[ReportFile]:
-    """Render each format of the schedule and keep it with the run (replacing an earlier attempt's)."""
-    db.session.execute(db.delete(ReportFile).where(ReportFile.run_pk == run.pk))
+class Rendered(NamedTuple):
+    name: str
+    media_type: str
+    content: bytes
+
+
+def store_files(schedule: ReportSchedule, run: ReportRun, report: Report) -> list[Rendered]:
+    """Render each format of the schedule, then keep them with the run (replacing an earlier attempt's) and commit.
+
+    Rendered first and written in one short transaction: on SQLite a write holds
+    the whole DB, and every other request of every worker would wait for it.
+    """
     slug = re.sub(r"[^A-Za-z0-9]+", "-", schedule.name).strip("-").lower()[:60] or "report"
     day = time.strftime("%Y-%m-%d", time.gmtime(run.period_end))
     render = {"pdf": render_pdf, "csv": render_csv}
-    files = [
-        ReportFile(run_pk=run.pk, name=f"{slug}-{day}.{fmt}", media_type=MEDIA[fmt], content=render[fmt](report))
-        for fmt in schedule.formats
-    ]
-    db.session.add_all(files)
+    files = [Rendered(f"{slug}-{day}.{fmt}", MEDIA[fmt], render[fmt](report)) for fmt in schedule.formats]
+    db.session.execute(db.delete(ReportFile).where(ReportFile.run_pk == run.pk))
+    db.session.add_all(ReportFile(run_pk=run.pk, **f._asdict()) for f in files)
+    db.session.commit()
     return files
 
 
@@ -116,7 +125,7 @@ def download_link(run_id: str, name: str, ttl_s: int, base: str | None = None) -
     return f"{base}/api/v1/reports/runs/{run_id}/files/{name}?expires={expires}&sig={sig}", expires
 
 
-def deliver(schedule: ReportSchedule, run: ReportRun, report: Report, files: list[ReportFile]) -> str | None:
+def deliver(schedule: ReportSchedule, run: ReportRun, report: Report, files: list[Rendered]) -> str | None:
     """Email the report to the schedule's recipients: attached, or as links when too large. Returns how."""
     if not schedule.recipients:
         return None

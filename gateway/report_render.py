@@ -220,8 +220,10 @@ _GRID = [
 def _host_table(report: Report, metrics: list[str], first: bool) -> LongTable:
     data = report.data
     extra = ["GPU h", "alerts"] if first else []
-    head = ["host"] + [x for m in metrics for x in (_label(m), "", "")] + extra
-    sub = [""] + ["avg", "p95", "max"] * len(metrics) + [""] * len(extra)
+    head = ["host"] + [x for m in metrics for x in (m, "", "")] + extra
+    # The unit under the name: "gpu.memory_used_pct (%)" is wider than its three columns.
+    sub = [""] + [f"{agg} {CATALOG[m].unit}".strip() for m in metrics for agg in ("avg", "p95", "max")]
+    sub += [""] * len(extra)
     rows = [head, sub]
     for host, _ in report.hosts:
         stats = data.stats.get(host, {})
@@ -230,9 +232,9 @@ def _host_table(report: Report, metrics: list[str], first: bool) -> LongTable:
             alerts = report.host_alerts.get(host)
             cells += [_num(data.gpu_hours.get(host)), str(alerts.fired) if alerts else "0"]
         rows.append(cells)
-    host_w, extra_w = 3.3 * cm, 1.1 * cm
+    host_w, extra_w = 3.0 * cm, 1.2 * cm
     stat_w = (WIDTH - host_w - extra_w * len(extra)) / (3 * METRICS_PER_TABLE)
-    style = list(_GRID)
+    style = [*_GRID, ("FONT", (0, 1), (-1, 1), "Helvetica-Bold", 5.5)]
     for i in range(len(metrics)):
         style += [("SPAN", (1 + 3 * i, 0), (3 + 3 * i, 0)), ("ALIGN", (1 + 3 * i, 0), (3 + 3 * i, 0), "CENTER")]
     return LongTable(

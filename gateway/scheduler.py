@@ -88,8 +88,8 @@ def tick(app: Flask) -> list[str]:
                 ReportRun.status.in_(ACTIVE), ReportRun.lease_until <= now
             )
         ).all():
-            if take(pk, lease, now):
-                done.append(execute(pk, now))
+            if take(pk, lease, now) and (made := execute(pk, now)):
+                done.append(made)
         if now - app.extensions.get("report_purged_at", 0) > 3600:  # a write: not on every tick
             purge(now)
             app.extensions["report_purged_at"] = now
@@ -152,7 +152,7 @@ def take(pk: int, lease_seen: int, now: int) -> bool:
     return taken.rowcount == 1
 
 
-def execute(pk: int, now: int) -> str:
+def execute(pk: int, now: int) -> str | None:
     """Make and send the report of a leased run; a failure is retried a minute later, up to REPORT_MAX_ATTEMPTS."""
     config = current_app.config
     run = db.session.get(ReportRun, pk)
@@ -162,7 +162,6 @@ def execute(pk: int, now: int) -> str:
             raise RuntimeError("the schedule was deleted")
         report = build(schedule, run, now)
         files = store_files(schedule, run, report)
-        db.session.flush()
         run.delivery = deliver(schedule, run, report, files)
         run.status, run.error, run.finished_at = ("sent" if run.delivery else "done"), None, utcnow()
         db.session.commit()
@@ -170,6 +169,8 @@ def execute(pk: int, now: int) -> str:
     except Exception as exc:
         db.session.rollback()
         run = db.session.get(ReportRun, pk)
+        if run is None:  # its schedule was deleted meanwhile, runs and all
+            return None
         final = run.attempts >= int(config["REPORT_MAX_ATTEMPTS"]) or schedule is None
         run.status = "failed" if final else "pending"
         run.lease_until = now + 60

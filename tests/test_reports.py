@@ -429,7 +429,7 @@ def add_alert_events(db_file: Path, due: int) -> None:
 def pdf_rows(text: str, host: str, count: int) -> list[str]:
     """The ``count`` cells after ``host``'s name in the host table (pypdf gives one cell a line)."""
     lines = text.splitlines()
-    k = lines.index(host, lines.index("max"))  # after the table's header, not in the bar charts
+    k = lines.index(host, lines.index("host"))  # in the table, after its header; not in the bar charts
     return lines[k + 1 : k + 1 + count]
 
 
@@ -518,3 +518,59 @@ def test_gunicorn_with_two_workers_sends_one_weekly_report_then_catches_up_once_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --- which tier answers, and the raw samples' exact numbers -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "every,tiers,tolerance",
+    [
+        # A day the raw tier holds: every raw sample, so p95 is exact too.
+        ("day", {"RAW_RETENTION": "30d"}, {"avg": 1e-3, "p95": 1e-3, "max": 1e-3, "gpu_hours": 1e-3}),
+        # A week older than the raw tier keeps (3 d): the long-term tier's 5-minute points. The raw
+        # tier's URL answers nothing here, so a number that came from it would fail the run.
+        ("week", {"RAW_RETENTION": "3d", "LONGTERM": True}, {"avg": 0.2, "p95": 2.5, "max": 0.2, "gpu_hours": 0.05}),
+    ],
+)
+def test_the_period_is_read_from_the_tier_that_holds_it(history, tmp_path, every, tiers, tolerance):
+    prom = history["url"]
+    longterm = tiers.pop("LONGTERM", False)
+    app = make_app(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}" if longterm else prom,
+        LONGTERM_URL=prom if longterm else "",
+        SCRAPE_INTERVAL=f"{STEP_S}s",
+        **tiers,
+    )
+    end = history["h0"]
+    app.extensions["report_clock"] = lambda: end
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    for host in GPU_HOSTS[:4]:
+        assert (
+            client.post("/api/v1/hosts", json={"id": host, "hostname": f"{host}.invalid"}, headers=admin).status_code
+            == 201
+        )
+    calendar = {"every": every, "time": "00:00", "timezone": "UTC"} | ({"weekday": "sun"} if every == "week" else {})
+    body = schedule_body("Tiers", calendar, scope={"hosts": GPU_HOSTS[:4]}, formats=["csv"], recipients=[])
+    sid = client.post("/api/v1/reports/schedules", json=body, headers=admin).get_json()["id"]
+    run = client.post(f"/api/v1/reports/schedules/{sid}/run", headers=admin).get_json()
+    assert scheduler.tick(app) == [run["id"]]
+    run = client.get(f"/api/v1/reports/schedules/{sid}/runs", headers=admin).get_json()["runs"][0]
+    assert run["status"] == "done" and run["delivery"] is None, run  # no recipients: made and kept
+    link = run["files"][0]["download_url"]
+    table = client.get(link[link.index("/api/") :]).data.decode()
+    rows = {row["host_id"]: row for row in csv.DictReader(io.StringIO(table))}
+    assert sorted(rows) == GPU_HOSTS[:4]
+    start = end - (DAY if every == "day" else 7 * DAY)
+    for host in GPU_HOSTS[:4]:
+        for metric in METRICS:
+            want = expected(history["samples"][(host, metric)], start, end)
+            for agg in ("avg", "p95", "max"):
+                got = float(rows[host][f"{metric}:{agg}"])
+                assert got == pytest.approx(want[agg], abs=tolerance[agg]), (host, metric, agg)
+        want_hours = expected(history["samples"][(host, "gpu.utilization")], start, end)["gpu_hours"]
+        assert float(rows[host]["gpu_hours"]) == pytest.approx(
+            want_hours, abs=tolerance["gpu_hours"] * want_hours + 1e-3
+        )
