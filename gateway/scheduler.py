@@ -65,6 +65,7 @@ class Scheduler:
                 db.engine.dispose(close=False)
             self._pid = os.getpid()
             threading.Thread(target=self._loop, name="report-scheduler", daemon=True).start()
+            log.info("report scheduler started", extra={"pid": self._pid})
 
     def _loop(self) -> None:
         interval = min(60.0, float(self.app.config["REPORT_SCHEDULER_TICK_S"]))
@@ -83,12 +84,15 @@ def tick(app: Flask) -> list[str]:
         now = app.extensions["report_clock"]()
         claim_due(now)
         done = []
-        for pk, lease in db.session.execute(
-            db.select(ReportRun.pk, ReportRun.lease_until).where(
+        limit = int(app.config["REPORT_MAX_ATTEMPTS"])
+        for pk, lease, attempts in db.session.execute(
+            db.select(ReportRun.pk, ReportRun.lease_until, ReportRun.attempts).where(
                 ReportRun.status.in_(ACTIVE), ReportRun.lease_until <= now
             )
         ).all():
-            if take(pk, lease, now) and (made := execute(pk, now)):
+            if attempts >= limit:  # its last worker died with it (a failure ends as "failed" by itself)
+                give_up(pk, lease)
+            elif take(pk, lease, now) and (made := execute(pk, now)):
                 done.append(made)
         if now - app.extensions.get("report_purged_at", 0) > 3600:  # a write: not on every tick
             purge(now)
@@ -150,6 +154,17 @@ def take(pk: int, lease_seen: int, now: int) -> bool:
     )
     db.session.commit()
     return taken.rowcount == 1
+
+
+def give_up(pk: int, lease_seen: int) -> None:
+    """A run whose every attempt ended with its worker: failed, not taken again and again."""
+    db.session.execute(
+        update(ReportRun)
+        .where(ReportRun.pk == pk, ReportRun.lease_until == lease_seen, ReportRun.status.in_(ACTIVE))
+        .values(status="failed", error="gave up: the workers making it stopped", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
 
 
 def execute(pk: int, now: int) -> str | None:

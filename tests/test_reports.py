@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import psutil
 import pypdf
 import pytest
 import requests
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from gateway import scheduler
-from gateway.db import AlertEvent
+from gateway.db import AlertEvent, ReportRun, add_with_id, db
 from gateway.report_calendar import WEEKDAYS, latest_due, next_after, previous
 from tests.conftest import ADMIN, VIEWER, bearer, free_port, login, make_app, wait_http
 from tests.test_retention import start_prometheus, stop
@@ -426,6 +428,11 @@ def add_alert_events(db_file: Path, due: int) -> None:
     engine.dispose()
 
 
+def scheduler_pids(log: Path) -> set[int]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return {line["pid"] for line in lines if line.get("message") == "report scheduler started"}
+
+
 def pdf_rows(text: str, host: str, count: int) -> list[str]:
     """The ``count`` cells after ``host``'s name in the host table (pypdf gives one cell a line)."""
     lines = text.splitlines()
@@ -442,9 +449,10 @@ def test_gunicorn_with_two_workers_sends_one_weekly_report_then_catches_up_once_
     state = tmp_path / "state"
     proc, url = start_gateway(state, history["url"], mailbox, offset)
     try:
-        import psutil
-
-        assert len(psutil.Process(proc.pid).children()) == 2, "gunicorn should run two workers"
+        log = state.parent / f"gateway-{url.rsplit(':', 1)[1]}.log"
+        # Two workers, each with its scheduler: two contenders for every occurrence.
+        started = wait_until(lambda: scheduler_pids(log) if len(scheduler_pids(log)) == 2 else None, 30, "2 schedulers")
+        assert {p.pid for p in psutil.Process(proc.pid).children()} == started
         s = admin_session(url)
         for host in GPU_HOSTS + OTHERS:
             tags = {"role": "gpu" if host in GPU_HOSTS else "web"}
@@ -574,3 +582,28 @@ def test_the_period_is_read_from_the_tier_that_holds_it(history, tmp_path, every
         assert float(rows[host]["gpu_hours"]) == pytest.approx(
             want_hours, abs=tolerance["gpu_hours"] * want_hours + 1e-3
         )
+
+
+def test_a_run_whose_worker_died_is_taken_over_after_its_lease_and_given_up_after_the_last_attempt(history, tmp_path):
+    app = make_app(tmp_path, history["url"], RAW_RETENTION="30d", REPORT_LEASE_S=180)
+    now = history["h0"]
+    app.extensions["report_clock"] = lambda: now
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    body = schedule_body("Lease", GOOD, scope={}, recipients=[], formats=["csv"])
+    sid = client.post("/api/v1/reports/schedules", json=body, headers=admin).get_json()["id"]
+    with app.app_context():  # as a worker leaves them when it is killed mid-report
+        for attempts in (1, 3):
+            run = ReportRun(
+                schedule_pk=1, trigger="manual", period_start=now - DAY, period_end=now, status="running",
+                attempts=attempts, lease_until=now + 100,
+            )  # fmt: skip
+            add_with_id(run)
+        db.session.commit()
+    assert scheduler.tick(app) == []  # their leases still hold
+    app.extensions["report_clock"] = lambda: now + 101
+    made = scheduler.tick(app)
+    runs = client.get(f"/api/v1/reports/schedules/{sid}/runs", headers=admin).get_json()["runs"]
+    assert len(made) == 1
+    assert [(r["status"], r["attempts"]) for r in runs] == [("failed", 3), ("done", 2)], runs
+    assert runs[0]["error"].startswith("gave up") and runs[1]["files"][0]["size_bytes"] > 0
