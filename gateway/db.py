@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, Integer, LargeBinary, String, UniqueConstraint, event
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, LargeBinary, String, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -166,8 +166,8 @@ class ReportSchedule(Stamped, db.Model):
     schedule: Mapped[dict] = mapped_column(JSON, default=dict)  # {"every", "weekday", "day", "time", "timezone"}
     formats: Mapped[list] = mapped_column(JSON, default=list)
     recipients: Mapped[list] = mapped_column(JSON, default=list)
-    # Unix seconds of the next occurrence; workers claim a run by moving it on (gateway/scheduler.py).
-    next_run_at: Mapped[int] = mapped_column(Integer, index=True)
+    # Unix seconds (64-bit: past 2038) of the next occurrence; workers claim a run by moving it on (scheduler.py).
+    next_run_at: Mapped[int] = mapped_column(BigInteger, index=True)
     created_by: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -181,13 +181,13 @@ class ReportRun(Stamped, db.Model):
     prefix = "run"
     schedule_pk: Mapped[int] = mapped_column(Integer, index=True)
     trigger: Mapped[str] = mapped_column(String(16))  # "schedule" | "manual"
-    due_at: Mapped[int | None] = mapped_column(Integer)  # Unix seconds of the occurrence; None: asked by hand
-    period_start: Mapped[int] = mapped_column(Integer)  # Unix seconds; the report covers (start, end]
-    period_end: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[int | None] = mapped_column(BigInteger)  # Unix seconds of the occurrence; None: asked by hand
+    period_start: Mapped[int] = mapped_column(BigInteger)  # Unix seconds; the report covers (start, end]
+    period_end: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(String(2000))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_until: Mapped[int] = mapped_column(Integer, default=0)  # Unix seconds; past it, any worker may take it
+    lease_until: Mapped[int] = mapped_column(BigInteger, default=0)  # Unix seconds; past it, any worker may take it
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivery: Mapped[str | None] = mapped_column(String(16))  # "attachments" | "links" | None (no recipients)

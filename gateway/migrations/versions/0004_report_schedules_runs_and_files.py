@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0002
-Create Date: 2026-11-30 05:51:32.821693
+Create Date: 2026-11-30 06:06:44.241972
 """
 
 import sqlalchemy as sa
@@ -33,13 +33,13 @@ def upgrade() -> None:
         "report_runs",
         sa.Column("schedule_pk", sa.Integer(), nullable=False),
         sa.Column("trigger", sa.String(length=16), nullable=False),
-        sa.Column("due_at", sa.Integer(), nullable=True),
-        sa.Column("period_start", sa.Integer(), nullable=False),
-        sa.Column("period_end", sa.Integer(), nullable=False),
+        sa.Column("due_at", sa.BigInteger(), nullable=True),
+        sa.Column("period_start", sa.BigInteger(), nullable=False),
+        sa.Column("period_end", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("error", sa.String(length=2000), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("lease_until", sa.Integer(), nullable=False),
+        sa.Column("lease_until", sa.BigInteger(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("delivery", sa.String(length=16), nullable=True),
@@ -63,7 +63,7 @@ def upgrade() -> None:
         sa.Column("schedule", sa.JSON(), nullable=False),
         sa.Column("formats", sa.JSON(), nullable=False),
         sa.Column("recipients", sa.JSON(), nullable=False),
-        sa.Column("next_run_at", sa.Integer(), nullable=False),
+        sa.Column("next_run_at", sa.BigInteger(), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("pk", sa.Integer(), autoincrement=True, nullable=False),
