@@ -11,6 +11,7 @@ import csv
 import io
 from datetime import datetime
 from typing import NamedTuple
+from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 from reportlab.graphics.charts.barcharts import HorizontalBarChart
@@ -111,10 +112,13 @@ def render_pdf(report: Report) -> bytes:
     data = report.data
     tz = report.timezone
     story = [
-        Paragraph(report.title, styles["Title"]),
+        # Paragraphs read markup: names and tags are text, escaped ("R&D <gpu>" is no tag).
+        Paragraph(escape(report.title), styles["Title"]),
         Paragraph(
-            f"Period {local_time(data.start, tz)} to {local_time(data.end, tz)} ({tz}); scope: {report.scope}; "
-            f"{len(report.hosts)} hosts, {len(data.stats)} with data.",
+            escape(
+                f"Period {local_time(data.start, tz)} to {local_time(data.end, tz)} ({tz}); scope: {report.scope}; "
+                f"{len(report.hosts)} hosts, {len(data.stats)} with data."
+            ),
             small,
         ),
         Paragraph(data.source.p95_note, small),

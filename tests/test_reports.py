@@ -459,7 +459,7 @@ def test_gunicorn_with_two_workers_sends_one_weekly_report_then_catches_up_once_
             r = s.post(f"{url}/api/v1/hosts", json={"id": host, "hostname": f"{host}.invalid", "tags": tags})
             assert r.status_code == 201, r.text
         add_alert_events(state / "gateway.db", due)
-        name = f"Weekly GPU fleet {time.time_ns()}"
+        name = f"Weekly GPU fleet <R&D> {time.time_ns()}"
         r = s.post(f"{url}/api/v1/reports/schedules", json=schedule_body(name, weekly_at(due)))
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
@@ -496,7 +496,7 @@ def test_gunicorn_with_two_workers_sends_one_weekly_report_then_catches_up_once_
                 assert cells[3 * j + k] == f"{got:.1f}", (host, metric, agg, cells)
         want_hours = expected(history["samples"][(host, "gpu.utilization")], start, due)["gpu_hours"]
         assert float(rows[host]["gpu_hours"]) == pytest.approx(want_hours, rel=0.01)
-    assert all(h not in text for h in OTHERS)
+    assert name in text and all(h not in text for h in OTHERS)
     assert "Alerts: 3 fired, 2 never acknowledged, longest 2h00m" in text
     assert rows["rpt-00"]["alerts_fired"] == "2" and rows["rpt-01"]["alerts_unacknowledged"] == "1"
     assert "p95 the 95th percentile of the 5-minute averages" in " ".join(text.split())
