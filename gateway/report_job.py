@@ -7,8 +7,10 @@ out as links instead of attachments.
 
 from __future__ import annotations
 
+import functools
 import re
 import smtplib
+import ssl
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -164,9 +166,14 @@ def _send(msg: EmailMessage) -> None:
     host, _, port = (c["SMTP_SMARTHOST"] or "").rpartition(":")
     if not host:
         raise RuntimeError("no SMTP server: set FLEETWATCH_SMTP_SMARTHOST (host:port)")
-    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
-        if is_on(c["SMTP_REQUIRE_TLS"]):
-            smtp.starttls()
+    # Port 465 speaks TLS from the first byte, as Alertmanager treats it; others may STARTTLS.
+    # The server's certificate is verified (smtplib's own default would not), as Alertmanager does.
+    tls = ssl.create_default_context()
+    implicit_tls = port == "465"
+    connect = functools.partial(smtplib.SMTP_SSL, context=tls) if implicit_tls else smtplib.SMTP
+    with connect(host, int(port), timeout=30) as smtp:
+        if is_on(c["SMTP_REQUIRE_TLS"]) and not implicit_tls:
+            smtp.starttls(context=tls)
         if c["SMTP_AUTH_USERNAME"]:
             smtp.login(c["SMTP_AUTH_USERNAME"], c["SMTP_AUTH_PASSWORD"])
         smtp.send_message(msg)

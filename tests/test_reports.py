@@ -607,3 +607,44 @@ def test_a_run_whose_worker_died_is_taken_over_after_its_lease_and_given_up_afte
     assert len(made) == 1
     assert [(r["status"], r["attempts"]) for r in runs] == [("failed", 3), ("done", 2)], runs
     assert runs[0]["error"].startswith("gave up") and runs[1]["files"][0]["size_bytes"] > 0
+
+
+def test_reports_go_over_starttls_to_a_server_whose_certificate_is_trusted(history, tmp_path, monkeypatch):
+    """SMTP_REQUIRE_TLS (the default): STARTTLS, and the server's certificate is verified."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import Mailbox, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    box = Mailbox()
+    box._controller = Controller(
+        box, hostname="127.0.0.1", port=box.port, tls_context=server_tls, require_starttls=True
+    )
+    box.start()
+    try:
+        app = make_app(tmp_path, history["url"], RAW_RETENTION="30d", SMTP_SMARTHOST=f"127.0.0.1:{box.port}")
+        app.extensions["report_clock"] = lambda: history["h0"]
+        client = app.test_client()
+        admin = bearer(login(client, ADMIN)["access_token"])
+        r = client.post("/api/v1/reports/schedules", json=schedule_body("Over TLS", GOOD, scope={}), headers=admin)
+        sid = r.get_json()["id"]
+        runs_url = f"/api/v1/reports/schedules/{sid}/runs"
+
+        client.post(f"/api/v1/reports/schedules/{sid}/run", headers=admin)
+        scheduler.tick(app)  # the certificate is no CA's: refused, nothing sent
+        run = client.get(runs_url, headers=admin).get_json()["runs"][0]
+        assert run["status"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in run["error"], run
+        assert not box.messages
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trusted, as a site's own CA would be
+        app.extensions["report_clock"] = lambda: history["h0"] + 61
+        scheduler.tick(app)
+        run = client.get(runs_url, headers=admin).get_json()["runs"][0]
+        assert run["status"] == "sent", run
+        assert sorted(attachments(box.messages[0][1])) == sorted(f["name"] for f in run["files"])
+    finally:
+        box.stop()
