@@ -613,18 +613,12 @@ def test_reports_go_over_starttls_to_a_server_whose_certificate_is_trusted(histo
     """SMTP_REQUIRE_TLS (the default): STARTTLS, and the server's certificate is verified."""
     import ssl
 
-    from aiosmtpd.controller import Controller
-
     from tests.conftest import Mailbox, self_signed_certificate
 
     cert, key = self_signed_certificate(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
-    box = Mailbox()
-    box._controller = Controller(
-        box, hostname="127.0.0.1", port=box.port, tls_context=server_tls, require_starttls=True
-    )
-    box.start()
+    box = Mailbox(tls_context=server_tls, require_starttls=True).start()
     try:
         app = make_app(tmp_path, history["url"], RAW_RETENTION="30d", SMTP_SMARTHOST=f"127.0.0.1:{box.port}")
         app.extensions["report_clock"] = lambda: history["h0"]
