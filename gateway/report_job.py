@@ -171,7 +171,7 @@ def _send(msg: EmailMessage) -> None:
     tls = ssl.create_default_context()
     implicit_tls = port == "465"
     connect = functools.partial(smtplib.SMTP_SSL, context=tls) if implicit_tls else smtplib.SMTP
-    with connect(host, int(port), timeout=30) as smtp:
+    with connect(host.strip("[]"), int(port), timeout=30) as smtp:  # "[::1]:25"
         if is_on(c["SMTP_REQUIRE_TLS"]) and not implicit_tls:
             smtp.starttls(context=tls)
         if c["SMTP_AUTH_USERNAME"]:

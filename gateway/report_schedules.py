@@ -70,7 +70,14 @@ class CalendarSchema(ma.Schema):
 
 class ScheduleSchema(ma.Schema):
     id = ma.fields.String(dump_only=True)
-    name = ma.fields.String(required=True, validate=ma.validate.Length(1, 200))
+    name = ma.fields.String(
+        required=True,
+        # It becomes the email's subject: a line break there would forge headers.
+        validate=[
+            ma.validate.Length(1, 200),
+            ma.validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="no control characters (line breaks, tabs)"),
+        ],
+    )
     scope = ma.fields.Nested(ScopeSchema, load_default=dict, metadata={"description": "none: every host"})
     metrics = ma.fields.List(
         ma.fields.String(validate=ma.validate.OneOf(REPORTABLE)),

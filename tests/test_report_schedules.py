@@ -87,6 +87,7 @@ def api(tmp_path_factory):
         ({"scope": {"hosts": ["rpt-a", "no-such-host"]}}, "scope.hosts"),
         ({"scope": {"tags": {"role": "gpu"}, "hosts": ["rpt-a"]}}, "scope"),
         ({"name": ""}, "name"),
+        ({"name": "Weekly\r\nBcc: everyone@example.com"}, "name"),
     ],
 )
 def test_bad_schedules_are_400_and_store_nothing(api, change, field):
