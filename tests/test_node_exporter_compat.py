@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, wait_http
 
+pytestmark = pytest.mark.integration
+
 MiB = 1024 * 1024
 
 
