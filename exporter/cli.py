@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sysfs to read, e.g. /host/sys in a container (default /sys)",
     )
     p.add_argument(
+        "--rootfs",
+        default="/",
+        metavar="DIR",
+        help="the host's root filesystem, for /etc/os-release, e.g. /host/root in a container (default /)",
+    )
+    p.add_argument(
         "--textfile-directory",
         default="",
         metavar="DIR",
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu_interval_s=args.gpu_interval,
         proc_root=args.proc_root,
         sys_root=args.sys_root,
+        rootfs=args.rootfs,
         textfile_directory=args.textfile_directory,
         hostname=args.hostname,
         hostname_label=args.hostname_label,

@@ -27,6 +27,7 @@ class ExporterConfig:
     gpu_interval_s: float = 5.0
     proc_root: str = "/proc"
     sys_root: str = "/sys"
+    rootfs: str = "/"  # where /etc/os-release is read
     textfile_directory: str = ""  # node_exporter's --collector.textfile.directory; "" reads none
     hostname: str = ""
     hostname_label: str = "Hostname"  # dcgm-exporter's key; newer versions say "hostname"
@@ -79,7 +80,8 @@ class InstrumentedCollectors:
                     log.info("collector %s recovered", name)
                     self._failing.discard(name)
                 ok = 1
-                yield from families
+                # A family without a series is left out, as node_exporter writes none.
+                yield from (f for f in families if f.samples)
             took = time.perf_counter() - start
             for fam, value in ((success, ok), (node_success, ok), (duration, took), (node_duration, took)):
                 fam.add_metric([name], value)
@@ -99,7 +101,7 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
         from exporter.node import node_collectors
 
         collectors["host"] = HostCollector(proc_root=config.proc_root)
-        collectors.update(node_collectors(config.proc_root, config.sys_root, config.textfile_directory))
+        collectors.update(node_collectors(config.proc_root, config.sys_root, config.rootfs, config.textfile_directory))
     if config.gpu:
         from exporter.gpu import GpuCollector
         from exporter.nvml import Nvml

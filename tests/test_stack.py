@@ -62,7 +62,7 @@ def test_collectors_all_succeed(prom, ours_instance):
     states = {s["metric"]["collector"]: s["value"][1] for s in result}
     # No GPU here: the GPU collector still succeeds, with no DCGM series.
     node = ["stat", "vmstat", "filefd", "entropy", "timex", "diskstats", "netdev", "netclass", "netstat"]
-    node += ["udp_queues", "softnet", "arp", "conntrack", "textfile"]
+    node += ["udp_queues", "softnet", "arp", "conntrack", "os", "selinux", "time", "textfile"]
     assert states == {"host": "1", "gpu": "1", "processes": "1", **dict.fromkeys(node, "1")}
 
 

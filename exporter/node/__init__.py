@@ -7,12 +7,15 @@ from exporter.node.kernel import EntropyCollector, FilefdCollector, StatCollecto
 from exporter.node.netdev import NetclassCollector, NetdevCollector
 from exporter.node.netstack import ArpCollector, ConntrackCollector, SoftnetCollector
 from exporter.node.netstat import NetstatCollector, UdpQueuesCollector
+from exporter.node.system import OsReleaseCollector, SelinuxCollector, TimeCollector
 from exporter.node.textfile import TextfileCollector
 from exporter.node.timex import TimexCollector
 
 
-def node_collectors(proc_root: str = "/proc", sys_root: str = "/sys", textfile_directory: str = "") -> dict:
-    """{node_exporter collector name: collector} reading ``proc_root``, ``sys_root`` and the textfile directory."""
+def node_collectors(
+    proc_root: str = "/proc", sys_root: str = "/sys", rootfs: str = "/", textfile_directory: str = ""
+) -> dict:
+    """{node_exporter collector name: collector} reading ``proc_root``, ``sys_root``, ``rootfs`` and textfiles."""
     return {
         "stat": StatCollector(proc_root),
         "vmstat": VmstatCollector(proc_root),
@@ -27,5 +30,8 @@ def node_collectors(proc_root: str = "/proc", sys_root: str = "/sys", textfile_d
         "softnet": SoftnetCollector(proc_root),
         "arp": ArpCollector(proc_root),
         "conntrack": ConntrackCollector(proc_root),
+        "os": OsReleaseCollector(rootfs),
+        "selinux": SelinuxCollector(sys_root, rootfs),
+        "time": TimeCollector(sys_root),
         "textfile": TextfileCollector(textfile_directory),
     }
