@@ -6,6 +6,7 @@ the fields node_exporter 1.5 keeps by default, untyped as it exports them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ class NetstatCollector:
 
     def __init__(self, proc_root: str = "/proc", fields: re.Pattern = NETSTAT_FIELDS):
         self._net = Path(proc_root) / "net"
-        self._fields = fields
+        # The kernel's ~300 field names do not change: match each against the regex once.
+        self._keep = functools.cache(lambda key: fields.match(key) is not None)
 
     def collect(self) -> Iterator[Metric]:
         stats = parse_netstat((self._net / "netstat").read_text())
@@ -44,7 +46,7 @@ class NetstatCollector:
         for protocol, fields in stats.items():
             for field, value in fields.items():
                 key = f"{protocol}_{field}"
-                if self._fields.match(key):
+                if self._keep(key):
                     doc = f"Statistic {protocol}{field}."
                     yield UnknownMetricFamily(f"node_netstat_{key}", doc, value=float(value))
 

@@ -43,17 +43,10 @@ class OsReleaseCollector:
 
     def __init__(self, rootfs: str = "/"):
         self._files = [Path(rootfs) / name for name in OS_RELEASE_FILES]
+        self._cached: tuple[tuple[Path, int], dict[str, str]] | None = None
 
     def collect(self) -> Iterator[Metric]:
-        for path in self._files:
-            try:
-                text = path.read_text()
-            except FileNotFoundError:
-                continue
-            break
-        else:
-            raise FileNotFoundError(f"no os-release file: {', '.join(map(str, self._files))}")
-        release = parse_os_release(text)
+        release = self._release()
         info = GaugeMetricFamily(
             "node_os_info",
             "A metric with a constant '1' value labeled by build_id, id, id_like, image_id, image_version, "
@@ -72,6 +65,18 @@ class OsReleaseCollector:
             labels = [release.get("ID", ""), release.get("ID_LIKE", ""), release.get("NAME", "")]
             version.add_metric(labels, float(major_minor.group(0)))
             yield version
+
+    def _release(self) -> dict[str, str]:
+        # Parsed again only when the file changes (an upgrade), as node_exporter does.
+        for path in self._files:
+            try:
+                key = (path, path.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue
+            if self._cached is None or self._cached[0] != key:
+                self._cached = (key, parse_os_release(path.read_text()))
+            return self._cached[1]
+        raise FileNotFoundError(f"no os-release file: {', '.join(map(str, self._files))}")
 
 
 class SelinuxCollector:
