@@ -9,9 +9,10 @@ import socket
 import sys
 import threading
 
-from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client import ProcessCollector
 
 from exporter import __version__
+from exporter.http import serve
 from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     registry.register(AddressSpaceLimitCollector())
     host, port = args.listen
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = serve(registry, host, port)
     except OSError as exc:
         print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,101 @@
+"""The /metrics endpoint: prometheus_client's, with two costs of node_exporter-sized scrapes taken out.
+
+With node_exporter's ~500 series, two steps of prometheus_client's serving
+cost more than collecting them: its OpenMetrics output escapes every sample
+name character by character (only names outside the legacy character set
+need it), and it gzips at level 9. Here names are checked once per scrape and
+written as they are when none needs escaping (the same bytes), and gzip runs
+at level 1 (a tenth of the CPU, ~15 % more bytes on the wire).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import re
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, gzip_accepted
+from prometheus_client.openmetrics import exposition as openmetrics
+
+GZIP_LEVEL = 1
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# prometheus_client >= 0.22 escapes names for UTF-8 support; older ones write them as they are.
+ALLOW_UTF8 = getattr(openmetrics, "ALLOWUTF8", None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(name: str, pattern: re.Pattern) -> bool:
+    return pattern.fullmatch(name) is not None
+
+
+class _Collected:
+    """The families of one collection, for an encoder that expects a registry."""
+
+    def __init__(self, families: list):
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
+
+
+def encode(registry, accept_header: str | None) -> tuple[bytes, str]:
+    """The body and Content-Type that prometheus_client answers ``accept_header`` with, made cheaper."""
+    encoder, content_type = choose_encoder(accept_header)
+    openmetrics_escaped = (
+        isinstance(encoder, functools.partial)
+        and encoder.func is openmetrics.generate_latest
+        and encoder.keywords.get("escaping") not in (None, ALLOW_UTF8)
+    )
+    if ALLOW_UTF8 is None or not openmetrics_escaped:
+        return encoder(registry), content_type
+    families = list(registry.collect())
+    if all(_needs_no_escaping(family) for family in families):
+        encoder = functools.partial(encoder, escaping=ALLOW_UTF8)
+    return encoder(_Collected(families)), content_type
+
+
+def _needs_no_escaping(family) -> bool:
+    return _plain(family.name, METRIC_NAME) and all(
+        _plain(s.name, METRIC_NAME) and all(_plain(k, LABEL_NAME) for k in s.labels) for s in family.samples
+    )
+
+
+def metrics_app(registry):
+    """A WSGI app serving ``registry`` as prometheus_client's does (other methods and ?name[] are its own)."""
+    theirs = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        if (
+            environ["REQUEST_METHOD"] != "GET"
+            or environ.get("PATH_INFO") == "/favicon.ico"
+            or environ.get("QUERY_STRING")
+        ):
+            return theirs(environ, start_response)
+        body, content_type = encode(registry, environ.get("HTTP_ACCEPT"))
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the signature of the method it overrides
+        pass  # one line per scrape would drown the log
+
+
+def serve(registry, host: str, port: int):
+    """Serve ``registry`` on http://host:port/ from a daemon thread; the server (``shutdown()`` stops it)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    server = make_server(host, port, metrics_app(registry), server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
