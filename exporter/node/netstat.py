@@ -33,22 +33,38 @@ class NetstatCollector:
 
     def __init__(self, proc_root: str = "/proc", fields: re.Pattern = NETSTAT_FIELDS):
         self._net = Path(proc_root) / "net"
-        # The kernel's ~300 field names do not change: match each against the regex once.
-        self._keep = functools.cache(lambda key: fields.match(key) is not None)
+        self._fields = fields
 
     def collect(self) -> Iterator[Metric]:
-        stats = parse_netstat((self._net / "netstat").read_text())
-        stats.update(parse_netstat((self._net / "snmp").read_text()))
+        stats: dict[str, list[tuple[str, str, str]]] = {}  # protocol -> [(key, help, value)]
+        for filename in ("netstat", "snmp"):
+            lines = (self._net / filename).read_text().splitlines()
+            for header, numbers in zip(lines[::2], lines[1::2], strict=False):
+                protocol, kept = self._kept(header)
+                values = numbers.split()
+                stats[protocol] = [(key, doc, values[i]) for i, key, doc in kept]
         try:
-            stats.update(parse_snmp6((self._net / "snmp6").read_text()))
+            snmp6 = parse_snmp6((self._net / "snmp6").read_text())
         except FileNotFoundError:
-            pass  # a kernel without IPv6: node_exporter goes on without it
-        for protocol, fields in stats.items():
-            for field, value in fields.items():
-                key = f"{protocol}_{field}"
-                if self._keep(key):
-                    doc = f"Statistic {protocol}{field}."
-                    yield UnknownMetricFamily(f"node_netstat_{key}", doc, value=float(value))
+            snmp6 = {}  # a kernel without IPv6: node_exporter goes on without it
+        for protocol, fields in snmp6.items():
+            keys = ((f"{protocol}_{field}", f"Statistic {protocol}{field}.", value) for field, value in fields.items())
+            stats[protocol] = [k for k in keys if self._fields.match(k[0])]
+        for fields in stats.values():
+            for key, doc, value in fields:
+                yield UnknownMetricFamily(f"node_netstat_{key}", doc, value=float(value))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one collector per exporter; the headers never change
+    def _kept(self, header: str) -> tuple[str, list[tuple[int, str, str]]]:
+        """(protocol, [(column, key, help)] of the fields to export) for a header line of netstat or snmp."""
+        names = header.split()
+        protocol = names[0].rstrip(":")
+        kept = []
+        for i, field in enumerate(names[1:], start=1):
+            key = f"{protocol}_{field}"
+            if self._fields.match(key):
+                kept.append((i, key, f"Statistic {protocol}{field}."))
+        return protocol, kept
 
 
 class UdpQueuesCollector:
@@ -75,18 +91,6 @@ class UdpQueuesCollector:
         if not found:
             raise FileNotFoundError(f"neither {self._net}/udp nor udp6")
         yield fam
-
-
-def parse_netstat(text: str) -> dict[str, dict[str, str]]:
-    """{protocol: {field: value}} from /proc/net/netstat or /proc/net/snmp (a header line, then a value line)."""
-    stats: dict[str, dict[str, str]] = {}
-    lines = text.splitlines()
-    for names, values in zip(lines[::2], lines[1::2], strict=False):
-        names_, values_ = names.split(), values.split()
-        if len(names_) != len(values_):
-            raise ValueError(f"field count mismatch for {names_[0]}")
-        stats[names_[0].rstrip(":")] = dict(zip(names_[1:], values_[1:], strict=True))
-    return stats
 
 
 def parse_snmp6(text: str) -> dict[str, dict[str, str]]:
