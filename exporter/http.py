@@ -28,9 +28,10 @@ LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 ALLOW_UTF8 = getattr(openmetrics, "ALLOWUTF8", None)
 
 
-@functools.lru_cache(maxsize=4096)
-def _plain(name: str, pattern: re.Pattern) -> bool:
-    return pattern.fullmatch(name) is not None
+# Names already seen to need no escaping: a scrape checks each of its ~500 samples against these sets.
+_PLAIN_METRICS: set[str] = set()
+_PLAIN_LABELS: set[str] = set()
+_PLAIN_MAX = 100_000  # names seen are forgotten past this many (label names are few; this is a bound, not a cache size)
 
 
 class _Collected:
@@ -60,9 +61,23 @@ def encode(registry, accept_header: str | None) -> tuple[bytes, str]:
 
 
 def _needs_no_escaping(family) -> bool:
-    return _plain(family.name, METRIC_NAME) and all(
-        _plain(s.name, METRIC_NAME) and all(_plain(k, LABEL_NAME) for k in s.labels) for s in family.samples
-    )
+    for sample in family.samples:
+        if sample.name not in _PLAIN_METRICS:
+            if not METRIC_NAME.fullmatch(sample.name):
+                return False
+            _remember(_PLAIN_METRICS, sample.name)
+        for label in sample.labels:
+            if label not in _PLAIN_LABELS:
+                if not LABEL_NAME.fullmatch(label):
+                    return False
+                _remember(_PLAIN_LABELS, label)
+    return METRIC_NAME.fullmatch(family.name) is not None
+
+
+def _remember(names: set[str], name: str) -> None:
+    if len(names) >= _PLAIN_MAX:
+        names.clear()
+    names.add(name)
 
 
 def metrics_app(registry):
