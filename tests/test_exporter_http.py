@@ -87,8 +87,9 @@ def test_same_bytes_as_prometheus_client_for_every_accept_header():
                 assert b.status_code == 200 and b.headers["Content-Type"] == a.headers["Content-Type"], accept
                 assert b.content == a.content, (accept, variant)  # requests undoes the gzip of both
         finally:
-            theirs.shutdown()
-            ours.shutdown()
+            for server in (theirs, ours):
+                server.shutdown()
+                server.server_close()
 
 
 def test_gzip_on_request_and_not_otherwise():
@@ -105,6 +106,7 @@ def test_gzip_on_request_and_not_otherwise():
         assert requests.post(f"http://127.0.0.1:{port}/metrics").status_code == 405  # prometheus_client's answer
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_same_bytes_for_this_machines_whole_scrape():
