@@ -12,7 +12,7 @@ import threading
 from prometheus_client import ProcessCollector
 
 from exporter import __version__
-from exporter.http import serve
+from exporter.endpoint import serve
 from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
 

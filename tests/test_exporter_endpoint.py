@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 
-from exporter import http
-from exporter.http import encode, serve
+from exporter import endpoint
+from exporter.endpoint import encode, serve
 from exporter.registry import ExporterConfig, build_registry
 from tests.conftest import free_port
 
@@ -113,7 +113,7 @@ def test_same_bytes_for_this_machines_whole_scrape():
     """Our own families, as collected here, written both ways; every one of them takes the quick path."""
     registry, _ = build_registry(ExporterConfig(gpu=False, processes=False))
     collected = Fixed(*registry.collect())
-    assert all(http._plain(family) for family in collected.families)
+    assert all(endpoint._plain(family) for family in collected.families)
     for accept in ACCEPTS:
         encoder, _ = choose_encoder(accept)
         assert encode(collected, accept)[0] == encoder(collected), accept

@@ -5,7 +5,7 @@ collecting them: its OpenMetrics writer escapes every sample name character by
 character and weighs exemplars, timestamps and native histograms for every
 sample, and it gzips at level 9. Here a scrape whose names need no escaping
 and whose samples carry none of those (every scrape of ours) is written by a
-loop that does only what remains, the same bytes (tests/test_exporter_http.py
+loop that does only what remains, the same bytes (tests/test_exporter_endpoint.py
 compares them), and gzip runs at level 1 (a tenth of the CPU, ~15 % more
 bytes on the wire). Anything else is prometheus_client's own answer.
 """
