@@ -17,6 +17,8 @@ from typing import NamedTuple
 # What the kernel writes for "no limit" in v1 (PAGE_COUNTER_MAX pages, rounded): anything above is unlimited.
 V1_UNLIMITED = 1 << 62
 V1_CONTROLLERS = ("cpuacct", "memory", "cpuset", "freezer")
+NVIDIA_MAJOR = 195  # /dev/nvidiaN; 255 is nvidiactl and 254 nvidia-modeset, not GPUs
+NVIDIA_NOT_GPUS = frozenset({254, 255})
 V1_JOBS = "slurm*/uid_*/job_*"
 V2_JOBS = "system.slice/*slurmstepd.scope/job_*"
 
@@ -37,6 +39,7 @@ class JobUsage(NamedTuple):
     memory_limit_bytes: int | None  # the node's memory when the cgroup has no limit
     memory_peak_bytes: int | None
     memory_fail_count: int | None  # v1: limit hits; v2: OOM kills
+    gpu_minors: frozenset[int] | None = None  # /dev/nvidiaN the job may open (v1 ConstrainDevices); None: unknown
 
 
 def cgroup_version(root: str | Path) -> str | None:
@@ -77,7 +80,7 @@ class JobCgroups:
     def _v1(self) -> Iterator[JobUsage]:
         dirs: dict[str, dict[str, str]] = {}
         uids: dict[str, int] = {}
-        for controller in ("cpuacct", "cpu,cpuacct", "memory", "cpuset", "freezer"):
+        for controller in ("cpuacct", "cpu,cpuacct", "memory", "cpuset", "freezer", "devices"):
             for path in glob.iglob(f"{self._root}/{controller}/{V1_JOBS}"):
                 jobid = path.rsplit("job_", 1)[1]
                 if not jobid.isdigit():
@@ -109,6 +112,7 @@ class JobCgroups:
                 memory_limit_bytes=self._limit(limit if limit is None or limit < V1_UNLIMITED else None, mem),
                 memory_peak_bytes=_int(f"{mem}/memory.max_usage_in_bytes") if mem else None,
                 memory_fail_count=_int(f"{mem}/memory.failcnt") if mem else None,
+                gpu_minors=_gpu_minors(paths.get("devices")),
             )
 
     def _v2(self) -> Iterator[JobUsage]:
@@ -187,6 +191,20 @@ def _keyed(path: str) -> dict[str, int]:
         if value.strip().isdigit():
             found[key] = int(value)
     return found
+
+
+def _gpu_minors(path: str | None) -> frozenset[int] | None:
+    """The NVIDIA GPUs a v1 devices cgroup allows ("c 195:1 rwm"); None where it allows every device."""
+    text = _text(f"{path}/devices.list") if path else None
+    if text is None or "a *:* rwm" in text:
+        return None
+    minors = set()
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        major, _, minor = rest.split(" ")[0].partition(":")
+        if kind == "c" and major == str(NVIDIA_MAJOR) and minor.isdigit() and int(minor) not in NVIDIA_NOT_GPUS:
+            minors.add(int(minor))
+    return frozenset(minors)
 
 
 def _ratio(value: int | None, per: float) -> float | None:

@@ -129,9 +129,11 @@ class JobCollector:
                 ]
             else:
                 slices = [("", dev.processes, dev.fb_used_mib, _total(dev))]
+            # Slurm's binding (v1 devices cgroup) names a GPU's job even while its processes leave it idle.
+            bound = [] if dev.mig_instances else [j for j in jobs.values() if self._bound(j, dev)]
             for gi_id, processes, used_mib, total_mib in slices:
-                per_job: dict[str, int] = {}
-                uids: dict[str, int] = {}
+                per_job: dict[str, int] = {j.jobid: 0 for j in bound}
+                uids: dict[str, int] = {j.jobid: j.uid if j.uid is not None else -1 for j in bound}
                 for p in processes:
                     jobid, uid = self._job_of(p.pid)
                     if jobid:
@@ -151,6 +153,10 @@ class JobCollector:
                         )
                     )
         return found
+
+    def _bound(self, job: JobUsage, dev: GpuDevice) -> bool:
+        minor = self._minor(dev)
+        return job.gpu_minors is not None and minor.isdigit() and int(minor) in job.gpu_minors
 
     def _job_of(self, pid: int) -> tuple[str, int]:
         """The Slurm job of a host pid ("" outside any) and the process's uid."""

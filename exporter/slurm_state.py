@@ -145,9 +145,12 @@ def _decode(raw: bytes, source: str) -> dict:
         raise SlurmUnavailable(f"{source}: not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise SlurmUnavailable(f"{source}: not a JSON object")
-    errors = [e for e in body.get("errors") or () if isinstance(e, dict) and e.get("error_number")]
+    # An unreachable slurmctld still exits 0, with an empty list and the failure in "errors" only.
+    errors = body.get("errors") or []
     if errors:
-        raise SlurmUnavailable(f"{source}: {errors[0].get('error') or errors[0]}")
+        first = errors[0] if isinstance(errors[0], dict) else {"error": str(errors[0])}
+        words = [first.get("source"), first.get("description"), first.get("error")]
+        raise SlurmUnavailable(f"{source}: " + ": ".join(str(w) for w in words if w))
     return body
 
 
