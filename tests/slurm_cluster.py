@@ -11,6 +11,7 @@ ports cannot collide with another cluster on the same machine.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpuacct", "memory", "cpuset", "freezer", "devices")
 SLURM_CONF = """\
 ClusterName=fwtest
+FirstJobId={first_job}
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -124,6 +126,8 @@ class SlurmCluster:
                 d_port=free_port(),
                 cpus=self.cpus,
                 mem_mb=mem_mb,
+                # Job ids of their own: the job cgroups of clusters on one machine sit side by side.
+                first_job=random.randrange(1000, 1_000_000, 1000),
             )
         )
         (self.dir / "etc" / "cgroup.conf").write_text(CGROUP_CONF.format(root=CGROUP_ROOT))
