@@ -238,3 +238,12 @@ def test_slurmrestd_with_a_token_from_its_file(slurmrestd, tmp_path):
     token.write_text("expired")  # rotated by cron, say: read again at every sample
     with pytest.raises(SlurmUnavailable, match="HTTP 401: Authentication failure"):
         SlurmRest(slurmrestd, str(token), user="alice").read()
+
+
+def test_fleetwatch_up_says_why_slurm_stays_off(sinfo, tmp_path):
+    from fleetwatch.stack import slurm_answers
+
+    assert slurm_answers(_conf(tmp_path, "MessageTimeout=1"))[0] is False
+    missing = {**os.environ, "SLURM_CONF": str(tmp_path / "missing.conf")}
+    assert slurm_answers(missing, timeout_s=1) == (False, "off: sinfo did not answer within 1 s")
+    assert slurm_answers({**os.environ, "PATH": str(tmp_path)}) == (False, "off: no sinfo on PATH")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -151,3 +154,56 @@ def test_ended_jobs_leave_the_node_and_keep_their_final_state(slurm_cluster, exp
 
 def _cgroup_seconds(cluster, jobid: str) -> float:
     return int((cluster.job_cgroup(jobid) / "cpuacct.usage").read_text()) / 1e9
+
+
+def _free_base_port() -> int:
+    """N such that N..N+4 are free on loopback: `fleetwatch up --base-port N` takes five."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + 4 > 65531:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + 5):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise AssertionError("no five free consecutive ports")
+
+
+def _fleetwatch_up(tmp_path, env: dict, *flags: str) -> tuple[list[str], str]:
+    """Start `fleetwatch up`, keep its start-up lines and the exporter's /metrics, stop it with Ctrl-C."""
+    argv = [sys.executable, "-m", "fleetwatch.cli", "up", f"--state-dir={tmp_path / 'state'}",
+            f"--base-port={_free_base_port()}", *flags]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("  slurm"):
+                break
+        exporter = next(x.split()[-1] for x in lines if x.strip().startswith("exporter"))
+        metrics = requests.get(exporter, timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert proc.returncode == 0
+    return lines, metrics
+
+
+def test_fleetwatch_up_turns_slurm_on_where_sinfo_answers(slurm_cluster, tmp_path):
+    lines, metrics = _fleetwatch_up(tmp_path, slurm_cluster.env)
+    assert "  slurm         on: sinfo answered (1 node): cluster state and per-job accounting" in lines
+    assert 'fleet_exporter_collector_success{collector="slurm"} 1.0' in metrics
+    assert 'fleet_exporter_collector_success{collector="jobs"} 1.0' in metrics
+    assert f'fleet_slurm_node_info{{hostname="{slurm_cluster.host}",node="{slurm_cluster.node}"' in metrics
+
+
+def test_fleetwatch_up_no_slurm(slurm_cluster, tmp_path):
+    lines, metrics = _fleetwatch_up(tmp_path, slurm_cluster.env, "--no-slurm")
+    assert "  slurm         off (--no-slurm)" in lines
+    assert 'collector="slurm"' not in metrics and 'collector="jobs"' not in metrics
