@@ -75,6 +75,15 @@ _GPU_TOTAL = (
     f" + ({_gpu_mem('DCGM_FI_DEV_FB_RESERVED')} or {_gpu_mem('DCGM_FI_DEV_FB_USED')} * 0))"
 )
 _PROC = ("pid", "name", "user", "slurm_job_id")
+# Per-job series (exporter/jobs.py, jobstats' names): the job-level ones have empty step and task.
+_JOB_BY = "host_id, jobid"
+_JOB_LEVEL = '{step="", task=""}'
+
+
+def _job(family: str) -> str:
+    return f"max by ({_JOB_BY}) ({family}{_JOB_LEVEL})"
+
+
 _PROC_BY = "host_id, pid, name, user, slurm_job_id"
 # iowait counts as idle, as psutil and top(1) count it: a CPU waiting on the
 # disk could run other work, and "cpu.utilization > 90" should mean CPU-bound.
@@ -257,6 +266,51 @@ CATALOG: dict[str, CatalogMetric] = {
         ),
         # The spec's `gpu.process.pid` is an identifier, not a measurement: the
         # processes on a GPU are in proc.top.gpu_mem_mb (label pid) instead.
+        CatalogMetric(
+            "job.cpu_pct",
+            "%",
+            "CPU a Slurm job uses on a node, in % of the CPUs allocated to it there",
+            ("jobid",),
+            f"100 * {_rate(f'cgroup_cpu_total_seconds{_JOB_LEVEL}', _JOB_BY)} / {_job('cgroup_cpus')}",
+        ),
+        CatalogMetric("job.cpus", "", "CPUs allocated to a Slurm job on a node", ("jobid",), _job("cgroup_cpus")),
+        CatalogMetric(
+            "job.mem_used_mb",
+            "MiB",
+            "memory a Slurm job uses on a node (rss + page cache, as its cgroup is charged)",
+            ("jobid",),
+            f"{_job('cgroup_memory_used_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.mem_rss_mb",
+            "MiB",
+            "resident memory of a Slurm job on a node",
+            ("jobid",),
+            f"{_job('cgroup_memory_rss_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.mem_limit_mb",
+            "MiB",
+            "memory limit of a Slurm job on a node (the node's memory where it has none)",
+            ("jobid",),
+            f"{_job('cgroup_memory_total_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.gpu.utilization",
+            "%",
+            "GPU busy (NVML utilization.gpu) of a GPU a Slurm job uses",
+            ("jobid", "gpu_index"),
+            f"max by ({_JOB_BY}, gpu_index) "
+            '(label_replace(nvidia_gpu_duty_cycle, "gpu_index", "$1", "ordinal", "(.*)"))',
+        ),
+        CatalogMetric(
+            "job.gpu.memory_used_mb",
+            "MiB",
+            "GPU memory held by a Slurm job's own processes on one GPU; MIG: its instances summed",
+            ("jobid", "gpu_index"),
+            f"sum by ({_JOB_BY}, gpu_index) (max by ({_JOB_BY}, gpu_index, GPU_I_ID) "
+            f'(label_replace(fleet_job_gpu_memory_bytes, "gpu_index", "$1", "gpu", "(.*)"))) / {MiB}',
+        ),
     )
 }
 _CORE = re.compile(r"^cpu\.core\.(\d{1,4})$")
