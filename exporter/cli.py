@@ -9,9 +9,10 @@ import socket
 import sys
 import threading
 
-from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client import ProcessCollector
 
 from exporter import __version__
+from exporter.exposition import serve
 from exporter.registry import ExporterConfig, build_registry
 
 log = logging.getLogger("fleetwatch.exporter")
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
     host, port = args.listen
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = serve(host, port, registry)
     except OSError as exc:
         print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.cgroups import JobCgroups, JobUsage
+from exporter.exposition import Rendered
 from exporter.nvml import MIB, GpuDevice
 from exporter.processes import SLURM_JOB
 from exporter.sampling import Sampler
@@ -48,6 +49,11 @@ GPU_FAMILIES = {
     "nvidia_gpu_memory_used_bytes": "Memory used by the GPU device in bytes",
     "nvidia_gpu_memory_total_bytes": "Total memory of the GPU device in bytes",
 }
+
+
+class JobsReading(NamedTuple):
+    families: list[Metric]
+    rendered: Rendered  # the same, formatted once
 
 
 class GpuJob(NamedTuple):
@@ -85,10 +91,11 @@ class JobCollector:
         self._gpu_devices = gpu_devices
         self._proc = Path(proc_root)
         self._minors: dict[str, str] = {}
-        self._sampler: Sampler[list[Metric]] = Sampler("jobs", self._read, interval, clock=clock)
+        self._clock = clock
+        self._sampler: Sampler[JobsReading] = Sampler("jobs", self._read, interval, clock=clock)
 
     @property
-    def sampler(self) -> Sampler[list[Metric]]:
+    def sampler(self) -> Sampler[JobsReading]:
         """The background sampler (tests call ``sample_now()`` on it)."""
         return self._sampler
 
@@ -104,20 +111,27 @@ class JobCollector:
 
     def collect(self) -> Iterator[Metric]:
         sample = self._sampler.latest()
-        if sample is None:
-            return
-        yield from sample.value
-        yield GaugeMetricFamily(
-            "fleet_jobs_sample_timestamp_seconds",
-            "When the per-job reading served was taken, in Unix time.",
-            value=sample.taken_at,
-        )
+        if sample is not None:
+            yield from sample.value.families
 
-    def _read(self) -> list[Metric]:
+    def rendered(self) -> Rendered | None:
+        """The newest reading's families, formatted when it was taken (see exporter/exposition.py)."""
+        sample = self._sampler.latest()
+        return None if sample is None else sample.value.rendered
+
+    def _read(self) -> JobsReading:
+        taken_at = self._clock()
         jobs = self._cgroups.read()
         families = list(cgroup_families(jobs))
         families.extend(gpu_families(self.gpu_jobs({j.jobid: j for j in jobs}), self._minor))
-        return families
+        families.append(
+            GaugeMetricFamily(
+                "fleet_jobs_sample_timestamp_seconds",
+                "When the per-job reading served was taken, in Unix time.",
+                value=taken_at,
+            )
+        )
+        return JobsReading(families, Rendered.of(families))
 
     def gpu_jobs(self, jobs: dict[str, JobUsage]) -> list[GpuJob]:
         """Each GPU (or MIG instance) with each job that has a process on it, from NVML's process lists."""

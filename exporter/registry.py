@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter import __version__
+from exporter.exposition import RENDERED, ExporterRegistry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class InstrumentedCollectors:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        # Within ExporterRegistry.exposition, a collector that keeps its families formatted hands over bytes.
+        rendered = RENDERED.get()
         success = GaugeMetricFamily(
             "fleet_exporter_collector_success", "Whether a collector succeeded.", labels=["collector"]
         )
@@ -67,7 +69,12 @@ class InstrumentedCollectors:
         for name, collector in self._collectors.items():
             start = time.perf_counter()
             try:
-                families = list(collector.collect())
+                if rendered is not None and hasattr(collector, "rendered"):
+                    part, families = collector.rendered(), []
+                    if part is not None:
+                        rendered.append(part)
+                else:
+                    families = list(collector.collect())
             except Exception as exc:  # noqa: BLE001 - one source's failure must not fail the scrape
                 if name not in self._failing:
                     log.warning("collector %s failed: %s", name, exc)
@@ -87,7 +94,7 @@ class InstrumentedCollectors:
         yield info
 
 
-def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
+def build_registry(config: ExporterConfig) -> tuple[ExporterRegistry, list]:
     """The registry for ``config`` and the background-sampling collectors to start and stop."""
     collectors: dict = {}
     background: list = []
@@ -136,7 +143,7 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
         collectors["jobs"] = jobs
         background.append(jobs)
     collectors.update(config.extra_collectors)
-    registry = CollectorRegistry(auto_describe=False)
+    registry = ExporterRegistry(auto_describe=False)
     registry.register(InstrumentedCollectors(collectors))
     return registry, background
 

@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.exposition import Rendered
 from exporter.sampling import Sampler
 from exporter.slurm_state import ClusterState, Job, Node, SlurmUnavailable
 
@@ -60,10 +61,8 @@ class ClusterSource(Protocol):
 
 
 class Reading(NamedTuple):
-    families: list[Metric]  # built from the newest good answer ([] before the first)
-    ok: bool  # whether the newest attempt succeeded
-    last_success: float | None  # Unix time of the newest good answer
-    duration_s: float  # of the newest attempt
+    families: list[Metric]  # from the newest good answer ([] before the first), then the read's own state
+    rendered: Rendered  # the same, formatted once
 
 
 class SlurmCollector:
@@ -109,20 +108,13 @@ class SlurmCollector:
 
     def collect(self) -> Iterator[Metric]:
         sample = self._sampler.latest()
-        if sample is None:
-            return
-        reading: Reading = sample.value
-        yield from reading.families
-        yield _gauge("fleet_slurm_up", "Whether Slurm answered the newest read (1) or not (0).", reading.ok)
-        if reading.last_success is not None:
-            yield GaugeMetricFamily(
-                "fleet_slurm_last_success_timestamp_seconds",
-                "When Slurm last answered, in Unix time: the age of the slurm_* series served.",
-                value=reading.last_success,
-            )
-        yield GaugeMetricFamily(
-            "fleet_slurm_read_duration_seconds", "How long the newest read of Slurm took.", value=reading.duration_s
-        )
+        if sample is not None:
+            yield from sample.value.families
+
+    def rendered(self) -> Rendered | None:
+        """The newest reading's families, formatted when it was taken (see exporter/exposition.py)."""
+        sample = self._sampler.latest()
+        return None if sample is None else sample.value.rendered
 
     def _read(self) -> Reading:
         # Runs on the sampler's thread only: the fields below are never written elsewhere.
@@ -133,13 +125,31 @@ class SlurmCollector:
             if self._error != str(exc):
                 log.warning("Slurm did not answer: %s (serving the last answer)", exc)
             self._error = str(exc)
-            return Reading(self._families, False, self._last_success, time.perf_counter() - start)
-        if self._error is not None:
-            log.info("Slurm answers again")
-            self._error = None
-        self._families = cluster_families(state, self._max_jobs)
-        self._last_success = self._clock()
-        return Reading(self._families, True, self._last_success, time.perf_counter() - start)
+            ok = False
+        else:
+            if self._error is not None:
+                log.info("Slurm answers again")
+                self._error = None
+            self._families = cluster_families(state, self._max_jobs)
+            self._last_success = self._clock()
+            ok = True
+        families = [
+            *self._families,
+            _gauge("fleet_slurm_up", "Whether Slurm answered the newest read (1) or not (0).", ok),
+        ]
+        if self._last_success is not None:
+            families.append(
+                _gauge(
+                    "fleet_slurm_last_success_timestamp_seconds",
+                    "When Slurm last answered, in Unix time: the age of the slurm_* series served.",
+                    self._last_success,
+                )
+            )
+        duration = _gauge(
+            "fleet_slurm_read_duration_seconds", "How long the newest read of Slurm took.", time.perf_counter() - start
+        )
+        families.append(duration)
+        return Reading(families, Rendered.of(families))
 
 
 def cluster_families(state: ClusterState, max_jobs: int) -> list[Metric]:
