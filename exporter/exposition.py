@@ -47,13 +47,13 @@ def render_gauges(families: Iterable[Metric]) -> bytes:
     for family in families:
         if family.type != "gauge":
             raise ValueError(f"{family.name}: only gauges are pre-rendered, not {family.type}")
-        if not family.samples:
-            continue  # as prometheus_client: no HELP/TYPE for a family without samples
+        if '"' in family.documentation:  # OpenMetrics escapes it in HELP, the text format does not
+            raise ValueError(f"{family.name}: no double quote in a pre-rendered family's help")
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} gauge\n")
         for s in family.samples:
             if s.labels:
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
                 out.append(f"{s.name}{{{labels}}} {floatToGoString(s.value)}\n")
             else:
                 out.append(f"{s.name} {floatToGoString(s.value)}\n")
@@ -101,7 +101,7 @@ def make_app(registry: ExporterRegistry):
         gzipped = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING"))
         if "name[]" in params:  # a filtered scrape: the plain path, formatting everything asked for
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
-            body = encoder(registry.restricted_registry(params["name[]"]))
+            body = encoder(_Only(registry, set(params["name[]"])))
             body = gzip.compress(body, compresslevel=1) if gzipped else body
         else:
             body, content_type = registry.exposition(environ.get("HTTP_ACCEPT"), gzipped)
@@ -112,6 +112,17 @@ def make_app(registry: ExporterRegistry):
         return [body]
 
     return app
+
+
+class _Only:
+    """The families of ``registry`` named in ``names`` (prometheus_client's restriction needs describe())."""
+
+    def __init__(self, registry: CollectorRegistry, names: set[str]):
+        self._registry, self._names = registry, names
+
+    def collect(self):
+        names = self._names
+        return (f for f in self._registry.collect() if f.name in names or any(s.name in names for s in f.samples))
 
 
 class _Server(ThreadingMixIn, WSGIServer):
