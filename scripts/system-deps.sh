@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certifi
 # A one-node Slurm the tests start themselves (tests/slurm_cluster.py); nothing else runs it.
 command -v slurmctld >/dev/null || need+=(slurm-wlm)
 command -v munged >/dev/null || need+=(munge)
+command -v slurmrestd >/dev/null || need+=(slurmrestd)
+compgen -G '/usr/lib/*/slurm-wlm/auth_jwt.so' >/dev/null || need+=(slurm-wlm-jwt-plugin)  # slurmrestd's tokens
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

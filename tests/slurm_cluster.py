@@ -10,6 +10,7 @@ ports cannot collide with another cluster on the same machine.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import shutil
@@ -55,7 +56,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/cgroup
 JobAcctGatherFrequency=10
 JobCompType=jobcomp/none
-SlurmctldTimeout=30
+{jwt}SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
 MinJobAge=300
@@ -104,6 +105,7 @@ class SlurmCluster:
         self.conf = self.dir / "etc" / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._pids: dict[str, int] = {}
+        self._rest: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0) -> SlurmCluster:
         """Start the three daemons and wait until the node is idle.
@@ -128,17 +130,26 @@ class SlurmCluster:
                 mem_mb=mem_mb,
                 # Job ids of their own: the job cgroups of clusters on one machine sit side by side.
                 first_job=random.randrange(1000, 1_000_000, 1000),
+                # slurmrestd's tokens, where Debian's slurm-wlm-jwt-plugin is installed.
+                jwt=f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={self.dir}/etc/jwt_hs256.key\n"
+                if glob.glob("/usr/lib/*/slurm-wlm/auth_jwt.so")
+                else "",
             )
         )
         (self.dir / "etc" / "cgroup.conf").write_text(CGROUP_CONF.format(root=CGROUP_ROOT))
+        # The key slurmctld signs and checks slurmrestd's JWTs with (AuthAltTypes=auth/jwt).
+        key = self.dir / "etc" / "jwt_hs256.key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
         self._start_munge()
         self._daemon("slurmctld", ["slurmctld", "-f", str(self.conf)])
         self._daemon("slurmd", ["slurmd", "-f", str(self.conf), "-N", self.node])
         deadline = time.monotonic() + timeout_s
         while self.node_state() != "idle":
             if time.monotonic() > deadline:
+                logs = self.log_tail()
                 self.stop()
-                raise SlurmUnavailable(f"node {self.node} not idle within {timeout_s} s:\n{self.log_tail()}")
+                raise SlurmUnavailable(f"node {self.node} not idle within {timeout_s} s:\n{logs}")
             time.sleep(0.2)
         return self
 
@@ -175,6 +186,33 @@ class SlurmCluster:
         assert found, f"no {controller} cgroup for job {jobid} under slurm_{self.node}"
         return found[0]
 
+    def token(self, user: str = "root", lifespan_s: int = 3600) -> str:
+        """A JWT for ``user`` from ``scontrol token``, as slurmrestd's clients send it."""
+        out = self.run("scontrol", "token", f"username={user}", f"lifespan={lifespan_s}")
+        return out.strip().removeprefix("SLURM_JWT=")
+
+    def start_slurmrestd(self, timeout_s: float = 30.0) -> str:
+        """slurmrestd (JWT auth) on a free loopback port, run as user slurm since it refuses root; its URL."""
+        if not shutil.which("slurmrestd") or "AuthAltTypes" not in self.conf.read_text():
+            raise SlurmUnavailable("slurmrestd or its JWT plugin is not installed (`make test` installs both)")
+        port = free_port()
+        argv = ["runuser", "-u", "slurm", "--", "env", f"SLURM_CONF={self.conf}", "SLURM_JWT=daemon",
+                "slurmrestd", "-a", "rest_auth/jwt", "-s", "openapi/v0.0.38", f"127.0.0.1:{port}"]  # fmt: skip
+        log = open(self.dir / "log" / "slurmrestd.log", "wb")  # noqa: SIM115 - the daemon's, closed by the OS
+        self._rest = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return url
+            except OSError:
+                if self._rest.poll() is not None or time.monotonic() > deadline:
+                    raise SlurmUnavailable(
+                        f"slurmrestd did not start: {(self.dir / 'log' / 'slurmrestd.log').read_text()}"
+                    ) from None
+                time.sleep(0.1)
+
     def log_tail(self, lines: int = 20) -> str:
         parts = []
         for name in ("run/munged.log", "log/slurmctld.log", "log/slurmd.log"):
@@ -185,6 +223,9 @@ class SlurmCluster:
 
     def stop(self) -> None:
         """Cancel every job, stop the daemons by their pids, remove the node's cgroups and the temp dir."""
+        if self._rest is not None:
+            os.killpg(self._rest.pid, 15)  # runuser and slurmrestd, its child
+            self._rest.wait(10)
         if "slurmctld" in self._pids:
             subprocess.run(["scancel", "--full", f"--nodelist={self.node}"], env=self.env, capture_output=True)
         for name in ("slurmd", "slurmctld", "munged"):
@@ -227,8 +268,9 @@ class SlurmCluster:
                 break
             time.sleep(0.05)
         if r.returncode != 0 or not pid_file.exists():
+            logs = self.log_tail()
             self.stop()
-            raise SlurmUnavailable(f"{name} did not start (rc={r.returncode}): {r.stderr.strip()}\n{self.log_tail()}")
+            raise SlurmUnavailable(f"{name} did not start (rc={r.returncode}): {r.stderr.strip()}\n{logs}")
         self._pids[name] = int(pid_file.read_text().strip())
 
 

@@ -138,6 +138,49 @@ def test_the_burners_cpu_seconds_grow_one_a_second_and_the_sleepers_not(slurm_cl
     assert last.get1("cgroup_uid", jobid=burn) == 0
 
 
+def test_the_cluster_collector_reads_slurmrestd(slurm_cluster, exporter_cmd, jobs, tmp_path):
+    """The same families from slurmrestd (JWT from `scontrol token`), as from sinfo/squeue."""
+    from tests.slurm_cluster import SlurmUnavailable
+
+    try:
+        rest = slurm_cluster.start_slurmrestd()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    token = tmp_path / "slurm.jwt"
+    token.write_text(slurm_cluster.token() + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    argv = [*exporter_cmd, f"--listen=127.0.0.1:{port}", "--no-host", "--no-gpu", "--no-processes", "--no-jobs",
+            f"--slurmrestd-url={rest}", f"--slurmrestd-token-file={token}", "--slurmrestd-user=root",
+            "--slurm-interval=1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_http(url, proc)
+
+        def seen(s: Scrape) -> bool:
+            """the node and the pending job, read from slurmrestd"""
+            return bool(
+                s.where("fleet_slurm_node_info", node=slurm_cluster.node)
+                and s.where("fleet_slurm_job_info", jobid=jobs["blocked"], state="PENDING")
+            )
+
+        s = wait_until(url, seen)
+        assert s.get1("fleet_slurm_up") == 1
+        assert s.get1("fleet_slurm_node_cpus", node=slurm_cluster.node) == slurm_cluster.cpus
+        token.write_text("not-a-token\n")  # expired or revoked: Slurm refuses, the last answer stays
+
+        def refused(s: Scrape) -> bool:
+            """fleet_slurm_up 0 with the last answer still served"""
+            return s.get1("fleet_slurm_up") == 0
+
+        s = wait_until(url, refused)
+        assert s.where("fleet_slurm_node_info", node=slurm_cluster.node)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_ended_jobs_leave_the_node_and_keep_their_final_state(slurm_cluster, exporter, jobs):
     slurm_cluster.run("scancel", jobs["burn"])
 
