@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.exporter import Exporter, measure_latency, measure_steady, percentile  # noqa: E402
-from exporter.cgroups import JobCgroups  # noqa: E402
-from exporter.jobs import JobCollector  # noqa: E402
-from exporter.slurm import cluster_families  # noqa: E402
-from exporter.slurm_state import parse  # noqa: E402
-from fleetwatch.stack import free_port  # noqa: E402
-from tests.fake_cgroups import MiB, fake_proc, v1_job  # noqa: E402
+from bench.exporter import Exporter, measure_latency, measure_steady, percentile
+from exporter.cgroups import JobCgroups
+from exporter.jobs import JobCollector
+from exporter.slurm import cluster_families
+from exporter.slurm_state import parse
+from fleetwatch.testing.waits import free_port
+from tests.fake_cgroups import MiB, fake_proc, v1_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "slurm"
 P95_LIMIT_MS, RSS_LIMIT_MB = 50.0, 60.0
@@ -92,7 +92,7 @@ def main() -> int:
         cgroups = JobCgroups(work / "cgroup", proc)
         read_ms = timed(cgroups.read)
         collector = JobCollector(cgroups, proc_root=proc)
-        sample_ms = timed(collector._read)  # noqa: SLF001 - the sampler's whole job: read and build families
+        sample_ms = timed(collector._read)
         sinfo = json.loads((work / "bin" / "sinfo.json").read_text())["nodes"]
         squeue = json.loads((work / "bin" / "squeue.json").read_text())["jobs"]
         slurm_ms = timed(lambda: cluster_families(parse(sinfo, squeue), 2000))

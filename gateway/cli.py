@@ -10,11 +10,32 @@ import shutil
 import sys
 from pathlib import Path
 
+# gateway.app alone at the top: it imports Flask and nothing that imports prometheus_client,
+# which must wait until serve() has set PROMETHEUS_MULTIPROC_DIR (see there).
+from gateway.app import read_config
+
 
 def serve(args: argparse.Namespace) -> int:
-    # Every worker writes its request metrics here; /metrics adds them up. It must
-    # be set before prometheus_client is first imported: the mode is chosen then.
-    metrics_dir = Path(os.environ.get("FLEETWATCH_STATE_DIR", "state")).resolve() / "gateway-metrics"
+    config = read_config()
+    bind, workers, threads = (
+        args.bind or config["BIND"],
+        args.workers or config["WORKERS"],
+        args.threads or config["THREADS"],
+    )
+    certfile, keyfile = args.certfile or config["CERTFILE"], args.keyfile or config["KEYFILE"]
+    if bool(certfile) != bool(keyfile):
+        print("fleetwatch-gateway: --certfile and --keyfile go together", file=sys.stderr)
+        return 2
+
+    # Every worker writes its request metrics here; /metrics adds them up
+    # (gateway/observability.py). prometheus_client reads PROMETHEUS_MULTIPROC_DIR
+    # once, when it is first imported, and picks per-process or shared values
+    # then: so it is set here, before anything imports prometheus_client (the
+    # gateway's views do, which is why gateway.app imports them only inside
+    # create_app, and why this module imports neither at its top).
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
+    metrics_dir = Path(config["STATE_DIR"]) / "gateway-metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -22,27 +43,27 @@ def serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
 
-    from gateway import create_app
+    from gateway.app import create_app
 
     app = create_app()  # in the master: the schema and first admin exist before workers fork
-    if args.certfile:
-        _webhook_over_tls(app, args.certfile)
+    if certfile:
+        _webhook_over_tls(app, certfile)
     _install_alert_rules(app)
 
     class Gateway(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", args.bind)
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", None)
             if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
-            if args.certfile:  # TLS (§12.1) without a proxy in front: agents verify this certificate
-                self.cfg.set("certfile", args.certfile)
-                self.cfg.set("keyfile", args.keyfile)
+            if certfile:  # TLS (§12.1) without a proxy in front: agents verify this certificate
+                self.cfg.set("certfile", certfile)
+                self.cfg.set("keyfile", keyfile)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
 
         def load(self):
@@ -72,7 +93,7 @@ def _webhook_over_tls(app, certfile: str) -> None:
 
 def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
-    from gateway.alerts import install_rules_on_start
+    from gateway.alert_rules import install_rules_on_start
     from gateway.errors import ApiError
     from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
@@ -86,7 +107,7 @@ def _install_alert_rules(app) -> None:
 
 
 def create_user(args: argparse.Namespace) -> int:
-    from gateway import create_app
+    from gateway.app import create_app
     from gateway.db import db
     from gateway.errors import ApiError
     from gateway.users import create_user as add
@@ -112,17 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="serve the API (the default)")
     for parser in (p, s):
-        parser.add_argument("--bind", default=os.environ.get("FLEETWATCH_BIND", "127.0.0.1:8080"))
-        parser.add_argument("--workers", type=int, default=int(os.environ.get("FLEETWATCH_WORKERS", "2")))
-        parser.add_argument("--threads", type=int, default=int(os.environ.get("FLEETWATCH_THREADS", "8")))
-        parser.add_argument("--certfile", default=os.environ.get("FLEETWATCH_CERTFILE"), help="serve HTTPS")
-        parser.add_argument("--keyfile", default=os.environ.get("FLEETWATCH_KEYFILE"))
+        # Their defaults are the configuration's (BIND, WORKERS, … in gateway/app.py: FLEETWATCH_BIND, …).
+        parser.add_argument("--bind", help="HOST:PORT (default 127.0.0.1:8080)")
+        parser.add_argument("--workers", type=int, help="worker processes (default 2)")
+        parser.add_argument("--threads", type=int, help="threads per worker (default 8)")
+        parser.add_argument("--certfile", help="serve HTTPS")
+        parser.add_argument("--keyfile")
     u = sub.add_parser("create-user", help="add a user (password from FLEETWATCH_NEW_USER_PASSWORD or a prompt)")
     u.add_argument("email")
     u.add_argument("--role", choices=["viewer", "admin"], default="viewer")
     args = p.parse_args(argv)
-    if bool(getattr(args, "certfile", None)) != bool(getattr(args, "keyfile", None)):
-        p.error("--certfile and --keyfile go together")
     return create_user(args) if args.command == "create-user" else serve(args)
 
 

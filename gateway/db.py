@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint, event
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint, event, false
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,6 +77,9 @@ class Host(Stamped, db.Model):
     has_gpu: Mapped[bool] = mapped_column(Boolean, default=False)
     agent_version: Mapped[str | None] = mapped_column(String(64))
     exporter: Mapped[str | None] = mapped_column(String(300))  # HOST:PORT Prometheus scrapes
+    # Its agent pushes its points (gateway/ingest.py): Prometheus does not scrape it, and its
+    # last_seen_at is what says it is alive.
+    pushes: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

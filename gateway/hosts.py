@@ -21,9 +21,8 @@ from sqlalchemy import func
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
-from gateway.ingest import PUSH
 from gateway.promql import selector
-from gateway.schemas import Page, PageArgs, UtcDateTime, fast_json, utc_text
+from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
 
@@ -33,7 +32,14 @@ WARN_PCT, CRIT_PCT = 70.0, 90.0
 HEARTBEAT_LOST_S = 120
 DETAIL_METRICS = ("cpu.utilization", "mem.used_pct", "gpu.utilization", "disk.used_pct", "net.tx_mbps", "net.rx_mbps")
 RESERVED_TAGS = {"host_id", "hostname", "instance", "job"}
+HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
+PUSH = "push"  # the API's ``exporter`` of a pushing host, as it was before Host.pushes existed
+
+
+def shown_exporter(host) -> str | None:
+    """``exporter`` as the API shows it: the scrape address, or "push"."""
+    return PUSH if host.pushes else host.exporter
 
 
 def _tag_key(key: str) -> None:
@@ -64,17 +70,27 @@ class Tags(ma.fields.Dict):
         )
 
 
+class ExporterField(ma.fields.String):
+    """A HOST:PORT to scrape in; out, what ``shown_exporter`` says."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return shown_exporter(obj)
+
+
 class HostSchema(ma.Schema):
-    id = ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))
+    id = ma.fields.String(validate=ma.validate.Regexp(HOST_ID))
     hostname = ma.fields.String(required=True, validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
     ips = ma.fields.List(IPText(), load_default=list, validate=ma.validate.Length(max=64))
     tags = Tags(load_default=dict)
     has_gpu = ma.fields.Boolean(load_default=False)
     agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
-    exporter = ma.fields.String(
+    exporter = ExporterField(
         allow_none=True,
         validate=ma.validate.Regexp(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
-        metadata={"description": "where Prometheus scrapes its exporter; default <first ip or hostname>:9101"},
+        metadata={
+            "description": 'where Prometheus scrapes its exporter; default <first ip or hostname>:9101; "push" for '
+            "a host whose agent pushes its points (setting an address makes it a scraped host)"
+        },
     )
     last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
     status = ma.fields.String(dump_only=True)
@@ -104,11 +120,6 @@ class HostListSchema(Page):
 class DetailArgs(ma.Schema):
     range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
     resolution = ma.fields.String(validate=ma.validate.OneOf(RESOLUTIONS))
-
-
-class CreatedSchema(ma.Schema):
-    id = ma.fields.String()
-    status = ma.fields.String()
 
 
 def parse_tag_filter(text: str) -> dict[str, str]:
@@ -201,10 +212,11 @@ def _with_state(host, state: dict) -> dict:
     s = state.get(host.id, {})
     seen = [t for t in (s.get("last_seen"), host.last_seen_at and _timestamp(host.last_seen_at)) if t]
     status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
-    if host.exporter == PUSH:
+    if host.pushes:
         status, reasons = _push_status(reasons, host.last_seen_at)
     return {
         **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
+        "exporter": shown_exporter(host),
         "status": status,
         "status_reasons": reasons,
         "metrics_summary": s.get("metrics_summary", {}),
@@ -230,7 +242,7 @@ def write_targets() -> None:
     targets = [
         {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}}
         for h in hosts
-        if h.exporter != PUSH  # its agent pushes: there is nothing to scrape
+        if not h.pushes  # its agent pushes: there is nothing to scrape
     ]
     path = Path(current_app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +265,7 @@ class Hosts(MethodView):
     def get(self, args):
         """List hosts with status and a summary of their main metrics; filter by tags (AND) and status."""
         # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
-        listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS)).order_by(Host.pk)
+        listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).order_by(Host.pk)
         wanted = parse_tag_filter(args.get("tags", ""))
         if not wanted and "status" not in args:
             # Only the page leaves the DB: decoding every host's JSON columns for a page
@@ -269,7 +281,7 @@ class Hosts(MethodView):
                 total = len(hosts)
                 hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
         prom = current_app.extensions["prometheus"]
-        pushed = frozenset(h.id for h in hosts if h.exporter == PUSH)
+        pushed = frozenset(h.id for h in hosts if h.pushes)
         state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
         rows = [_with_state(h, state) for h in hosts]
         if "status" in args:
@@ -279,7 +291,7 @@ class Hosts(MethodView):
         return fast_json({"hosts": rows, "total": total, "limit": args["limit"], "offset": args["offset"]})
 
     @blp.arguments(HostSchema)
-    @blp.response(201, CreatedSchema)
+    @blp.response(201, ChangeSchema)
     def post(self, body):
         """Add a host (admin); its exporter becomes a scrape target."""
         if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
@@ -297,7 +309,7 @@ class HostById(MethodView):
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
         host = _get_host(host_id)
-        pushed = frozenset([host.id] if host.exporter == PUSH else [])
+        pushed = frozenset([host.id] if host.pushes else [])
         state = fleet_state(current_app.extensions["prometheus"], [host.id], pushed=pushed)
         series, resolution, tier = {}, None, None
         for name in DETAIL_METRICS:
@@ -324,12 +336,14 @@ class HostById(MethodView):
         host = _get_host(host_id)
         for key, value in body.items():
             setattr(host, key, value)
+        if "exporter" in body:
+            host.pushes = False  # an address to scrape: Prometheus scrapes it from now on
         audit("host_update", host.id, **body)
         db.session.commit()
         write_targets()
         return host
 
-    @blp.response(200, CreatedSchema)
+    @blp.response(200, ChangeSchema)
     def delete(self, host_id):
         """Remove a host (admin); Prometheus stops scraping it."""
         host = _get_host(host_id)

@@ -1,4 +1,4 @@
-"""Schema pieces every resource shares: limit/offset pagination (REQ-API-006) and UTC times."""
+"""Schema pieces every resource shares: limit/offset pagination (REQ-API-006), UTC times, a write's answer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ class Page(ma.Schema):
     total = ma.fields.Integer()
     limit = ma.fields.Integer()
     offset = ma.fields.Integer()
+
+
+class ChangeSchema(ma.Schema):
+    """The answer to a write: which item, and what became of it ("created", "deleted", …)."""
+
+    id = ma.fields.String()
+    status = ma.fields.String()
 
 
 def page(query, args: dict, session) -> tuple[list, dict]:

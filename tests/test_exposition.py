@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter.exposition import Rendered, render_gauges, serve
 from exporter.registry import ExporterConfig, build_registry
-from tests.conftest import free_port
+from fleetwatch.testing.waits import free_port
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 

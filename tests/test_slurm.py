@@ -203,7 +203,7 @@ class _Slurmrestd(BaseHTTPRequestHandler):
     token = "good-token"
     seen: list[dict] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's hook name
+    def do_GET(self):
         type(self).seen.append(dict(self.headers))
         if self.headers.get("X-SLURM-USER-TOKEN") != self.token:
             self.send_response(401)

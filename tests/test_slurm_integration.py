@@ -12,7 +12,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, wait_http
+from fleetwatch.stack import wait_http
+from fleetwatch.testing.waits import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +141,7 @@ def test_the_burners_cpu_seconds_grow_one_a_second_and_the_sleepers_not(slurm_cl
 
 def test_the_cluster_collector_reads_slurmrestd(slurm_cluster, exporter_cmd, jobs, tmp_path):
     """The same families from slurmrestd (JWT from `scontrol token`), as from sinfo/squeue."""
-    from tests.slurm_cluster import SlurmUnavailable
+    from fleetwatch.testing.slurm import SlurmUnavailable
 
     try:
         rest = slurm_cluster.start_slurmrestd()

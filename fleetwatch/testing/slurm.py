@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fleetwatch.stack import free_port
+from fleetwatch.testing.waits import free_port
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpuacct", "memory", "cpuset", "freezer", "devices")
@@ -198,7 +198,7 @@ class SlurmCluster:
         port = free_port()
         argv = ["runuser", "-u", "slurm", "--", "env", f"SLURM_CONF={self.conf}", "SLURM_JWT=daemon",
                 "slurmrestd", "-a", "rest_auth/jwt", "-s", "openapi/v0.0.38", f"127.0.0.1:{port}"]  # fmt: skip
-        log = open(self.dir / "log" / "slurmrestd.log", "wb")  # noqa: SIM115 - the daemon's, closed by the OS
+        log = open(self.dir / "log" / "slurmrestd.log", "wb")
         self._rest = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout_s

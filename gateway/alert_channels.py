@@ -1,0 +1,58 @@
+"""Where alert notifications go: a rule's channels, checked against and mapped onto the configured delivery.
+
+A channel (``email:ops@example.com``, ``slack:https://…#ops``, …) becomes an
+Alertmanager receiver; ``delivery()`` is everything those receivers need from
+the gateway's configuration (SMTP, grouping, and the gateway's own webhook
+that records events).
+"""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from gateway.db import secret
+from rules_compiler.alertmanager import Delivery, check_channels
+from rules_compiler.alerts import parse_channel
+
+WEBHOOK_PATH = "/api/v1/alerts/webhook"  # where Alertmanager posts events; gateway/alert_events.py serves it
+WEBHOOK_SECRET = "alertmanager-webhook"  # the bearer token Alertmanager proves itself with
+
+
+def delivery() -> Delivery:
+    """How this gateway's configuration delivers notifications, for the Alertmanager config."""
+    c = current_app.config
+    return Delivery(
+        events_url=c["GATEWAY_URL"].rstrip("/") + WEBHOOK_PATH,
+        events_token=secret(WEBHOOK_SECRET),
+        events_ca_file=c["GATEWAY_CA_FILE"] or "",
+        smtp_smarthost=c["SMTP_SMARTHOST"] or "",
+        smtp_from=c["SMTP_FROM"],
+        smtp_auth_username=c["SMTP_AUTH_USERNAME"] or "",
+        smtp_auth_password=c["SMTP_AUTH_PASSWORD"] or "",
+        smtp_require_tls=_flag(c["SMTP_REQUIRE_TLS"]),
+        group_wait=c["ALERT_GROUP_WAIT"],
+        group_interval=c["ALERT_GROUP_INTERVAL"],
+        repeat_interval=c["ALERT_REPEAT_INTERVAL"],
+        events_group_interval=c["ALERT_EVENTS_GROUP_INTERVAL"],
+    )
+
+
+def normalise_channels(texts: list[str]) -> list[str]:
+    """A rule's channels as they will be stored.
+
+    Raises:
+        RuleInvalid: a channel that is malformed, or that this configuration cannot deliver (e.g. email without SMTP).
+    """
+    channels = tuple(parse_channel(text) for text in texts)
+    check_channels(channels, delivery())
+    return [str(c) for c in channels]
+
+
+def default_channels() -> list[str]:
+    """The channels of the starter rules: ALERT_DEFAULT_CHANNELS, comma-separated."""
+    return [c.strip() for c in current_app.config["ALERT_DEFAULT_CHANNELS"].split(",") if c.strip()]
+
+
+def _flag(value) -> bool:
+    # From the environment a flag is text ("false"); from test_config, a bool.
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,219 @@
+"""Alert rules (§8.5): CRUD of rules compiled into Prometheus and Alertmanager.
+
+A rule write answers only once the rule is live in Prometheus: the handler
+holds the deploy lock, changes the rows, compiles every rule, and installs
+them through ``rules_compiler.deploy``; the DB commits only if that worked.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import marshmallow as ma
+from flask import current_app
+from flask.views import MethodView
+
+from gateway.alert_channels import default_channels, delivery, normalise_channels
+from gateway.alert_events import open_events, resolve
+from gateway.auth import audit
+from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
+from gateway.errors import Blueprint, NotFound
+from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, page
+from rules_compiler.alertmanager import render_alertmanager_config
+from rules_compiler.alerts import (
+    SEVERITIES,
+    STARTER_RULES,
+    RuleInvalid,
+    format_duration,
+    parse_duration,
+    parse_expression,
+    parse_scope,
+    render_alert_rules,
+    scope_as_json,
+    to_rule,
+)
+
+blp = Blueprint("alert-rules", __name__, url_prefix="/api/v1/alerts", description="Alert rules")
+
+# The settings row that says §9's starter rules were installed once: rules an admin deleted stay deleted.
+STARTER_RULES_SETTING = "starter-rules"
+
+
+class RuleSchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    expression = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=2000),
+        metadata={"example": "cpu.utilization > 90 OR mem.used_pct > 90"},
+    )
+    duration = ma.fields.String(load_default="5m", metadata={"description": "static, or 30s / 10m / 1h / 1d"})
+    scope = ma.fields.Raw(load_default=dict, metadata={"example": {"tags": {"role": "web", "zone": "!=us-east"}}})
+    channels = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(max=2000)),
+        load_default=list,
+        validate=ma.validate.Length(max=20),
+        metadata={"example": ["email:ops@example.com", "slack:https://hooks.slack.com/services/T/B/X#ops"]},
+    )
+    severity = ma.fields.String(load_default="warning", validate=ma.validate.OneOf(SEVERITIES))
+    enabled = ma.fields.Boolean(load_default=True)
+    created_at = UtcDateTime(dump_only=True)
+    updated_at = UtcDateTime(dump_only=True)
+
+
+class RuleUpdateSchema(RuleSchema):
+    """Any subset of a rule's fields (loaded with ``partial=True``: nothing is required or defaulted)."""
+
+
+class RuleListSchema(Page):
+    rules = ma.fields.List(ma.fields.Nested(RuleSchema))
+
+
+class RuleBatchSchema(ma.Schema):
+    rules = ma.fields.List(ma.fields.Nested(RuleSchema), required=True, validate=ma.validate.Length(min=1, max=5000))
+
+
+class BatchStatusSchema(ma.Schema):
+    ids = ma.fields.List(ma.fields.String())
+    status = ma.fields.String()
+
+
+def _get_rule(rule_id: str) -> AlertRuleRow:
+    row = db.session.execute(db.select(AlertRuleRow).filter_by(id=rule_id)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no alert rule {rule_id}", {"id": rule_id})
+    return row
+
+
+def _normalise(body: dict) -> dict:
+    """The fields as they will be stored, after parsing each the way the compiler will.
+
+    Raises:
+        RuleInvalid: a field that would not compile (the API answers 400 naming it).
+    """
+    out = dict(body)
+    if "expression" in body:
+        out["expression"] = str(parse_expression(body["expression"]))
+    if "duration" in body:
+        seconds = parse_duration(body["duration"])
+        out["duration"] = "static" if seconds == 0 else format_duration(seconds)
+    if "scope" in body:
+        out["scope"] = scope_as_json(parse_scope(body["scope"]))
+    if "channels" in body:
+        out["channels"] = normalise_channels(body["channels"])
+    return out
+
+
+def publish() -> None:
+    """Compile every rule in the session (committed or not) and install it; call under the deploy lock.
+
+    Raises:
+        DeployFailed: nothing changed in Prometheus or Alertmanager.
+    """
+    rows = db.session.execute(db.select(AlertRuleRow)).scalars().all()
+    rules = [to_rule(r) for r in rows if r.enabled]
+    revision = secrets.token_hex(6)
+    interval = int(current_app.config["ALERT_EVALUATION_INTERVAL_S"])
+    current_app.extensions["alert_deployer"].deploy(
+        render_alert_rules(rules, interval, revision),
+        render_alertmanager_config(rules, delivery()),
+        revision,
+        len(rules),
+    )
+
+
+def install_rules_on_start() -> None:
+    """On a gateway's start: §9's starter set the first time, then install what the DB holds."""
+    deployer = current_app.extensions["alert_deployer"]
+    with deployer.locked():
+        if db.session.get(Setting, STARTER_RULES_SETTING) is None:
+            channels = default_channels()
+            for rule_id, name, expression, duration, scope, severity in STARTER_RULES:
+                if db.session.execute(db.select(AlertRuleRow.pk).filter_by(id=rule_id)).first() is None:
+                    body = _normalise(
+                        {"expression": expression, "duration": duration, "scope": scope, "channels": channels}
+                    )
+                    add_with_id(AlertRuleRow(name=name, severity=severity, enabled=True, **body), rule_id)
+            db.session.add(Setting(name=STARTER_RULES_SETTING, value={"installed": True}))
+        publish()
+        db.session.commit()
+
+
+@blp.route("/rules")
+class Rules(MethodView):
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, RuleListSchema)
+    def get(self, args):
+        """List alert rules."""
+        rows, meta = page(db.select(AlertRuleRow).order_by(AlertRuleRow.pk), args, db.session)
+        return {"rules": rows, **meta}
+
+    @blp.arguments(RuleSchema)
+    @blp.response(201, ChangeSchema)
+    def post(self, body):
+        """Create a rule (admin); answers once Prometheus evaluates it."""
+        fields = _normalise(body)
+        with current_app.extensions["alert_deployer"].locked():
+            row = add_with_id(AlertRuleRow(**fields))
+            publish()
+            audit("alert_rule_create", row.id, name=row.name, expression=row.expression)
+            db.session.commit()
+        return {"id": row.id, "status": "created"}
+
+
+@blp.route("/rules/batch")
+class RuleBatch(MethodView):
+    @blp.arguments(RuleBatchSchema)
+    @blp.response(201, BatchStatusSchema)
+    def post(self, body):
+        """Create many rules at once (admin): all or none, with one reload (rules as code, imports)."""
+        normalised = []
+        for index, rule in enumerate(body["rules"]):
+            try:
+                normalised.append(_normalise(rule))
+            except RuleInvalid as exc:
+                exc.details["index"] = index  # which of the batch, so the caller can fix it
+                raise
+        with current_app.extensions["alert_deployer"].locked():
+            rows = [add_with_id(AlertRuleRow(**fields)) for fields in normalised]
+            publish()
+            audit("alert_rule_create", None, ids=[r.id for r in rows], count=len(rows))
+            db.session.commit()
+        return {"ids": [r.id for r in rows], "status": "created"}
+
+
+@blp.route("/rules/<rule_id>")
+class RuleById(MethodView):
+    @blp.response(200, RuleSchema)
+    def get(self, rule_id):
+        """One alert rule."""
+        return _get_rule(rule_id)
+
+    @blp.arguments(RuleUpdateSchema(partial=True))
+    @blp.response(200, ChangeSchema)
+    def put(self, body, rule_id):
+        """Change a rule (admin; any subset of its fields); answers once Prometheus runs the new version."""
+        fields = _normalise(body)
+        with current_app.extensions["alert_deployer"].locked():
+            row = _get_rule(rule_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            publish()
+            audit("alert_rule_update", row.id, **fields)
+            db.session.commit()
+        return {"id": rule_id, "status": "updated"}
+
+    @blp.response(200, ChangeSchema)
+    def delete(self, rule_id):
+        """Delete a rule (admin); its open events end."""
+        with current_app.extensions["alert_deployer"].locked():
+            row = _get_rule(rule_id)
+            db.session.delete(row)
+            db.session.flush()
+            publish()
+            for event in open_events(db.select(AlertEvent).filter_by(rule_id=rule_id)):
+                resolve(event, utcnow())
+            audit("alert_rule_delete", rule_id, name=row.name)
+            db.session.commit()
+        return {"id": rule_id, "status": "deleted"}

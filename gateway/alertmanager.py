@@ -1,0 +1,80 @@
+"""The gateway's Alertmanager client: the few calls of its v2 API the gateway makes (silences, active alerts).
+
+Built once per app in ``gateway.app.create_app`` and kept on
+``app.extensions["alertmanager"]``; every worker process has its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import urllib3
+
+from gateway.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class Alertmanager:
+    """Silences (acknowledgement) and the fingerprints of active alerts, over Alertmanager's v2 API."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, active_ttl_s: float = 2.0):
+        self.url = url.rstrip("/")
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=timeout_s), retries=False)
+        # Every read of events asks which acknowledged alerts are still active: one answer
+        # serves this worker's reads for a couple of seconds (REQ-API-005's short TTL).
+        self._active_ttl_s = active_ttl_s
+        self._active: tuple[float, set[str]] | None = None
+
+    def silence(self, labels: dict, ttl: timedelta, created_by: str, comment: str) -> str:
+        """Silence the alert with exactly ``labels`` for ``ttl``; the silence's id."""
+        # An answer about active alerts from before this alert fired would end its event at the next read.
+        self._active = None
+        now = datetime.now(UTC)
+        body = {
+            "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in sorted(labels.items())],
+            "startsAt": now.isoformat(),
+            "endsAt": (now + ttl).isoformat(),
+            "createdBy": created_by,
+            "comment": comment,
+        }
+        return self._call("POST", "/api/v2/silences", body)["silenceID"]
+
+    def expire(self, silence_id: str) -> None:
+        """End a silence now; one Alertmanager cannot end is left to run out by itself."""
+        try:
+            self._call("DELETE", f"/api/v2/silence/{silence_id}")
+        except Unavailable:
+            log.warning("could not expire silence %s; it ends by itself", silence_id)
+
+    def active_fingerprints(self) -> set[str]:
+        """Fingerprints of every alert Alertmanager holds as active, silenced or not.
+
+        Raises:
+            Unavailable: Alertmanager did not answer.
+        """
+        now = time.monotonic()
+        if self._active is not None and now - self._active[0] < self._active_ttl_s:
+            return self._active[1]
+        alerts = self._call("GET", "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true")
+        self._active = (now, {a["fingerprint"] for a in alerts})
+        return self._active[1]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        try:
+            r = self._http.request(
+                method,
+                self.url + path,
+                body=orjson.dumps(body) if body is not None else None,
+                headers={"Content-Type": "application/json"},
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable(
+                "Alertmanager does not answer", {"alertmanager": self.url, "reason": exc.__class__.__name__}
+            ) from None
+        if r.status >= 300:
+            raise Unavailable("Alertmanager refused the call", {"status": r.status, "body": r.data[:300].decode()})
+        return orjson.loads(r.data) if r.data else None

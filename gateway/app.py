@@ -1,0 +1,249 @@
+"""The app factory: the gateway's whole configuration, its clients, its blueprints.
+
+Importing this module imports Flask and nothing of the gateway: the views are
+imported inside ``create_app``. ``gateway.cli`` relies on that; see the note
+there on PROMETHEUS_MULTIPROC_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Config, Flask, request, send_from_directory
+
+log = logging.getLogger(__name__)
+
+# Every setting and its default, in one place. Each can be set by FLEETWATCH_<NAME>
+# in the environment (JSON-parsed: 5, 2.5, true; text otherwise), or by ``test_config``.
+DEFAULTS = {
+    "STATE_DIR": "state",  # the gateway's files: DB, rule files, file_sd targets, exports
+    "SQLALCHEMY_DATABASE_URI": "",  # empty: $DATABASE_URL, else sqlite:///<STATE_DIR>/gateway.db
+    # Serving (fleetwatch-gateway serve; its flags win over these).
+    "BIND": "127.0.0.1:8080",
+    "WORKERS": 2,
+    "THREADS": 8,
+    "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
+    "KEYFILE": "",
+    # Prometheus and the tiers of history (rules_compiler/downsampling.py).
+    "PROMETHEUS_URL": "http://127.0.0.1:9090",
+    "LONGTERM_URL": "",  # the downsampled tier; empty: the raw tier answers every range; `fleetwatch up` sets it
+    "SCRAPE_INTERVAL": "5s",  # the raw tier's step
+    "RAW_RETENTION": "7d",
+    "LONGTERM_RETENTION": "90d",
+    "PROMETHEUS_TIMEOUT_S": 10.0,
+    "QUERY_CACHE_TTL_S": 2.0,
+    # Users, tokens, limits.
+    "ACCESS_TOKEN_TTL": timedelta(minutes=15),  # from the environment: seconds
+    "REFRESH_TOKEN_TTL": timedelta(days=7),  # from the environment: seconds
+    "BCRYPT_ROUNDS": 12,
+    "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
+    "RATE_LIMIT_READS_PER_MIN": 60,
+    "RATE_LIMIT_WRITES_PER_MIN": 30,
+    "LOGIN_ATTEMPTS_PER_MIN": 20,
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "ADMIN_EMAIL": None,  # the first admin, made on a start that finds none
+    "ADMIN_PASSWORD": None,
+    # Hosts that Prometheus scrapes.
+    "EXPORTER_PORT": 9101,
+    # Push ingest (gateway/ingest.py).
+    "REMOTE_WRITE_URL": "",  # empty: PROMETHEUS_URL's /api/v1/write
+    "INGEST_MAX_BODY_BYTES": 4 * 1024 * 1024,
+    "INGEST_MAX_POINTS": 20_000,  # per request
+    "INGEST_MAX_INFLIGHT_POINTS": 100_000,  # per worker process; beyond it: 503 (backpressure)
+    "INGEST_SERIES_PER_HOST": 5_000,  # label budget: distinct series one host may create
+    "INGEST_WRITE_BATCH": 5_000,  # samples per remote-write request
+    "INGEST_WRITE_TIMEOUT_S": 5.0,
+    "INGEST_PAST_S": 3600,  # ts window [now - past, now + future] (§11.2)
+    "INGEST_FUTURE_S": 300,
+    "HEARTBEAT_EVERY_S": 15,  # how often a worker writes its pushing hosts' last_seen_at, all in one go
+    "PUSHER_RECHECK_S": 60,  # how long a worker trusts that a host id is a pushing host's
+    # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
+    "ALERTMANAGER_URL": "http://127.0.0.1:9093",
+    "GATEWAY_URL": "http://127.0.0.1:8080",
+    "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
+    "PROMTOOL": "promtool",
+    "AMTOOL": "amtool",
+    "ALERT_EVALUATION_INTERVAL_S": 30,
+    "ALERT_GROUP_WAIT": "5s",
+    "ALERT_GROUP_INTERVAL": "5m",
+    "ALERT_REPEAT_INTERVAL": "4h",
+    "ALERT_EVENTS_GROUP_INTERVAL": "10s",
+    "ALERT_ACK_SILENCE_S": 86400,
+    "ALERT_DEFAULT_CHANNELS": "",  # comma-separated channels of the starter rules
+    "SMTP_SMARTHOST": "",
+    "SMTP_FROM": "fleetwatch@localhost",
+    "SMTP_AUTH_USERNAME": "",
+    "SMTP_AUTH_PASSWORD": "",
+    "SMTP_REQUIRE_TLS": True,
+    # Logs and the API's documentation.
+    "LOG_LEVEL": "INFO",
+    "LOG_JSON": True,
+    "API_TITLE": "fleetwatch",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "/docs",
+    # Served from the swagger-ui-bundle package, not a CDN: air-gapped clusters get docs too.
+    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+}
+
+
+def read_config(test_config: dict | None = None) -> Config:
+    """DEFAULTS, then FLEETWATCH_* environment variables, then ``test_config``; values derived from others filled in."""
+    config = Config(os.getcwd(), DEFAULTS)
+    config.from_prefixed_env("FLEETWATCH")
+    if test_config:
+        config.from_mapping(test_config)
+    for key in ("ACCESS_TOKEN_TTL", "REFRESH_TOKEN_TTL"):
+        if not isinstance(config[key], timedelta):  # from the environment: seconds
+            config[key] = timedelta(seconds=float(config[key]))
+    state_dir = Path(config["STATE_DIR"]).resolve()
+    config["STATE_DIR"] = str(state_dir)
+    if not config["SQLALCHEMY_DATABASE_URI"]:
+        config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL") or f"sqlite:///{state_dir / 'gateway.db'}"
+    if not config["REMOTE_WRITE_URL"]:
+        config["REMOTE_WRITE_URL"] = config["PROMETHEUS_URL"].rstrip("/") + "/api/v1/write"
+    return config
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: configuration (``read_config``), clients on ``app.extensions``, blueprints, the schema."""
+    # Imported here, not at the top: importing gateway.observability imports prometheus_client,
+    # which must come after gateway.cli has set PROMETHEUS_MULTIPROC_DIR (see gateway/cli.py).
+    from gateway import (
+        agents,
+        alert_events,
+        alert_rules,
+        auth,
+        hosts,
+        ingest,
+        metrics,
+        observability,
+        processes,
+        reports,
+        users,
+    )
+    from gateway.alert_channels import WEBHOOK_SECRET
+    from gateway.alertmanager import Alertmanager
+    from gateway.db import db, secret
+    from gateway.errors import Api
+    from gateway.last_seen import LastSeen
+    from gateway.point_store import PointStore
+    from gateway.promql import Prometheus
+    from gateway.ratelimit import counters_for
+    from gateway.schema_migrations import migrate
+    from gateway.series import Tiers
+    from rules_compiler.deploy import AlertDeployer
+
+    app = Flask(__name__)
+    app.config.update(read_config(test_config))
+    config = app.config
+    if config["LOG_JSON"]:
+        observability.setup_logging(config["LOG_LEVEL"])
+    state_dir = Path(config["STATE_DIR"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    db.init_app(app)
+    prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])
+    longterm = config["LONGTERM_URL"]
+    app.extensions.update(
+        prometheus=prometheus,
+        tiers=Tiers.from_config(
+            config,
+            prometheus,
+            Prometheus(longterm, config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"]) if longterm else None,
+        ),
+        rate_counters=counters_for(app),
+        alertmanager=Alertmanager(config["ALERTMANAGER_URL"]),
+        alert_deployer=AlertDeployer(
+            rules_path=state_dir / "rules" / "fleet-alerts.yml",
+            alertmanager_path=state_dir / "alertmanager" / "alertmanager.yml",
+            prometheus_url=config["PROMETHEUS_URL"],
+            alertmanager_url=config["ALERTMANAGER_URL"],
+            promtool=config["PROMTOOL"],
+            amtool=config["AMTOOL"],
+        ),
+        # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
+        point_store=PointStore(
+            config["REMOTE_WRITE_URL"], config["INGEST_WRITE_TIMEOUT_S"], config["INGEST_WRITE_BATCH"]
+        ),
+        last_seen=LastSeen(),
+        series_budgets={},
+    )
+    request_metrics = observability.RequestMetrics(app)
+    app.extensions["request_metrics"] = request_metrics
+
+    api = Api(app)
+    for module in (
+        observability,
+        auth,
+        users,
+        hosts,
+        metrics,
+        processes,
+        reports,
+        alert_rules,
+        alert_events,
+        ingest,
+        agents,
+    ):
+        api.register_blueprint(module.blp)
+    _serve_swagger_assets(app)
+
+    app.before_request(auth.authorize)
+    app.before_request(_require_json_body)
+
+    with app.app_context():
+        migrate(db.engine)
+        request_metrics.watch_db(db.engine)
+        _bootstrap_admin(app)
+        # Made now: made inside a rule write, secret() would commit that write's session early.
+        secret(WEBHOOK_SECRET)
+
+    return app
+
+
+def _require_json_body() -> None:
+    from gateway.errors import ApiError
+
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        raise ApiError(
+            "send the body as JSON (Content-Type: application/json)",
+            {"content_type": request.content_type or ""},
+            status=415,
+        )
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    import swagger_ui_bundle
+
+    from gateway.auth import PUBLIC
+
+    def assets(filename: str):
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    assets.access_policy = PUBLIC
+    app.add_url_rule("/api/docs/assets/<path:filename>", "swagger_assets", assets)
+
+
+def _bootstrap_admin(app: Flask) -> None:
+    """The first admin comes from FLEETWATCH_ADMIN_EMAIL/PASSWORD on a start that finds none."""
+    from gateway.db import User, db
+    from gateway.users import create_user
+
+    if db.session.execute(db.select(User.pk).filter_by(role="admin")).first():
+        return
+    email, password = app.config["ADMIN_EMAIL"], app.config["ADMIN_PASSWORD"]
+    if not email or not password:
+        log.warning(
+            "no admin exists: set FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD, "
+            "or run `fleetwatch-gateway create-user --role admin EMAIL`"
+        )
+        return
+    create_user(email, password, "admin")
+    db.session.commit()
+    log.info("created the first admin", extra={"email": email})
