@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping")
     server.shutdown()
+    server.server_close()
     for collector in background:
         collector.stop()
     return 0
