@@ -40,6 +40,11 @@ class Rendered(NamedTuple):
         text = render_gauges(families)
         return cls(text, gzip.compress(text, compresslevel=1))
 
+    @classmethod
+    def joined(cls, *parts: Rendered) -> Rendered:
+        """Several renderings as one: texts end to end, gzip members one after the other."""
+        return cls(b"".join(p.text for p in parts), b"".join(p.gzipped for p in parts))
+
 
 def render_gauges(families: Iterable[Metric]) -> bytes:
     """Gauge families in the text format; the same lines are valid OpenMetrics (before its "# EOF")."""
