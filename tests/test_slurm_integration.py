@@ -129,8 +129,9 @@ def test_the_burners_cpu_seconds_grow_one_a_second_and_the_sleepers_not(slurm_cl
     # The cgroup's own counter over (about) the same seconds: what the exporter reports is what the kernel counts.
     own_rate = (own1[0] - own0[0]) / (own1[1] - own0[1])
     assert rate(burn) == pytest.approx(own_rate, abs=0.15)
-    # Up to one CPU's worth: on a machine shared with other work (CI: 2 cores) the burner gets less of its core.
-    assert 0.25 <= rate(burn) <= 1.1, rate(burn)
+    # One CPU's worth at most, ~1 on an idle machine; on one shared with other work (CI: 2 cores under a
+    # load of 10) the burner gets a fraction of its core, which its cgroup's counter above says.
+    assert 0.1 <= rate(burn) <= 1.1, rate(burn)
     assert rate(sleep) < 0.05, rate(sleep)
     key = {"jobid": burn, "step": "", "task": ""}
     assert last.get1("cgroup_cpus", **key) == 1
