@@ -403,8 +403,8 @@ def job_node(stack, tmp_path_factory):
     from exporter.jobs import JobCollector
     from exporter.nvml import Nvml
     from exporter.registry import ExporterConfig, build_registry
+    from fleetwatch.testing.cgroups import fake_proc, process, v1_job
     from fleetwatch.testing.waits import free_port
-    from tests.fake_cgroups import fake_proc, process, v1_job
 
     base = tmp_path_factory.mktemp("job-node")
     root, proc = base / "cgroup", fake_proc(base / "proc")

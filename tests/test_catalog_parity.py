@@ -31,11 +31,11 @@ from exporter.jobs import JobCollector
 from exporter.nvml import Nvml
 from exporter.processes import ProcessScanner, TopProcessCollector
 from fleetwatch.testing import services
+from fleetwatch.testing.cgroups import MiB, fake_proc, process, v1_job
 from fleetwatch.testing.prom import PromClient
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
 from rules_compiler.catalog import CATALOG, resolve
 from rules_compiler.recording import render_normalisation_rules
-from tests.fake_cgroups import MiB, fake_proc, process, v1_job
 from tests.fake_nvml import FakePynvml, h100, mig_h100
 
 pytestmark = pytest.mark.integration  # a real Prometheus
