@@ -13,7 +13,7 @@ import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
 
-from gateway.alert_channels import default_channels, delivery, normalise_channels
+from gateway.alert_channels import channel_warnings, default_channels, delivery, normalise_channels
 from gateway.alert_events import open_events, resolve
 from gateway.auth import audit
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
@@ -59,6 +59,15 @@ class RuleSchema(ma.Schema):
     enabled = ma.fields.Boolean(load_default=True)
     created_at = UtcDateTime(dump_only=True)
     updated_at = UtcDateTime(dump_only=True)
+    warnings = ma.fields.Function(
+        lambda row: channel_warnings(row.channels),
+        dump_only=True,
+        metadata={"description": "channels this configuration cannot deliver to (e.g. email without SMTP)"},
+    )
+
+
+class RuleChangeSchema(ChangeSchema):
+    warnings = ma.fields.List(ma.fields.String(), metadata={"description": "as in the rule: undeliverable channels"})
 
 
 class RuleUpdateSchema(RuleSchema):
@@ -149,7 +158,7 @@ class Rules(MethodView):
         return {"rules": rows, **meta}
 
     @blp.arguments(RuleSchema)
-    @blp.response(201, ChangeSchema)
+    @blp.response(201, RuleChangeSchema)
     def post(self, body):
         """Create a rule (admin); answers once Prometheus evaluates it."""
         fields = _normalise(body)
@@ -158,7 +167,7 @@ class Rules(MethodView):
             publish()
             audit("alert_rule_create", row.id, name=row.name, expression=row.expression)
             db.session.commit()
-        return {"id": row.id, "status": "created"}
+        return {"id": row.id, "status": "created", "warnings": channel_warnings(row.channels)}
 
 
 @blp.route("/rules/batch")
@@ -190,7 +199,7 @@ class RuleById(MethodView):
         return _get_rule(rule_id)
 
     @blp.arguments(RuleUpdateSchema(partial=True))
-    @blp.response(200, ChangeSchema)
+    @blp.response(200, RuleChangeSchema)
     def put(self, body, rule_id):
         """Change a rule (admin; any subset of its fields); answers once Prometheus runs the new version."""
         fields = _normalise(body)
@@ -202,7 +211,7 @@ class RuleById(MethodView):
             publish()
             audit("alert_rule_update", row.id, **fields)
             db.session.commit()
-        return {"id": rule_id, "status": "updated"}
+        return {"id": rule_id, "status": "updated", "warnings": channel_warnings(row.channels)}
 
     @blp.response(200, ChangeSchema)
     def delete(self, rule_id):

@@ -48,6 +48,9 @@ DEFAULTS = {
     "ADMIN_PASSWORD": None,
     # Hosts that Prometheus scrapes.
     "EXPORTER_PORT": 9101,
+    # The machine `fleetwatch up` runs on, as JSON {"id", "hostname", "ips", "has_gpu", "exporter"}; the
+    # stack sets it from what its exporter found, and the gateway adds that host on its first start.
+    "LOCAL_HOST": None,
     # Push ingest (gateway/ingest.py).
     "REMOTE_WRITE_URL": "",  # empty: PROMETHEUS_URL's /api/v1/write
     "INGEST_MAX_BODY_BYTES": 4 * 1024 * 1024,
@@ -131,6 +134,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.alertmanager import Alertmanager
     from gateway.db import db, secret
     from gateway.errors import Api
+    from gateway.inventory import TargetsWriter, register_local_host
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
@@ -173,6 +177,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         last_seen=LastSeen(),
         series_budgets={},
+        targets_writer=TargetsWriter(app),
     )
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
@@ -201,6 +206,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         migrate(db.engine)
         request_metrics.watch_db(db.engine)
         _bootstrap_admin(app)
+        if config["LOCAL_HOST"]:
+            register_local_host(config["LOCAL_HOST"])
+        app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)
 

@@ -6,12 +6,9 @@ sustained over 1 min, last seen), never one per host.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import marshmallow as ma
 from flask import current_app
@@ -21,6 +18,7 @@ from sqlalchemy import func
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.inventory import targets_changed
 from gateway.promql import selector
 from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
@@ -93,6 +91,10 @@ class HostSchema(ma.Schema):
         },
     )
     last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
+    source = ma.fields.String(
+        dump_only=True,
+        metadata={"description": "api, push (its agent's first push), import (CSV), local (this machine), discovered"},
+    )
     status = ma.fields.String(dump_only=True)
     status_reasons = ma.fields.List(ma.fields.String(), dump_only=True)
     metrics_summary = ma.fields.Dict(dump_only=True)
@@ -204,7 +206,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "exporter", "last_seen_at")
+HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "source", "exporter", "last_seen_at")
 
 
 def _with_state(host, state: dict) -> dict:
@@ -233,22 +235,6 @@ def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str
         reasons.append("crit: agent silent for 2m")
     status = "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
     return status, reasons
-
-
-def write_targets() -> None:
-    """Every host's exporter as a file_sd target with its host_id; Prometheus re-reads the file by itself."""
-    port = current_app.config["EXPORTER_PORT"]
-    hosts = db.session.execute(db.select(Host).order_by(Host.pk)).scalars()
-    targets = [
-        {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}}
-        for h in hosts
-        if not h.pushes  # its agent pushes: there is nothing to scrape
-    ]
-    path = Path(current_app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".hosts.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(targets, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _get_host(host_id: str) -> Host:
@@ -299,7 +285,7 @@ class Hosts(MethodView):
         host = add_with_id(Host(**{k: v for k, v in body.items() if k != "id"}), body.get("id"))
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return {"id": host.id, "status": "created"}
 
 
@@ -340,7 +326,7 @@ class HostById(MethodView):
             host.pushes = False  # an address to scrape: Prometheus scrapes it from now on
         audit("host_update", host.id, **body)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return host
 
     @blp.response(200, ChangeSchema)
@@ -350,5 +336,5 @@ class HostById(MethodView):
         db.session.delete(host)
         audit("host_delete", host_id, hostname=host.hostname)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return {"id": host_id, "status": "deleted"}

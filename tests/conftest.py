@@ -246,6 +246,17 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def targets_once(state_dir, check, timeout_s: float = 5.0) -> list[dict]:
+    """The gateway's file_sd targets once ``check(targets)`` holds (a burst of changes is written once, later)."""
+    path = Path(state_dir) / "file_sd" / "hosts.json"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        targets = json.loads(path.read_text()) if path.exists() else []
+        if check(targets) or time.monotonic() > deadline:
+            return targets
+        time.sleep(0.05)
+
+
 def login(client, creds) -> dict:
     r = client.post("/api/v1/auth/login", json={"email": creds[0], "password": creds[1]})
     assert r.status_code == 200, r.get_json()

@@ -8,11 +8,11 @@ import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from gateway.db import Host, db
+from gateway.inventory import TARGETS_GAP_S
 from gateway.remote_write import (
     GroupWriter,
     Refused,
@@ -22,7 +22,7 @@ from gateway.remote_write import (
     encode_sample,
     encode_series,
 )
-from tests.conftest import ADMIN, PromClient, bearer, free_port, login, make_app, wait_http
+from tests.conftest import ADMIN, PromClient, bearer, free_port, login, make_app, targets_once, wait_http
 
 PROM_CONFIG = """\
 global: {scrape_interval: 1m}
@@ -244,7 +244,8 @@ def test_first_push_discovers_the_host_and_silence_turns_it_crit(ingest_app, api
     assert (
         client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin).json["exporter"] == "push"
     )
-    targets = json.loads((Path(ingest_app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
+    # Given time to be written: it still is no target.
+    targets = targets_once(ingest_app.config["STATE_DIR"], lambda ts: False, timeout_s=2 * TARGETS_GAP_S)
     assert all(t["labels"]["host_id"] != "h-beat" for t in targets)
 
 
