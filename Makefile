@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
+.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-hosts system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -28,6 +28,9 @@ bench-ingest: system-deps $(STAMP)
 
 bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)
+
+bench-hosts: system-deps $(STAMP)
+	$(PY) bench/hosts_import.py $(ARGS)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)

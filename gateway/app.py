@@ -12,7 +12,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Config, Flask, request, send_from_directory
+from flask import Config, Flask, current_app, request, send_from_directory
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ DEFAULTS = {
     # The machine `fleetwatch up` runs on, as JSON {"id", "hostname", "ips", "has_gpu", "exporter"}; the
     # stack sets it from what its exporter found, and the gateway adds that host on its first start.
     "LOCAL_HOST": None,
+    "TARGETS_WRITE_GAP_S": 0.5,  # file_sd/hosts.json: written at most once per gap, per worker (0: every change)
+    "HOSTS_IMPORT_MAX_BYTES": 16 * 1024 * 1024,  # a CSV import's body (MAX_CONTENT_LENGTH is for JSON)
     # Push ingest (gateway/ingest.py).
     "REMOTE_WRITE_URL": "",  # empty: PROMETHEUS_URL's /api/v1/write
     "INGEST_MAX_BODY_BYTES": 4 * 1024 * 1024,
@@ -122,6 +124,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        host_import,
         hosts,
         ingest,
         metrics,
@@ -188,6 +191,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         auth,
         users,
         hosts,
+        host_import,
         metrics,
         processes,
         reports,
@@ -219,8 +223,13 @@ def _require_json_body() -> None:
     from gateway.errors import ApiError
 
     if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        view = current_app.view_functions.get(request.endpoint)
+        method = getattr(getattr(view, "view_class", None), request.method.lower(), view)
+        types = getattr(method, "body_types", ("application/json",))  # gateway.schemas.accepts
+        if request.mimetype in types:
+            return
         raise ApiError(
-            "send the body as JSON (Content-Type: application/json)",
+            f"send the body with Content-Type: {' or '.join(types)}",
             {"content_type": request.content_type or ""},
             status=415,
         )

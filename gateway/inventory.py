@@ -2,7 +2,7 @@
 
 The targets file holds every scraped host, so writing it costs as much as the
 fleet is large. Each worker writes it at once after a change when it has not
-written it for ``TARGETS_GAP_S``, and otherwise once at the end of that gap
+written it for TARGETS_WRITE_GAP_S, and otherwise once at the end of that gap
 for every change made meanwhile: registering hosts one by one costs one write
 per gap, not one per host (bench/hosts_import.py measures it).
 """
@@ -23,7 +23,6 @@ from gateway.db import Host, Setting, add_with_id, db
 
 log = logging.getLogger(__name__)
 
-TARGETS_GAP_S = 0.5
 LOCAL_HOST_SETTING = "local-host"  # its row says the local host was registered once: a deleted one stays deleted
 
 
@@ -32,6 +31,7 @@ class TargetsWriter:
 
     def __init__(self, app: Flask):
         self.app = app
+        self.gap_s = float(app.config["TARGETS_WRITE_GAP_S"])
         self._lock = threading.Lock()
         self._last = 0.0
         self._pending: threading.Timer | None = None
@@ -41,7 +41,7 @@ class TargetsWriter:
         with self._lock:
             if self._pending is not None:
                 return  # a write is due and will read this change from the DB
-            wait = self._last + TARGETS_GAP_S - time.monotonic()
+            wait = self._last + self.gap_s - time.monotonic()
             if wait > 0:
                 self._pending = threading.Timer(wait, self._deferred)
                 self._pending.daemon = True

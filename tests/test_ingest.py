@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.db import Host, db
-from gateway.inventory import TARGETS_GAP_S
 from gateway.remote_write import (
     GroupWriter,
     Refused,
@@ -245,7 +244,9 @@ def test_first_push_discovers_the_host_and_silence_turns_it_crit(ingest_app, api
         client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin).json["exporter"] == "push"
     )
     # Given time to be written: it still is no target.
-    targets = targets_once(ingest_app.config["STATE_DIR"], lambda ts: False, timeout_s=2 * TARGETS_GAP_S)
+    targets = targets_once(
+        ingest_app.config["STATE_DIR"], lambda ts: False, timeout_s=2 * ingest_app.config["TARGETS_WRITE_GAP_S"]
+    )
     assert all(t["labels"]["host_id"] != "h-beat" for t in targets)
 
 
