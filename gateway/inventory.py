@@ -57,7 +57,7 @@ class TargetsWriter:
         with self.app.app_context():
             try:
                 self.write()
-            except Exception:  # noqa: BLE001 - a timer thread has nobody to raise to; the next change retries
+            except Exception:
                 log.exception("file_sd targets not written")
 
     def write(self) -> None:

@@ -15,18 +15,19 @@ import pytest
 import requests
 import yaml
 
-from fleetwatch.stack import Ports, Stack, StackConfig, free_port
+from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.testing.api import ADMIN, make_app
+from fleetwatch.testing.waits import free_port, wait_until
 from gateway.db import Host, db
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import AlertRule, parse_channel, parse_expression
-from tests.conftest import ADMIN, make_app
 
 HOST = socket.gethostname()
 NO_SMTP = "email: no SMTP server configured (FLEETWATCH_SMTP_SMARTHOST); nothing is sent to ops@example.com"
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
+def fresh_stack(tmp_path_factory):
     """A stack on a fresh state directory, as `make run` starts it, with a first admin and no SMTP."""
     config = StackConfig(
         state_dir=tmp_path_factory.mktemp("fresh"),
@@ -49,8 +50,8 @@ def fresh(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(fresh):
-    base = fresh.urls()["gateway"] + "/api/v1"
+def api(fresh_stack):
+    base = fresh_stack.urls()["gateway"] + "/api/v1"
     s = requests.Session()
     r = s.post(f"{base}/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
     assert r.status_code == 200, r.text
@@ -59,31 +60,21 @@ def api(fresh):
     return s
 
 
-def wait_until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen within {timeout_s:.0f} s")
-
-
 def local_host_with_cpu(api) -> dict | None:
     hosts = api.get(f"{api.base}/hosts", timeout=10).json()["hosts"]
     mine = [h for h in hosts if h["id"] == HOST]
     return mine[0] if mine and isinstance(mine[0]["metrics_summary"].get("cpu_pct"), float | int) else None
 
 
-def test_the_local_host_is_listed_with_its_cpu_within_30_s(fresh, api):
-    host = wait_until(lambda: local_host_with_cpu(api), 30 - (time.monotonic() - fresh.started), "the local host")
+def test_the_local_host_is_listed_with_its_cpu_within_30_s(fresh_stack, api):
+    host = wait_until(lambda: local_host_with_cpu(api), 30 - (time.monotonic() - fresh_stack.started), "the local host")
     assert host["hostname"] == HOST and host["source"] == "local"
-    assert host["exporter"] == f"127.0.0.1:{fresh.config.ports.exporter}"
+    assert host["exporter"] == f"127.0.0.1:{fresh_stack.config.ports.exporter}"
     assert host["status"] in ("ok", "warn", "crit") and host["has_gpu"] is False
     assert "never seen" not in " ".join(host["status_reasons"])
 
 
-def test_section_8_examples_work_on_the_local_host(fresh, api):
+def test_section_8_examples_work_on_the_local_host(fresh_stack, api):
     wait_until(lambda: local_host_with_cpu(api), 30, "the local host")
     detail = api.get(f"{api.base}/hosts/{HOST}", params={"range": "15m"}, timeout=10).json()
     assert detail["host"]["id"] == HOST
@@ -113,7 +104,7 @@ def test_section_8_examples_work_on_the_local_host(fresh, api):
     assert HOST in {h["id"] for h in listed["hosts"]}
 
 
-def test_the_section_8_5_email_rule_is_accepted_and_fires_without_smtp(fresh, api):
+def test_the_section_8_5_email_rule_is_accepted_and_fires_without_smtp(fresh_stack, api):
     wait_until(lambda: local_host_with_cpu(api), 30, "the local host")
     rule = {
         "name": "CPU Hot",
@@ -126,7 +117,7 @@ def test_the_section_8_5_email_rule_is_accepted_and_fires_without_smtp(fresh, ap
     assert r.json()["warnings"] == [NO_SMTP]
     rule_id = r.json()["id"]
     assert api.get(f"{api.base}/alerts/rules/{rule_id}", timeout=10).json()["warnings"] == [NO_SMTP]
-    ready = requests.get(fresh.urls()["gateway"] + "/ready", timeout=10)
+    ready = requests.get(fresh_stack.urls()["gateway"] + "/ready", timeout=10)
     assert ready.status_code == 200 and ready.json()["undeliverable_channels"] == {rule_id: [NO_SMTP]}
     # Live: Prometheus evaluates it, Alertmanager hands it to the gateway, the event is recorded.
     events = wait_until(

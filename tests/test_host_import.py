@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN, VIEWER, bearer, login, make_app, targets_once
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app, targets_once
 
 CSV = {"Content-Type": "text/csv"}
 

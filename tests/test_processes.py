@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -100,17 +102,28 @@ def test_gpu_memory_ranking_uses_the_gpu_source(tmp_path):
     assert sample.value == 13_801_357_312
 
 
-def test_a_busy_process_tops_the_cpu_ranking_on_the_real_proc():
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_busy_process_is_ranked_by_its_real_cpu_use_on_the_real_proc():
+    # Judged against the process's own counters, not "first place": on a loaded
+    # machine (CI neighbours, other test processes) another process may burn more.
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        scanner = ProcessScanner(3)
-        scanner.scan()
+        scanner, capped = ProcessScanner(1000), ProcessScanner(3)
+        scanner.scan(), capped.scan()
+        before, start = _cpu_seconds(busy.pid), time.monotonic()
         time.sleep(1.0)
-        ranking = scanner.scan()
+        ranking, top3 = scanner.scan(), capped.scan()
+        used_pct = 100 * (_cpu_seconds(busy.pid) - before) / (time.monotonic() - start)
     finally:
         busy.kill()
         busy.wait()
-    top = ranking.by_cpu[0]
-    assert top.pid == busy.pid
-    assert 50 < top.cpu_percent <= 110
-    assert len(ranking.by_cpu) <= 3 and len(ranking.by_memory) == 3
+    ours = next(p for p in ranking.by_cpu if p.pid == busy.pid)
+    assert ours.cpu_percent > 20
+    assert ours.cpu_percent == pytest.approx(used_pct, abs=15)
+    cpu = [p.cpu_percent for p in ranking.by_cpu]
+    assert cpu == sorted(cpu, reverse=True)
+    assert len(top3.by_cpu) <= 3 and len(top3.by_memory) == 3
