@@ -34,6 +34,9 @@ DEFAULTS = {
     "RAW_RETENTION": "7d",
     "LONGTERM_RETENTION": "90d",
     "PROMETHEUS_TIMEOUT_S": 10.0,
+    # A Prometheus whose exporters carry no host_id label (one set up without fleetwatch): "instance" or
+    # "nodename", as its rule files derive it (`fleetwatch rules --host-id-from`, docs/hosts.md); empty: ours.
+    "HOST_ID_FROM": "",
     "QUERY_CACHE_TTL_S": 2.0,
     # Users, tokens, limits.
     "ACCESS_TOKEN_TTL": timedelta(minutes=15),  # from the environment: seconds

@@ -17,6 +17,7 @@ from sqlalchemy import func
 
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
+from gateway.discovery import DiscoveredHost, discovered_hosts, heartbeat
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.inventory import targets_changed
 from gateway.promql import selector
@@ -153,12 +154,13 @@ def fleet_state(
     def sel(name: str, **matchers: str) -> str:
         return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
 
+    beat, beat_matchers = heartbeat()
     now_result, held_result, seen_result = prom.query_many(
         [
             sel("fleet:host_summary"),
             # Only the hosts held above the crit line: usually none, instead of every host's minimum.
             f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
-            f"max by (host_id) (timestamp({sel('up', job='fleetwatch')} == 1))",
+            f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
         ]
     )
 
@@ -171,7 +173,7 @@ def fleet_state(
     # looking back 15 min for its scrapes would cost a query whose answer is thrown away.
     down = [h for h in host_ids if h not in seen and h not in pushed]
     if down:
-        up = selector("up", {"job": "fleetwatch"}, regex={"host_id": down})
+        up = selector(beat, beat_matchers, regex={"host_id": down})
         back = f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
         seen = {**seen, **{s["metric"]["host_id"]: float(s["value"][1]) for s in prom.query(back)}}
     now = time.time()
@@ -237,8 +239,15 @@ def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str
     return status, reasons
 
 
-def _get_host(host_id: str) -> Host:
+def _get_host(host_id: str, discovered: bool = False) -> Host | DiscoveredHost:
+    """The inventory's host; with ``discovered``, else one Prometheus scrapes.
+
+    Raises:
+        NotFound: neither.
+    """
     host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
+    if host is None and discovered:
+        host = next(iter(discovered_hosts(current_app.extensions["prometheus"], host_id)), None)
     if host is None:
         raise NotFound(f"no host {host_id}", {"host_id": host_id})
     return host
@@ -253,20 +262,24 @@ class Hosts(MethodView):
         # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
         listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).order_by(Host.pk)
         wanted = parse_tag_filter(args.get("tags", ""))
+        prom = current_app.extensions["prometheus"]
+        # Hosts Prometheus scrapes that the inventory lacks follow the inventory's (they have no tags).
+        discovered = [] if wanted else discovered_hosts(prom)
         if not wanted and "status" not in args:
             # Only the page leaves the DB: decoding every host's JSON columns for a page
             # of 50 took a quarter of the gateway's time under load.
-            fleet_size = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
+            inventory = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
             hosts = db.session.execute(listed.limit(args["limit"]).offset(args["offset"])).all()
-            total = fleet_size
+            start = max(0, args["offset"] - inventory)
+            hosts = [*hosts, *discovered[start : start + args["limit"] - len(hosts)]]
+            fleet_size = total = inventory + len(discovered)
         else:
-            fleet = db.session.execute(listed).all()
+            fleet = [*db.session.execute(listed).all(), *discovered]
             fleet_size = len(fleet)
             hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
             if "status" not in args:
                 total = len(hosts)
                 hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
-        prom = current_app.extensions["prometheus"]
         pushed = frozenset(h.id for h in hosts if h.pushes)
         state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
         rows = [_with_state(h, state) for h in hosts]
@@ -294,7 +307,7 @@ class HostById(MethodView):
     @blp.arguments(DetailArgs, location="query")
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
-        host = _get_host(host_id)
+        host = _get_host(host_id, discovered=True)
         pushed = frozenset([host.id] if host.pushes else [])
         state = fleet_state(current_app.extensions["prometheus"], [host.id], pushed=pushed)
         series, resolution, tier = {}, None, None

@@ -38,6 +38,7 @@ def fresh_stack(tmp_path_factory):
             "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
             "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
             "FLEETWATCH_BCRYPT_ROUNDS": "4",
+            "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",  # the tests poll
             "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
             "FLEETWATCH_ALERT_EVENTS_GROUP_INTERVAL": "1s",
         },
@@ -175,3 +176,24 @@ def test_the_local_host_is_added_once_and_follows_its_exporter(tmp_path):
     r = client.delete("/api/v1/hosts/box-1", headers={"Authorization": f"Bearer {token['access_token']}"})
     assert r.status_code == 200
     assert start()[1] is None
+
+
+def test_a_target_in_a_file_sd_file_written_by_hand_is_a_discovered_host(fresh_stack, api, node_exporter):
+    target = [{"targets": [node_exporter.split("/")[2]], "labels": {"host_id": "by-hand"}}]
+    (fresh_stack.config.state_dir / "file_sd" / "by-hand.json").write_text(json.dumps(target))
+
+    def listed():
+        hosts = api.get(f"{api.base}/hosts", timeout=10).json()["hosts"]
+        return next(
+            (h for h in hosts if h["id"] == "by-hand" and h["metrics_summary"].get("cpu_pct") is not None), None
+        )
+
+    host = wait_until(listed, 60, "by-hand in the host list")
+    assert host["source"] == "discovered" and host["exporter"] == target[0]["targets"][0]
+    assert host["tags"] == {} and "never seen" not in " ".join(host["status_reasons"])
+    detail = api.get(f"{api.base}/hosts/by-hand", params={"range": "15m"}, timeout=10)
+    assert detail.status_code == 200 and detail.json()["host"]["source"] == "discovered"
+    # Added to the inventory by an admin, it is listed once, as the inventory's.
+    assert api.post(f"{api.base}/hosts", json={"id": "by-hand", "hostname": "by-hand"}, timeout=10).status_code == 201
+    hosts = api.get(f"{api.base}/hosts", timeout=10).json()["hosts"]
+    assert [h["source"] for h in hosts if h["id"] == "by-hand"] == ["api"]

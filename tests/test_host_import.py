@@ -1,18 +1,25 @@
-"""CSV import of hosts (REQ-HOST-003) through the API, on the stack's real Prometheus."""
+"""CSV import of hosts (REQ-HOST-003) through the API, on a real Prometheus of its own (it scrapes nothing)."""
 
 from __future__ import annotations
 
 import pytest
 
+from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app, targets_once
 
 CSV = {"Content-Type": "text/csv"}
 
 
 @pytest.fixture(scope="module")
-def importer(stack, tmp_path_factory):
-    """A gateway of its own (its own DB and targets file), on the stack's Prometheus; admin and viewer tokens."""
-    app = make_app(tmp_path_factory.mktemp("import"), stack.urls()["prometheus"], RATE_LIMIT_WRITES_PER_MIN=100_000)
+def prometheus(tmp_path_factory):
+    with services.prometheus(tmp_path_factory.mktemp("import-prometheus") / "tsdb") as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def importer(prometheus, tmp_path_factory):
+    """The gateway in-process on its own DB and targets file; admin and viewer tokens."""
+    app = make_app(tmp_path_factory.mktemp("import"), prometheus, RATE_LIMIT_WRITES_PER_MIN=100_000)
     client = app.test_client()
     admin = bearer(login(client, ADMIN)["access_token"])
     client.post("/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, headers=admin)
