@@ -127,6 +127,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        compat_alerts,
+        compat_metrics,
         host_import,
         hosts,
         ingest,
@@ -202,6 +204,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         ingest,
         agents,
+        compat_metrics,
+        compat_alerts,
     ):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)

@@ -239,7 +239,7 @@ def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str
     return status, reasons
 
 
-def _get_host(host_id: str, discovered: bool = False) -> Host | DiscoveredHost:
+def get_host(host_id: str, discovered: bool = False) -> Host | DiscoveredHost:
     """The inventory's host; with ``discovered``, else one Prometheus scrapes.
 
     Raises:
@@ -307,7 +307,7 @@ class HostById(MethodView):
     @blp.arguments(DetailArgs, location="query")
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
-        host = _get_host(host_id, discovered=True)
+        host = get_host(host_id, discovered=True)
         pushed = frozenset([host.id] if host.pushes else [])
         state = fleet_state(current_app.extensions["prometheus"], [host.id], pushed=pushed)
         series, resolution, tier = {}, None, None
@@ -332,7 +332,7 @@ class HostById(MethodView):
     @blp.response(200, HostSchema)
     def patch(self, body, host_id):
         """Change a host's hostname, addresses, tags or exporter address (admin)."""
-        host = _get_host(host_id)
+        host = get_host(host_id)
         for key, value in body.items():
             setattr(host, key, value)
         if "exporter" in body:
@@ -345,7 +345,7 @@ class HostById(MethodView):
     @blp.response(200, ChangeSchema)
     def delete(self, host_id):
         """Remove a host (admin); Prometheus stops scraping it."""
-        host = _get_host(host_id)
+        host = get_host(host_id)
         db.session.delete(host)
         audit("host_delete", host_id, hostname=host.hostname)
         db.session.commit()
