@@ -10,6 +10,7 @@ command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporte
 # PostgreSQL: the tests run the gateway on it too (DATABASE_URL); nothing starts it but them.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certificate
+command -v curl >/dev/null || need+=(curl)  # the README's first five minutes (tests/test_first_minutes.py runs them)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,15 +1,20 @@
 """A fresh install as `make run` starts it: the machine it monitors is a host, and §8's examples work on it.
 
-The stack here is `fleetwatch up`'s own code with a fresh state directory and
-no SMTP server: what a new user gets. Only the intervals are shortened.
+The stack here is `fleetwatch up`'s own code with a fresh state directory, the
+first admin of the README's "First five minutes" and no SMTP server: what a
+new user gets. Only the intervals are shortened. The README's commands of that
+section are run as written, the gateway's address aside.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,8 +27,23 @@ from gateway.db import Host, db
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import AlertRule, parse_channel, parse_expression
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 HOST = socket.gethostname()
 NO_SMTP = "email: no SMTP server configured (FLEETWATCH_SMTP_SMARTHOST); nothing is sent to ops@example.com"
+
+
+def first_five_minutes() -> list[str]:
+    """The shell blocks of the README's "First five minutes" section, in order."""
+    text = README.read_text()
+    section = text[text.index("## First five minutes") :]
+    section = section[: section.index("\n## ", 3)]
+    return re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+
+
+def readme_admin() -> tuple[str, str]:
+    """The first admin the README's `make run` line makes."""
+    settings = dict(word.split("=", 1) for word in shlex.split(first_five_minutes()[0]) if "=" in word)
+    return settings["FLEETWATCH_ADMIN_EMAIL"], settings["FLEETWATCH_ADMIN_PASSWORD"]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +55,8 @@ def fresh_stack(tmp_path_factory):
         scrape_interval="1s",
         evaluation_interval="1s",
         gateway_env={
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+            "FLEETWATCH_ADMIN_EMAIL": readme_admin()[0],
+            "FLEETWATCH_ADMIN_PASSWORD": readme_admin()[1],
             "FLEETWATCH_BCRYPT_ROUNDS": "4",
             "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",  # the tests poll
             "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
@@ -54,7 +74,8 @@ def fresh_stack(tmp_path_factory):
 def api(fresh_stack):
     base = fresh_stack.urls()["gateway"] + "/api/v1"
     s = requests.Session()
-    r = s.post(f"{base}/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+    email, password = readme_admin()
+    r = s.post(f"{base}/auth/login", json={"email": email, "password": password}, timeout=10)
     assert r.status_code == 200, r.text
     s.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
     s.base = base
@@ -119,7 +140,7 @@ def test_the_section_8_5_email_rule_is_accepted_and_fires_without_smtp(fresh_sta
     rule_id = r.json()["id"]
     assert api.get(f"{api.base}/alerts/rules/{rule_id}", timeout=10).json()["warnings"] == [NO_SMTP]
     ready = requests.get(fresh_stack.urls()["gateway"] + "/ready", timeout=10)
-    assert ready.status_code == 200 and ready.json()["undeliverable_channels"] == {rule_id: [NO_SMTP]}
+    assert ready.status_code == 200 and ready.json()["undeliverable_channels"][rule_id] == [NO_SMTP]
     # Live: Prometheus evaluates it, Alertmanager hands it to the gateway, the event is recorded.
     events = wait_until(
         lambda: [
@@ -197,3 +218,33 @@ def test_a_target_in_a_file_sd_file_written_by_hand_is_a_discovered_host(fresh_s
     assert api.post(f"{api.base}/hosts", json={"id": "by-hand", "hostname": "by-hand"}, timeout=10).status_code == 201
     hosts = api.get(f"{api.base}/hosts", timeout=10).json()["hosts"]
     assert [h["source"] for h in hosts if h["id"] == "by-hand"] == ["api"]
+
+
+def run_readme(fresh_stack, *blocks: str) -> list[dict]:
+    """Run README blocks in one bash, as written but for the gateway's port; each JSON line they print."""
+    script = "set -e -o pipefail\n" + "\n".join(blocks)
+    script = script.replace("localhost:8080", f"127.0.0.1:{fresh_stack.config.ports.gateway}")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_the_readme_first_five_minutes_run_as_written(fresh_stack):
+    start, login, look, rule, events = first_five_minutes()
+    assert "make run" in start
+    deadline = max(fresh_stack.started + 30, time.monotonic() + 5)  # "within half a minute of the start"
+
+    def host_and_cpu():
+        hosts, cpu = run_readme(fresh_stack, login, look)
+        mine = [h for h in hosts["hosts"] if h["id"] == HOST]
+        return mine and isinstance(mine[0]["metrics_summary"]["cpu_pct"], float | int) and cpu["datapoints"]
+
+    wait_until(host_and_cpu, deadline - time.monotonic(), "this machine with its CPU, by the README's commands")
+    (created,) = run_readme(fresh_stack, login, rule)
+    assert created["status"] == "created" and created["warnings"] == [NO_SMTP]
+    firing = wait_until(
+        lambda: [e for e in run_readme(fresh_stack, login, events)[0]["alerts"] if e["rule_name"] == "First rule"],
+        60,
+        "the first rule firing on this machine, by the README's command",
+    )
+    assert firing[0]["host_id"] == HOST and firing[0]["state"] == "firing"
