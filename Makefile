@@ -34,7 +34,7 @@ bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)
 
 bench-hosts: system-deps $(STAMP)
-	$(PY) bench/hosts_import.py $(ARGS)
+	$(PY) -P bench/hosts_import.py $(ARGS)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)

@@ -11,7 +11,9 @@ each gateway on a fresh state directory, then measures:
    as before). A ratio near 1 between 4,000 and 1,000 hosts means registering
    hosts one by one costs linear time overall.
 
-    .venv/bin/python bench/hosts_import.py [--rows 10000] [--posts 300]
+    .venv/bin/python -P bench/hosts_import.py [--rows 10000] [--posts 300]
+
+(-P: bench/exporter.py must not shadow the exporter package the rules compiler imports.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import admin_session, start_gateway, start_prometheus
+from fleetwatch.testing import services
+from fleetwatch.testing.api import api_session
 
 ENV = {"FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "10000000", "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "10000000"}
 
@@ -57,19 +60,20 @@ def post_each(session, url: str, start: int, count: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def gateway(state: Path, prometheus: str, env: dict) -> services.Server:
+    """fleetwatch-gateway serve as shipped (gunicorn, 2 workers), rate limits lifted."""
+    return services.gateway(state, prometheus, args=("--workers=2",), env={**ENV, **env})
+
+
 def one_by_one(state: Path, prometheus: str, posts: int, gap_s: str) -> tuple[float, float]:
     """Per-POST ms at 1,000 and 4,000 hosts, with TARGETS_WRITE_GAP_S=gap_s."""
-    proc, url = start_gateway(state, prometheus, {**ENV, "FLEETWATCH_TARGETS_WRITE_GAP_S": gap_s})
-    try:
-        session = admin_session(url)
-        import_rows(session, url, 0, 1000)
-        at_1000 = post_each(session, url, 100_000, posts)
-        import_rows(session, url, 1000, 3000 - posts)
-        at_4000 = post_each(session, url, 200_000, posts)
+    with gateway(state, prometheus, {"FLEETWATCH_TARGETS_WRITE_GAP_S": gap_s}) as server:
+        session = api_session(server.url)
+        import_rows(session, server.url, 0, 1000)
+        at_1000 = post_each(session, server.url, 100_000, posts)
+        import_rows(session, server.url, 1000, 3000 - posts)
+        at_4000 = post_each(session, server.url, 200_000, posts)
         return at_1000, at_4000
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> int:
@@ -79,20 +83,12 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-hosts-") as tmp:
         tmp = Path(tmp)
-        prom, prometheus = start_prometheus(tmp / "prometheus")
-        try:
-            proc, url = start_gateway(tmp / "import", prometheus, ENV)
-            try:
-                seconds = import_rows(admin_session(url), url, 0, args.rows)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        with services.prometheus(tmp / "prometheus") as prom:
+            with gateway(tmp / "import", prom.url, {}) as server:
+                seconds = import_rows(api_session(server.url), server.url, 0, args.rows)
             print(f"import of {args.rows:,} rows in one request: {seconds:.2f} s (target ≤ 10 s)")
-            ours = one_by_one(tmp / "ours", prometheus, args.posts, "0.5")
-            reference = one_by_one(tmp / "reference", prometheus, args.posts, "0")
-        finally:
-            prom.terminate()
-            prom.wait(30)
+            ours = one_by_one(tmp / "ours", prom.url, args.posts, "0.5")
+            reference = one_by_one(tmp / "reference", prom.url, args.posts, "0")
     print("POST /api/v1/hosts, median ms per host   at 1,000   at 4,000   4,000 / 1,000")
     for name, (low, high) in (("ours (one write per burst)", ours), ("reference (a write per POST)", reference)):
         print(f"  {name:<30} {low:8.1f}   {high:8.1f}   {high / low:8.2f}")
