@@ -1,7 +1,7 @@
 """hosts.source: how a host came into the inventory (api, push, import, local)
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30 06:10:00
 
 Hosts made before this revision came by the API or by their agent's first push;
@@ -11,8 +11,8 @@ the ``pushes`` column tells which.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
