@@ -124,6 +124,18 @@ def test_section_8_examples_work_on_the_local_host(fresh_stack, api):
     assert {"pid", "name", "cpu_pct", "mem_mb"} <= set(top[0])
     listed = api.get(f"{api.base}/hosts", params={"status": detail["host"]["status"]}, timeout=10).json()
     assert HOST in {h["id"] for h in listed["hosts"]}
+    # §8.5's POST as the spec writes it (it never fires here: no GPU, no host tagged gpu=true). §8.2's POST
+    # is tests/test_gateway_api.py's: here its 10.0.2.10 would become a target this stack's Prometheus scrapes.
+    spec_rule = {
+        "name": "GPU Saturated",
+        "expression": "gpu.utilization > 85",
+        "duration": "5m",
+        "scope": {"tags": {"gpu": "true"}},
+        "channels": ["webhook:https://hooks.slack.com/..."],
+    }
+    r = api.post(f"{api.base}/alerts/rules", json=spec_rule, timeout=30)
+    assert r.status_code == 201 and r.json()["status"] == "created" and r.json()["warnings"] == []
+    assert api.delete(f"{api.base}/alerts/rules/{r.json()['id']}", timeout=30).json()["status"] == "deleted"
 
 
 def test_the_section_8_5_email_rule_is_accepted_and_fires_without_smtp(fresh_stack, api):
