@@ -47,7 +47,11 @@ def test_current_and_per_node_snapshots(api, gpu_host):  # noqa: F811
     assert [s["gpuIndex"] for s in now] == [0, 1] and set(now[0]) == SNAPSHOT
     assert now[0]["memoryTotalMB"] > now[0]["memoryUsedMB"] >= 0 and 0 <= now[0]["utilization"] <= 100
     assert now[0]["timestamp"].endswith("Z")
-    assert [s["gpuIndex"] for s in gpu_snapshots(api, "/api/metrics/gpu/gpu-node")] == [0, 1]
+    # Another module's gpu-node may have just been replaced by this one: its readings settle within seconds.
+    per_node = wait_until(
+        lambda: len(found := gpu_snapshots(api, "/api/metrics/gpu/gpu-node")) == 2 and found, 30, "gpu/:nodeId"
+    )
+    assert [s["gpuIndex"] for s in per_node] == [0, 1]
     missing = api.get(f"{api.base}/api/metrics/gpu/no-such-node", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
     assert requests.get(f"{api.base}/api/metrics/current", timeout=10).status_code == 401
