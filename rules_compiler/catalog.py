@@ -76,8 +76,8 @@ def _node(family: str, by: str = "host_id") -> str:
     return f"max by ({by}) ({family})"
 
 
-def _rate(family: str) -> str:
-    return f"max by (host_id, {T.RATE_LABEL}) (rate({family}[$W]))"
+def _rate(family: str, by: str = f"host_id, {T.RATE_LABEL}") -> str:
+    return f"max by ({by}) (rate({family}[$W]))"
 
 
 def _scale(expr: str, scale: tuple, compound: bool) -> str:
@@ -124,6 +124,15 @@ _XID_RECENT = f"{T.XID_LAST} and ignoring(err_code, err_msg) (time() - {T.XID_LA
 _THROTTLING = T.CLOCKS_EVENT_REASON + '{reason=~"' + "|".join(THROTTLE_REASONS) + '"}'
 _THROTTLED = f"max by (host_id, gpu_index, reason) ({_gpu_index(_THROTTLING)})"
 _INSTANCE = ("gpu_index", "gpu_instance", "mig_profile")
+# Per-job series (exporter/jobs.py, jobstats' names): the job-level ones have empty step and task.
+_JOB_BY = "host_id, jobid"
+_JOB_LEVEL = '{step="", task=""}'
+
+
+def _job(family: str) -> str:
+    return f"max by ({_JOB_BY}) ({family}{_JOB_LEVEL})"
+
+
 # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
 _BUSY = "clamp(100 * (1 - {idle}), 0, 100)"
 
@@ -367,6 +376,51 @@ CATALOG: dict[str, CatalogMetric] = {
         ),
         # The spec's `gpu.process.pid` is an identifier, not a measurement: the
         # processes on a GPU are in proc.top.gpu_mem_mb (label pid) instead.
+        CatalogMetric(
+            "job.cpu_pct",
+            "%",
+            "CPU a Slurm job uses on a node, in % of the CPUs allocated to it there",
+            ("jobid",),
+            f"100 * {_rate(f'cgroup_cpu_total_seconds{_JOB_LEVEL}', _JOB_BY)} / {_job('cgroup_cpus')}",
+        ),
+        CatalogMetric("job.cpus", "", "CPUs allocated to a Slurm job on a node", ("jobid",), _job("cgroup_cpus")),
+        CatalogMetric(
+            "job.mem_used_mb",
+            "MiB",
+            "memory a Slurm job uses on a node (rss + page cache, as its cgroup is charged)",
+            ("jobid",),
+            f"{_job('cgroup_memory_used_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.mem_rss_mb",
+            "MiB",
+            "resident memory of a Slurm job on a node",
+            ("jobid",),
+            f"{_job('cgroup_memory_rss_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.mem_limit_mb",
+            "MiB",
+            "memory limit of a Slurm job on a node (the node's memory where it has none)",
+            ("jobid",),
+            f"{_job('cgroup_memory_total_bytes')} / {MiB}",
+        ),
+        CatalogMetric(
+            "job.gpu.utilization",
+            "%",
+            "GPU busy (NVML utilization.gpu) of a GPU a Slurm job uses",
+            ("jobid", "gpu_index"),
+            f"max by ({_JOB_BY}, gpu_index) "
+            '(label_replace(nvidia_gpu_duty_cycle, "gpu_index", "$1", "ordinal", "(.*)"))',
+        ),
+        CatalogMetric(
+            "job.gpu.memory_used_mb",
+            "MiB",
+            "GPU memory held by a Slurm job's own processes on one GPU; MIG: its instances summed",
+            ("jobid", "gpu_index"),
+            f"sum by ({_JOB_BY}, gpu_index) (max by ({_JOB_BY}, gpu_index, GPU_I_ID) "
+            f'(label_replace(fleet_job_gpu_memory_bytes, "gpu_index", "$1", "gpu", "(.*)"))) / {MiB}',
+        ),
     )
 }
 _CORE = re.compile(r"^cpu\.core\.(\d{1,4})$")

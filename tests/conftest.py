@@ -134,3 +134,16 @@ def app(stack, tmp_path_factory):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm (tests/slurm_cluster.py) for the session; skipped, saying why, where it cannot run."""
+    from tests.slurm_cluster import SlurmCluster, why_not
+
+    reason = why_not()
+    if reason:
+        pytest.skip(f"no Slurm here: {reason}")
+    cluster = SlurmCluster().start()  # where it can run, failing to start is a failure, not a skip
+    yield cluster
+    cluster.stop()
