@@ -78,6 +78,10 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # HPC jobs (gateway/jobs.py): how often Slurm's are synced from Prometheus, how far back, how many on /metrics.
+    "JOBS_SYNC_S": 15.0,
+    "JOBS_SYNC_LOOKBACK_S": 86400,
+    "JOBS_METRICS_MAX": 1000,
     # Logs and the API's documentation.
     "LOG_LEVEL": "INFO",
     "LOG_JSON": True,
@@ -119,8 +123,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        cluster,
         hosts,
         ingest,
+        jobs,
         metrics,
         observability,
         processes,
@@ -190,6 +196,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         ingest,
         agents,
+        cluster,
+        jobs,
     ):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)

@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from fleetwatch.stack import free_port
+from fleetwatch.testing.waits import free_port
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpuacct", "memory", "cpuset", "freezer", "devices")

@@ -1,0 +1,320 @@
+"""Seed 004's jobs API under /v1: Slurm's jobs (synced, never posted) and other schedulers' (posted), their metrics.
+
+Roles: viewers read; other schedulers' jobs are written with an API key (the
+machines that run them post, as agents do); an admin deletes. Slurm's jobs
+are Slurm's: they cannot be posted, patched or pushed to, only deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import marshmallow as ma
+from flask import current_app, request
+from flask.views import MethodView
+from sqlalchemy import or_
+
+from gateway.auth import ADMIN, AGENT, PUBLIC, access, audit
+from gateway.db import Job, db, utcnow
+from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.job_efficiency import fleet, judge, measure
+from gateway.job_sync import ACTIVE, node_column, sync_if_due
+from gateway.remote_write import encode_labels
+from gateway.schemas import Page, PageArgs, UtcDateTime, page
+from gateway.series import RANGES, label_of, plan, points, read_expr
+from rules_compiler.promql import seconds
+
+blp = Blueprint("jobs", __name__, url_prefix="/v1", description="HPC jobs (seed 004)")
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STATES = ("pending", "running", "suspended", "completed", "failed", "cancelled", "timeout")
+# GET /v1/jobs/{id}/metrics and POST: the catalog series of a job, and how its nodes/GPUs combine.
+JOB_SERIES = {  # answer field -> (record, combine, pushed body field, scale to the record's unit)
+    "cpu_pct": ("fleet:job_cpu_pct", "avg", "cpuUsage", 1.0),
+    "memory_mb": ("fleet:job_mem_used_mb", "sum", "memoryUsageMb", 1.0),
+    "gpu_pct": ("fleet:job_gpu_utilization", "avg", "gpuUsage", 1.0),
+}
+
+
+def _since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - timedelta(seconds=seconds(text))
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ma.ValidationError("a duration (7d, 12h) or an RFC 3339 time") from None
+
+
+class NodesField(ma.fields.List):
+    """A list of node names in the API; ",a,b," in the jobs table (see gateway/job_sync.py)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$")), **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return [n for n in (value or "").split(",") if n]
+
+
+class JobArgs(PageArgs):
+    state = ma.fields.String(validate=ma.validate.Length(max=16))
+    user = ma.fields.String(validate=ma.validate.Length(max=64))
+    partition = ma.fields.String(validate=ma.validate.Length(max=64))
+    node = ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$"))
+    since = ma.fields.Function(
+        deserialize=_since, metadata={"description": "started or submitted after: 7d, or a time"}
+    )
+
+
+class JobSchema(ma.Schema):
+    id = ma.fields.String(required=True, validate=ma.validate.Regexp(JOB_ID))
+    scheduler = ma.fields.String(dump_only=True)
+    user = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
+    name = ma.fields.String(load_default="", validate=ma.validate.Length(max=200))
+    account = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
+    partition = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
+    state = ma.fields.String(load_default="running", validate=ma.validate.OneOf(STATES))
+    nodes = NodesField(load_default=list, metadata={"example": ["node-1", "node-2"]})
+    cpus = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=10**7))
+    gpus = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=10**6))
+    memory_bytes = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0))
+    time_limit_s = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0))
+    submit_time = UtcDateTime(attribute="submit_at", allow_none=True)
+    start_time = UtcDateTime(attribute="start_at", allow_none=True)
+    end_time = UtcDateTime(attribute="end_at", allow_none=True)
+    runtime_s = ma.fields.Method("_runtime", dump_only=True)
+    cpu_usage_pct = ma.fields.Float(dump_only=True)
+    memory_usage_bytes = ma.fields.Float(dump_only=True)
+    gpu_usage_pct = ma.fields.Float(dump_only=True)
+    summary = ma.fields.Dict(dump_only=True)
+    created_at = UtcDateTime(dump_only=True)
+    updated_at = UtcDateTime(dump_only=True)
+
+    def _runtime(self, job) -> int | None:
+        return runtime_s(job)
+
+
+class JobPatchSchema(JobSchema):
+    class Meta:
+        exclude = ("id",)
+
+
+class JobListSchema(Page):
+    jobs = ma.fields.List(ma.fields.Nested(JobSchema))
+
+
+class PushSchema(ma.Schema):
+    cpuUsage = ma.fields.Float(validate=ma.validate.Range(min=0, max=100))  # the seed's names
+    memoryUsageMb = ma.fields.Float(validate=ma.validate.Range(min=0, max=2**40))
+    gpuUsage = ma.fields.Float(validate=ma.validate.Range(min=0, max=100))
+    timestamp = UtcDateTime(metadata={"description": "when measured; default now"})
+    node = ma.fields.String(load_default="", validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{0,253}$"))
+
+
+class MetricsArgs(ma.Schema):
+    resolution = ma.fields.String(validate=ma.validate.OneOf(("raw", "1m", "5m", "1h")))
+
+
+def runtime_s(job: Job) -> int | None:
+    if job.start_at is None:
+        return None
+    end = job.end_at or datetime.now(UTC)
+    start = job.start_at if job.start_at.tzinfo else job.start_at.replace(tzinfo=UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    return max(0, int((end - start).total_seconds()))
+
+
+def synced() -> None:
+    """Slurm's jobs brought up to date, if due (gateway/job_sync.py: one worker of all does it)."""
+    config = current_app.config
+    sync_if_due(current_app.extensions["prometheus"], config["JOBS_SYNC_S"], config["JOBS_SYNC_LOOKBACK_S"])
+
+
+def get_job(job_id: str) -> Job:
+    job = db.session.execute(db.select(Job).filter_by(id=job_id)).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+    return job
+
+
+def _apply(job: Job, data: dict) -> None:
+    for key, value in data.items():
+        setattr(job, key, node_column(",".join(value)) if key == "nodes" else value)
+    if job.state == "running" and job.start_at is None:
+        job.start_at = utcnow()
+    if job.state not in ACTIVE and job.end_at is None:
+        job.end_at = utcnow()
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @access(PUBLIC)
+    def get(self):
+        """Seed 004's health check: the service and its DB answer."""
+        db.session.execute(db.select(1))
+        return {"status": "ok"}
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    @blp.arguments(JobArgs, location="query")
+    @blp.response(200, JobListSchema)
+    def get(self, args):
+        """Jobs, newest first; filters: state, user, partition, node, since (7d or a time); limit/offset."""
+        synced()
+        query = db.select(Job).order_by(Job.pk.desc())
+        for key in ("state", "user", "partition"):
+            if key in args:
+                query = query.where(getattr(Job, key) == args[key])
+        if "node" in args:
+            query = query.where(Job.nodes.contains(f",{args['node']},", autoescape=True))
+        if "since" in args:
+            t = args["since"]
+            query = query.where(or_(Job.start_at >= t, Job.submit_at >= t, Job.end_at >= t, Job.end_at.is_(None)))
+        rows, paging = page(query, args, db.session)
+        return {"jobs": rows, **paging}
+
+    @access(AGENT)
+    @blp.arguments(JobSchema)
+    @blp.response(201, JobSchema)
+    def post(self, data):
+        """A job of another scheduler (API key). All-digit ids are Slurm's, which come by themselves."""
+        if data["id"].isdigit():
+            raise ApiError("all-digit ids are Slurm job ids, which the gateway syncs itself", {"id": data["id"]})
+        if db.session.execute(db.select(Job.pk).filter_by(id=data["id"])).first():
+            raise Conflict(f"job {data['id']!r} exists", {"id": data["id"]})
+        job = Job(id=data["id"], scheduler="external", summary={}, submit_at=utcnow())
+        _apply(job, data)
+        db.session.add(job)
+        db.session.commit()
+        return job
+
+
+class FleetArgs(ma.Schema):
+    by = ma.fields.String(load_default="user", validate=ma.validate.OneOf(("user", "partition")))
+    since = ma.fields.String(load_default="7d", validate=ma.validate.OneOf(("1h", "6h", "24h", "7d", "30d")))
+
+
+@blp.route("/jobs/efficiency")
+class FleetEfficiency(MethodView):
+    @blp.arguments(FleetArgs, location="query")
+    def get(self, args):
+        """GPU- and CPU-hours allocated vs used (and wasted) per user or partition over ``since``, most waste first."""
+        synced()
+        since_s = RANGES[args["since"]]
+        now = time.time()
+        begin = datetime.fromtimestamp(now - since_s, UTC)
+        jobs = db.session.execute(
+            db.select(Job).where(Job.start_at.is_not(None), or_(Job.end_at.is_(None), Job.end_at >= begin))
+        ).scalars()
+        groups = fleet(current_app.extensions["prometheus"], list(jobs), since_s, args["by"], now)
+        return {"by": args["by"], "since": args["since"], "groups": groups}
+
+
+@blp.route("/jobs/<string:job_id>")
+class JobItem(MethodView):
+    @blp.response(200, JobSchema)
+    def get(self, job_id):
+        """One job."""
+        synced()
+        return get_job(job_id)
+
+    @access(AGENT)
+    @blp.arguments(JobPatchSchema(partial=True))
+    @blp.response(200, JobSchema)
+    def patch(self, data, job_id):
+        """Change a posted job (API key): its state (an ended state sets its end time), nodes, …"""
+        job = get_job(job_id)
+        if job.scheduler == "slurm":
+            raise Conflict("a Slurm job changes in Slurm, not here", {"job_id": job_id})
+        _apply(job, data)
+        db.session.commit()
+        return job
+
+    @access(ADMIN)
+    @blp.response(204)
+    def delete(self, job_id):
+        """Forget a job (admin)."""
+        job = get_job(job_id)
+        db.session.delete(job)
+        audit("job.delete", job_id)
+        db.session.commit()
+
+
+@blp.route("/jobs/<string:job_id>/metrics")
+class JobMetrics(MethodView):
+    @blp.arguments(MetricsArgs, location="query")
+    def get(self, args, job_id):
+        """CPU %, memory MiB and GPU % over the job's life, at the resolution its length calls for (as for hosts)."""
+        job = get_job(job_id)
+        if job.start_at is None:
+            return {"job_id": job_id, "resolution": None, "series": {k: [] for k in JOB_SERIES}}
+        elapsed = runtime_s(job) or 1
+        range_ = next((name for name, span in RANGES.items() if span >= elapsed), "90d")
+        how = plan(current_app.extensions["tiers"], range_, args.get("resolution"))
+        tiers = current_app.extensions["tiers"]
+        prom = tiers.longterm if how.tier == "longterm" else tiers.raw
+        start = (
+            job.start_at.replace(tzinfo=UTC).timestamp() if job.start_at.tzinfo is None else job.start_at.timestamp()
+        )
+        # On whole steps, the end rounded up: a job's last samples (or a push a second ago) are in.
+        end = -(-(start + elapsed) // how.step_s) * how.step_s
+        start = (start // how.step_s) * how.step_s
+        series = {}
+        for field, (record, combine, _, _) in JOB_SERIES.items():
+            expr = f"{combine}({read_expr(record, {'jobid': job_id}, how)})"
+            result = prom.query_range(expr, start, end, how.step_s)
+            series[field] = points(result[0]["values"]) if result else []
+        return {"job_id": job_id, "resolution": label_of(how.step_s), "tier": how.tier, "series": series}
+
+    @access(AGENT)
+    @blp.arguments(PushSchema)
+    @blp.response(202, PushSchema)
+    def post(self, data, job_id):
+        """Pushed figures of a posted job (API key): stored in Prometheus by remote write, as ingest does."""
+        job = get_job(job_id)
+        if job.scheduler == "slurm":
+            raise Conflict("a Slurm job's figures come from its cgroups", {"job_id": job_id})
+        ts = data.get("timestamp") or datetime.now(UTC)
+        ts_ms = int((ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp() * 1000)
+        series = []
+        for record, _, field, scale in JOB_SERIES.values():
+            if field in data:
+                labels = [("__name__", record), ("host_id", data["node"] or "external"), ("jobid", job_id)]
+                if record == "fleet:job_gpu_utilization":
+                    labels.append(("gpu_index", "0"))
+                series.append((encode_labels(labels), [(ts_ms, data[field] * scale, len(series))]))
+        if not series:
+            raise ApiError(
+                "nothing to record: send cpuUsage, memoryUsageMb or gpuUsage", {"fields": list(request.json or {})}
+            )
+        config, counters = current_app.config, current_app.extensions["request_metrics"]
+        errors: list = []
+        current_app.extensions["point_store"].store(
+            series, errors, counters, config["INGEST_MAX_INFLIGHT_POINTS"], config["INGEST_WRITE_BATCH"]
+        )
+        if errors:
+            raise ApiError(f"refused by the store: {errors[0]['reason']}", {"errors": errors})
+        if "cpuUsage" in data:
+            job.cpu_usage_pct = data["cpuUsage"]
+        if "memoryUsageMb" in data:
+            job.memory_usage_bytes = data["memoryUsageMb"] * 2**20
+        if "gpuUsage" in data:
+            job.gpu_usage_pct = data["gpuUsage"]
+        db.session.commit()
+        return data
+
+
+@blp.route("/jobs/<string:job_id>/efficiency")
+class JobEfficiency(MethodView):
+    def get(self, job_id):
+        """CPU efficiency, memory peak vs requested, per-GPU use and idle minutes, a verdict with reasons."""
+        synced()
+        job = get_job(job_id)
+        figures = job.summary if job.state not in ACTIVE and job.summary else None
+        if figures is None:
+            figures = measure(current_app.extensions["prometheus"], job)
+        return {"job_id": job_id, "state": job.state, **figures, **judge(figures), "measured_at": time.time()}

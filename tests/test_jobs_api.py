@@ -1,0 +1,134 @@
+"""Seed 004's jobs API for other schedulers' jobs: roles, filters, paging, pushed metrics, hpc_job_* on /metrics."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fleetwatch.testing import services
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A real Prometheus taking remote write, the gateway in-process on it; admin, viewer and agent headers."""
+    tmp = tmp_path_factory.mktemp("jobs-api")
+    with services.prometheus(tmp / "prom" / "data") as prom:
+        app = make_app(tmp, prom.url, RATE_LIMIT_READS_PER_MIN=100_000, RATE_LIMIT_WRITES_PER_MIN=100_000)
+        client = app.test_client()
+        admin = bearer(login(client, ADMIN)["access_token"])
+        r = client.post(
+            "/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, headers=admin
+        )
+        assert r.status_code == 201, r.get_json()
+        viewer = bearer(login(client, VIEWER)["access_token"])
+        key = client.post("/api/v1/api-keys", json={"name": "scheduler"}, headers=admin).get_json()["key"]
+        yield client, {"admin": admin, "viewer": viewer, "agent": {"X-API-Key": key}}, prom
+
+
+def test_other_schedulers_jobs_are_posted_listed_filtered_patched_and_deleted(world):
+    client, who, _ = world
+    body = {"id": "job-001", "user": "researcher", "nodes": ["node-1", "node-2"], "partition": "gpu", "gpus": 2}
+    assert client.post("/v1/jobs", json=body, headers=who["viewer"]).status_code == 401  # a key, not a login
+    r = client.post("/v1/jobs", json=body, headers=who["agent"])
+    assert r.status_code == 201, r.get_json()
+    job = r.get_json()
+    assert job["id"] == "job-001" and job["nodes"] == ["node-1", "node-2"] and job["state"] == "running"
+    assert job["scheduler"] == "external" and job["start_time"] and job["end_time"] is None
+    assert client.post("/v1/jobs", json=body, headers=who["agent"]).status_code == 409
+    other = {"id": "job-002", "user": "someone", "nodes": ["node-3"], "state": "pending"}
+    assert client.post("/v1/jobs", json=other, headers=who["agent"]).status_code == 201
+
+    def ids(query: str) -> list[str]:
+        r = client.get(f"/v1/jobs?{query}", headers=who["viewer"])
+        assert r.status_code == 200, r.get_json()
+        return [j["id"] for j in r.get_json()["jobs"]]
+
+    assert ids("state=running") == ["job-001"]
+    assert ids("user=someone") == ["job-002"]
+    assert ids("node=node-2") == ["job-001"] and ids("node=node-") == []
+    assert ids("partition=gpu&since=1h") == ["job-001"]
+    page = client.get("/v1/jobs?limit=1&offset=1", headers=who["viewer"]).get_json()
+    assert page["total"] == 2 and page["limit"] == 1 and len(page["jobs"]) == 1
+
+    r = client.patch("/v1/jobs/job-001", json={"state": "completed"}, headers=who["agent"])
+    assert r.status_code == 200 and r.get_json()["end_time"] and r.get_json()["state"] == "completed"
+    assert client.delete("/v1/jobs/job-002", headers=who["viewer"]).status_code == 403
+    assert client.delete("/v1/jobs/job-002", headers=who["admin"]).status_code == 204
+    assert client.get("/v1/jobs/job-002", headers=who["viewer"]).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"id": "12345"}, "id"),  # Slurm's
+        ({"id": "bad id!"}, "id"),
+        ({"id": "job-x", "state": "exploded"}, "state"),
+        ({"id": "job-x", "nodes": ["a b"]}, "nodes"),
+        ({"id": "job-x", "cpus": -1}, "cpus"),
+    ],
+)
+def test_bad_jobs_are_refused_in_the_error_shape_and_change_nothing(world, body, field):
+    client, who, _ = world
+    r = client.post("/v1/jobs", json=body, headers=who["agent"])
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "VALIDATION_ERROR" and field in str(error["details"]) + error["message"]
+    assert client.get("/v1/jobs/job-x", headers=who["viewer"]).status_code == 404
+
+
+def test_pushed_job_metrics_reach_prometheus_the_series_and_hpc_job_families(world):
+    client, who, prom = world
+    client.post("/v1/jobs", json={"id": "job-push", "user": "u1", "partition": "p1"}, headers=who["agent"])
+    r = client.post("/v1/jobs/job-push/metrics", json={"cpuUsage": 75.5, "memoryUsageMb": 4096, "gpuUsage": 50.0},
+                    headers=who["agent"])  # fmt: skip
+    assert r.status_code == 202, r.get_json()
+    assert client.post("/v1/jobs/job-push/metrics", json={"cpuUsage": 130}, headers=who["agent"]).status_code == 400
+    assert client.post("/v1/jobs/job-push/metrics", json={}, headers=who["agent"]).status_code == 400
+
+    got = client.get("/v1/jobs/job-push/metrics", headers=who["viewer"]).get_json()
+    assert got["resolution"] == "5s"  # a job of seconds: raw, as for a 15-minute host range
+    assert [p["value"] for p in got["series"]["cpu_pct"]][-1:] == [75.5]
+    assert [p["value"] for p in got["series"]["memory_mb"]][-1:] == [4096.0]
+    assert [p["value"] for p in got["series"]["gpu_pct"]][-1:] == [50.0]
+
+    text = client.get("/metrics").get_data(as_text=True)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("hpc_job")
+    }
+    labels = (
+        ("job_id", "job-push"),
+        ("partition", "p1"),
+        ("scheduler", "external"),
+        ("state", "running"),
+        ("user", "u1"),
+    )
+    assert samples[("hpc_job_cpu_usage_percent", labels)] == 75.5
+    assert samples[("hpc_job_memory_usage_bytes", labels)] == 4096 * 2**20
+    assert samples[("hpc_job_gpu_usage_percent", labels)] == 50.0
+    assert 0 <= samples[("hpc_job_runtime_seconds", labels)] < 60
+    assert samples[("hpc_job_state_total", (("state", "running"),))] >= 1
+    assert samples[("hpc_job_total", ())] >= 1
+    # A job that ended leaves the per-job gauges, not the count by state.
+    client.patch("/v1/jobs/job-push", json={"state": "failed"}, headers=who["agent"])
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'job_id="job-push"' not in text and 'hpc_job_state_total{state="failed"}' in text
+
+
+def test_v1_health_answers_without_a_login(world):
+    client, _, _ = world
+    assert client.get("/v1/health").get_json() == {"status": "ok"}
+
+
+def test_cluster_endpoints_without_a_slurm_collector_say_unknown(world):
+    client, who, _ = world
+    assert client.get("/api/cluster/status").status_code == 401
+    status = client.get("/api/cluster/status", headers=who["viewer"]).get_json()
+    assert status["health"] == "unknown" and status["nodes"] == {"total": 0, "by_state": {}}
+    assert client.get("/api/cluster/nodes", headers=who["viewer"]).get_json() == {"nodes": []}
+    assert client.get("/api/metrics/slurm", headers=who["viewer"]).get_json()["up"] is None
