@@ -1,9 +1,9 @@
 """jobs and job_sync: HPC jobs (issue 14)
 
-Numbered 0007 after 0003 while 0004-0006 are made on other branches: the lead re-chains down_revision at merge.
+Numbered 0007 after main's 0004 while 0005-0006 are made on other branches: the lead re-chains down_revision at merge.
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30 06:20:13.799270
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
