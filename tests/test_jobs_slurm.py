@@ -7,7 +7,9 @@ the jobs.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,12 @@ def jobs(slurm_cluster):
     c.wait_job_state(sleep, "RUNNING")
     yield {"burn": burn, "sleep": sleep}
     c.run("scancel", burn, sleep)
+
+
+@pytest.fixture
+def prom_url(world) -> str:
+    """The Prometheus the gateway reads."""
+    return world[0].application.config["PROMETHEUS_URL"]
 
 
 def get(client, headers, url: str) -> dict:
@@ -132,6 +140,29 @@ def test_cpu_efficiency_of_the_burner_is_near_full_and_of_the_sleeper_near_zero(
     fleet = get(client, headers, "/v1/jobs/efficiency?by=user&since=1h")["groups"]
     root = next(g for g in fleet if g["user"] == "root")
     assert root["jobs"] >= 2 and root["cpu_hours_used"] > 0 and root["cpu_hours_allocated"] > root["cpu_hours_used"]
+
+
+# The jobs dashboard's panels over this cluster's data (the GPU ones need a GPU job: valid PromQL is all
+# tests/test_deploy_files.py can check of them here).
+DASHBOARD = json.loads((Path(__file__).parents[1] / "grafana" / "dashboards" / "jobs.json").read_text())
+JOB_PANELS = [
+    (p["title"], t["refId"], t["expr"])
+    for p in DASHBOARD["panels"]
+    for t in p.get("targets", [])
+    if "nvidia_gpu" not in t["expr"]
+]
+
+
+def test_the_jobs_dashboard_draws_the_running_jobs(world, jobs, prom_url):
+    from fleetwatch.testing.prom import PromClient
+
+    prom = PromClient(prom_url)
+    for title, ref, expr in JOB_PANELS:
+        filled = expr.replace("$__rate_interval", "1m").replace("$user", "root").replace("$jobid", jobs["burn"])
+        result = prom.wait_for(filled, timeout_s=30)
+        assert result, f"{title} {ref}"
+        if "jobid" in filled and "by (user)" not in filled:
+            assert {s["metric"].get("jobid") for s in result} == {jobs["burn"]}, f"{title} {ref}"
 
 
 def test_after_they_end_both_stay_with_their_final_state(slurm_cluster, world, jobs):
