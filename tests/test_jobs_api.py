@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from gateway.job_sync import sync_if_due
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +136,21 @@ def test_cluster_endpoints_without_a_slurm_collector_say_unknown(world):
     assert status["health"] == "unknown" and status["nodes"] == {"total": 0, "by_state": {}}
     assert client.get("/api/cluster/nodes", headers=who["viewer"]).get_json() == {"nodes": []}
     assert client.get("/api/metrics/slurm", headers=who["viewer"]).get_json()["up"] is None
+
+
+def test_one_worker_of_several_syncs_slurm_jobs_per_round(world, tmp_path):
+    """Two gateways (workers or replicas) on one DB, reading at once: the DB's stamp lets exactly one sync."""
+    _, _, prom = world
+    apps = [make_app(tmp_path, prom.url, db_name="shared") for _ in range(2)]
+    barrier = threading.Barrier(len(apps))
+
+    def read(app) -> bool:
+        with app.app_context():
+            barrier.wait()
+            return sync_if_due(app.extensions["prometheus"], 60, 3600)
+
+    with ThreadPoolExecutor(len(apps)) as pool:
+        assert sorted(pool.map(read, apps)) == [False, True]
+    with apps[0].app_context():  # within the 60 s: nobody
+        assert sync_if_due(apps[0].extensions["prometheus"], 60, 3600) is False
+        assert sync_if_due(apps[0].extensions["prometheus"], 0, 3600) is True  # due again
