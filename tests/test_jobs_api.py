@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, login, make_app
 from gateway.job_sync import sync_if_due
+from rules_compiler.alerts import render_alert_rules, to_rule
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +157,19 @@ def test_one_worker_of_several_syncs_slurm_jobs_per_round(world, tmp_path):
     with apps[0].app_context():  # within the 60 s: nobody
         assert sync_if_due(apps[0].extensions["prometheus"], 60, 3600) is False
         assert sync_if_due(apps[0].extensions["prometheus"], 0, 3600) is True  # due again
+
+
+def test_the_gpu_idle_starter_rule_is_installed_disabled(stack):
+    """`fleetwatch up`'s gateway, on its first start: the rule is there for an admin to enable, and compiles."""
+    s = api_session(stack.urls()["gateway"])
+    rule = s.get(f"{s.base}/api/v1/alerts/rules/rule-010", timeout=10).json()
+    assert (rule["name"], rule["expression"], rule["duration"], rule["enabled"]) == (
+        "GPU allocated and idle",
+        "job.gpu.utilization < 5",
+        "30m",
+        False,
+    )
+    loaded = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert "rule-010" not in {r["name"] for g in loaded for r in g["rules"]}  # disabled: not compiled
+    compiled = render_alert_rules([to_rule(SimpleNamespace(**{**rule, "enabled": True}))], 30, "t")
+    assert "expr: fleet:job_gpu_utilization < 5" in compiled and "for: 1800s" in compiled
