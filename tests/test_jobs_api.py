@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, login, make_app
 from gateway.job_sync import sync_if_due
+from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from rules_compiler.alerts import render_alert_rules, to_rule
 
 pytestmark = pytest.mark.integration
@@ -173,3 +175,49 @@ def test_the_gpu_idle_starter_rule_is_installed_disabled(stack):
     assert "rule-010" not in {r["name"] for g in loaded for r in g["rules"]}  # disabled: not compiled
     compiled = render_alert_rules([to_rule(SimpleNamespace(**{**rule, "enabled": True}))], 30, "t")
     assert "expr: fleet:job_gpu_utilization < 5" in compiled and "for: 1800s" in compiled
+
+
+def test_gpu_efficiency_names_the_idle_gpu_and_the_fleet_view_counts_its_hours(world):
+    """A 2-GPU job of 10 minutes whose GPU 1 never worked, from jobstats' series written into the real Prometheus."""
+    client, who, prom = world
+    now = time.time()
+    start = now - 600
+    job = {"id": "job-gpu", "user": "gpu-user", "partition": "gpu", "cpus": 4, "gpus": 2,
+           "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))}  # fmt: skip
+    assert client.post("/v1/jobs", json=job, headers=who["agent"]).status_code == 201
+    steps = range(int(start) + 1, int(now), 5)
+    job_level = [("jobid", "job-gpu"), ("step", ""), ("task", ""), ("instance", "node-9:9101")]
+    series = [
+        # GPU 0 busy at 90 %, GPU 1 at 0 %; four CPUs of which one works (1 CPU-second per second).
+        *(
+            ([("__name__", "nvidia_gpu_duty_cycle"), ("instance", "node-9:9101"), ("jobid", "job-gpu"),
+              ("ordinal", str(i)), ("uuid", f"GPU-{i}")], [(t * 1000, util) for t in steps])
+            for i, util in ((0, 90.0), (1, 0.0))
+        ),
+        ([("__name__", "cgroup_cpu_total_seconds"), *job_level], [(t * 1000, float(t - start)) for t in steps]),
+        ([("__name__", "cgroup_cpus"), *job_level], [(t * 1000, 4.0) for t in steps]),
+    ]  # fmt: skip
+    RemoteWriter(f"{prom.url}/api/v1/write").write(
+        [encode_timeseries(encode_labels(sorted(labels)), samples) for labels, samples in series]
+    )
+
+    eff = client.get("/v1/jobs/job-gpu/efficiency", headers=who["viewer"]).get_json()
+    assert [(g["gpu"], g["mean_utilization_pct"], g["idle_pct"]) for g in eff["gpus"]] == [
+        ("0", 90.0, 0.0),
+        ("1", 0.0, 100.0),
+    ]
+    assert eff["gpus"][1]["idle_minutes"] == pytest.approx(10, abs=0.5)
+    assert eff["cpu_efficiency_pct"] == pytest.approx(25, abs=2)  # one of four CPUs
+    assert eff["verdict"] == "wasteful"
+    assert eff["reasons"] == [
+        f"CPU efficiency {eff['cpu_efficiency_pct']:.0f} %: 1.0 of 4 CPUs busy on average: request 2 CPUs",
+        "GPU 1 idle 100 % of the job: request 1 GPU",
+    ]
+
+    groups = client.get("/v1/jobs/efficiency?by=user&since=1h", headers=who["viewer"]).get_json()["groups"]
+    mine = next(g for g in groups if g["user"] == "gpu-user")
+    assert mine["jobs"] == 1
+    assert mine["gpu_hours_allocated"] == pytest.approx(2 * 600 / 3600, rel=0.05)
+    assert mine["gpu_hours_used"] == pytest.approx(0.9 * 600 / 3600, rel=0.1)
+    assert mine["cpu_hours_used"] == pytest.approx(600 / 3600, rel=0.05)
+    assert groups[0]["user"] == "gpu-user"  # the most GPU-hours wasted comes first
