@@ -7,11 +7,9 @@ are Slurm's: they cannot be posted, patched or pushed to, only deleted.
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import marshmallow as ma
 from flask import current_app, request
 from flask.views import MethodView
 from sqlalchemy import or_
@@ -20,111 +18,26 @@ from gateway.auth import ADMIN, AGENT, PUBLIC, access, audit
 from gateway.db import Job, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.job_efficiency import fleet, judge, measure
+from gateway.job_schemas import (
+    JOB_SERIES,
+    EfficiencySchema,
+    FleetArgs,
+    FleetSchema,
+    JobArgs,
+    JobListSchema,
+    JobPatchSchema,
+    JobSchema,
+    JobSeriesSchema,
+    MetricsArgs,
+    PushSchema,
+    runtime_s,
+)
 from gateway.job_sync import ACTIVE, node_column, sync_if_due
 from gateway.remote_write import encode_labels
-from gateway.schemas import Page, PageArgs, UtcDateTime, page
+from gateway.schemas import page
 from gateway.series import RANGES, label_of, plan, points, read_expr
-from rules_compiler.promql import seconds
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1", description="HPC jobs (seed 004)")
-
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STATES = ("pending", "running", "suspended", "completed", "failed", "cancelled", "timeout")
-# GET /v1/jobs/{id}/metrics and POST: the catalog series of a job, and how its nodes/GPUs combine.
-JOB_SERIES = {  # answer field -> (record, combine, pushed body field, scale to the record's unit)
-    "cpu_pct": ("fleet:job_cpu_pct", "avg", "cpuUsage", 1.0),
-    "memory_mb": ("fleet:job_mem_used_mb", "sum", "memoryUsageMb", 1.0),
-    "gpu_pct": ("fleet:job_gpu_utilization", "avg", "gpuUsage", 1.0),
-}
-
-
-def _since(text: str) -> datetime:
-    try:
-        return datetime.now(UTC) - timedelta(seconds=seconds(text))
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ma.ValidationError("a duration (7d, 12h) or an RFC 3339 time") from None
-
-
-class NodesField(ma.fields.List):
-    """A list of node names in the API; ",a,b," in the jobs table (see gateway/job_sync.py)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$")), **kwargs)
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return [n for n in (value or "").split(",") if n]
-
-
-class JobArgs(PageArgs):
-    state = ma.fields.String(validate=ma.validate.Length(max=16))
-    user = ma.fields.String(validate=ma.validate.Length(max=64))
-    partition = ma.fields.String(validate=ma.validate.Length(max=64))
-    node = ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$"))
-    since = ma.fields.Function(
-        deserialize=_since, metadata={"description": "started or submitted after: 7d, or a time"}
-    )
-
-
-class JobSchema(ma.Schema):
-    id = ma.fields.String(required=True, validate=ma.validate.Regexp(JOB_ID))
-    scheduler = ma.fields.String(dump_only=True)
-    user = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
-    name = ma.fields.String(load_default="", validate=ma.validate.Length(max=200))
-    account = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
-    partition = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
-    state = ma.fields.String(load_default="running", validate=ma.validate.OneOf(STATES))
-    nodes = NodesField(load_default=list, metadata={"example": ["node-1", "node-2"]})
-    cpus = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=10**7))
-    gpus = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=10**6))
-    memory_bytes = ma.fields.Float(allow_none=True, validate=ma.validate.Range(min=0))
-    time_limit_s = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0))
-    submit_time = UtcDateTime(attribute="submit_at", allow_none=True)
-    start_time = UtcDateTime(attribute="start_at", allow_none=True)
-    end_time = UtcDateTime(attribute="end_at", allow_none=True)
-    runtime_s = ma.fields.Method("_runtime", dump_only=True)
-    cpu_usage_pct = ma.fields.Float(dump_only=True)
-    memory_usage_bytes = ma.fields.Float(dump_only=True)
-    gpu_usage_pct = ma.fields.Float(dump_only=True)
-    summary = ma.fields.Dict(dump_only=True)
-    created_at = UtcDateTime(dump_only=True)
-    updated_at = UtcDateTime(dump_only=True)
-
-    def _runtime(self, job) -> int | None:
-        return runtime_s(job)
-
-
-class JobPatchSchema(JobSchema):
-    class Meta:
-        exclude = ("id",)
-
-
-class JobListSchema(Page):
-    jobs = ma.fields.List(ma.fields.Nested(JobSchema))
-
-
-class PushSchema(ma.Schema):
-    cpuUsage = ma.fields.Float(validate=ma.validate.Range(min=0, max=100))  # the seed's names
-    memoryUsageMb = ma.fields.Float(validate=ma.validate.Range(min=0, max=2**40))
-    gpuUsage = ma.fields.Float(validate=ma.validate.Range(min=0, max=100))
-    timestamp = UtcDateTime(metadata={"description": "when measured; default now"})
-    node = ma.fields.String(load_default="", validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{0,253}$"))
-
-
-class MetricsArgs(ma.Schema):
-    resolution = ma.fields.String(validate=ma.validate.OneOf(("raw", "1m", "5m", "1h")))
-
-
-def runtime_s(job: Job) -> int | None:
-    if job.start_at is None:
-        return None
-    end = job.end_at or datetime.now(UTC)
-    start = job.start_at if job.start_at.tzinfo else job.start_at.replace(tzinfo=UTC)
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
-    return max(0, int((end - start).total_seconds()))
 
 
 def synced() -> None:
@@ -193,14 +106,10 @@ class Jobs(MethodView):
         return job
 
 
-class FleetArgs(ma.Schema):
-    by = ma.fields.String(load_default="user", validate=ma.validate.OneOf(("user", "partition")))
-    since = ma.fields.String(load_default="7d", validate=ma.validate.OneOf(("1h", "6h", "24h", "7d", "30d")))
-
-
 @blp.route("/jobs/efficiency")
 class FleetEfficiency(MethodView):
     @blp.arguments(FleetArgs, location="query")
+    @blp.response(200, FleetSchema)
     def get(self, args):
         """GPU- and CPU-hours allocated vs used (and wasted) per user or partition over ``since``, most waste first."""
         synced()
@@ -247,6 +156,7 @@ class JobItem(MethodView):
 @blp.route("/jobs/<string:job_id>/metrics")
 class JobMetrics(MethodView):
     @blp.arguments(MetricsArgs, location="query")
+    @blp.response(200, JobSeriesSchema)
     def get(self, args, job_id):
         """CPU %, memory MiB and GPU % over the job's life, at the resolution its length calls for (as for hosts)."""
         job = get_job(job_id)
@@ -264,7 +174,7 @@ class JobMetrics(MethodView):
         end = -(-(start + elapsed) // how.step_s) * how.step_s
         start = (start // how.step_s) * how.step_s
         series = {}
-        for field, (record, combine, _, _) in JOB_SERIES.items():
+        for field, (record, combine, _) in JOB_SERIES.items():
             expr = f"{combine}({read_expr(record, {'jobid': job_id}, how)})"
             result = prom.query_range(expr, start, end, how.step_s)
             series[field] = points(result[0]["values"]) if result else []
@@ -281,12 +191,12 @@ class JobMetrics(MethodView):
         ts = data.get("timestamp") or datetime.now(UTC)
         ts_ms = int((ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp() * 1000)
         series = []
-        for record, _, field, scale in JOB_SERIES.values():
+        for record, _, field in JOB_SERIES.values():
             if field in data:
                 labels = [("__name__", record), ("host_id", data["node"] or "external"), ("jobid", job_id)]
                 if record == "fleet:job_gpu_utilization":
                     labels.append(("gpu_index", "0"))
-                series.append((encode_labels(labels), [(ts_ms, data[field] * scale, len(series))]))
+                series.append((encode_labels(labels), [(ts_ms, data[field], len(series))]))
         if not series:
             raise ApiError(
                 "nothing to record: send cpuUsage, memoryUsageMb or gpuUsage", {"fields": list(request.json or {})}
@@ -310,6 +220,7 @@ class JobMetrics(MethodView):
 
 @blp.route("/jobs/<string:job_id>/efficiency")
 class JobEfficiency(MethodView):
+    @blp.response(200, EfficiencySchema)
     def get(self, job_id):
         """CPU efficiency, memory peak vs requested, per-GPU use and idle minutes, a verdict with reasons."""
         synced()
