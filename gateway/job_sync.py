@@ -27,6 +27,7 @@ from gateway.promql import Prometheus
 log = logging.getLogger(__name__)
 
 SYNC = "slurm"
+MEASURED_PER_SYNC = 20
 # Slurm's job states, lower-cased: where a job stands in its life (a later stage wins within one window).
 ACTIVE = ("pending", "configuring", "running", "suspended", "completing", "requeued", "resizing")
 RANK = {"pending": 0, "configuring": 1, "requeued": 0, "running": 2, "suspended": 2, "resizing": 2, "completing": 3}
@@ -129,7 +130,9 @@ def sync(prom: Prometheus, window_s: float, now: float) -> None:
             job.end_at = job.end_at or datetime.fromtimestamp(now, UTC)
             ended.append(job)
     db.session.commit()
-    for job in ended:  # measured at their end, while Prometheus still holds their series
+    # Measured at their end, while Prometheus still holds their series; a burst of endings is measured
+    # MEASURED_PER_SYNC at a time here (a read waits for this), the rest when their efficiency is asked for.
+    for job in ended[:MEASURED_PER_SYNC]:
         try:
             job.summary = measure(prom, job)
         except ApiError as exc:

@@ -228,4 +228,7 @@ class JobEfficiency(MethodView):
         figures = job.summary if job.state not in ACTIVE and job.summary else None
         if figures is None:
             figures = measure(current_app.extensions["prometheus"], job)
+            if job.state not in ACTIVE and figures.get("elapsed_s"):  # ended, not yet measured: kept from now on
+                job.summary = figures
+                db.session.commit()
         return {"job_id": job_id, "state": job.state, **figures, **judge(figures), "measured_at": time.time()}
