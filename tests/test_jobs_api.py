@@ -20,12 +20,27 @@ from rules_compiler.alerts import render_alert_rules, to_rule
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def new_db(request, tmp_path_factory):
+    """Makes a new empty database of the kind under test: SQLite (one gateway) or PostgreSQL (replicas); its URL."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres").new_database
+    tmp = tmp_path_factory.mktemp("sqlite")
+    return lambda: f"sqlite:///{tmp}/{time.monotonic_ns()}.db"
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, new_db):
     """A real Prometheus taking remote write, the gateway in-process on it; admin, viewer and agent headers."""
     tmp = tmp_path_factory.mktemp("jobs-api")
     with services.prometheus(tmp / "prom" / "data") as prom:
-        app = make_app(tmp, prom.url, RATE_LIMIT_READS_PER_MIN=100_000, RATE_LIMIT_WRITES_PER_MIN=100_000)
+        app = make_app(
+            tmp,
+            prom.url,
+            SQLALCHEMY_DATABASE_URI=new_db(),
+            RATE_LIMIT_READS_PER_MIN=100_000,
+            RATE_LIMIT_WRITES_PER_MIN=100_000,
+        )
         client = app.test_client()
         admin = bearer(login(client, ADMIN)["access_token"])
         r = client.post(
@@ -143,10 +158,11 @@ def test_cluster_endpoints_without_a_slurm_collector_say_unknown(world):
     assert client.get("/api/metrics/slurm", headers=who["viewer"]).get_json()["up"] is None
 
 
-def test_one_worker_of_several_syncs_slurm_jobs_per_round(world, tmp_path):
+def test_one_worker_of_several_syncs_slurm_jobs_per_round(world, new_db, tmp_path):
     """Two gateways (workers or replicas) on one DB, reading at once: the DB's stamp lets exactly one sync."""
     _, _, prom = world
-    apps = [make_app(tmp_path, prom.url, db_name="shared") for _ in range(2)]
+    shared = new_db()
+    apps = [make_app(tmp_path, prom.url, SQLALCHEMY_DATABASE_URI=shared) for _ in range(2)]
     barrier = threading.Barrier(len(apps))
 
     def read(app) -> bool:
