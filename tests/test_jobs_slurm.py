@@ -137,6 +137,13 @@ def test_cpu_efficiency_of_the_burner_is_near_full_and_of_the_sleeper_near_zero(
     assert sleep["verdict"] == "wasteful" and "mostly waited" in sleep["reasons"][0]
     assert burn["cpus"] == 1 and burn["memory_peak_bytes"] > 1024 * 1024
 
+    # The job's series over its life, from the catalog's job.* records (raw: it is seconds old).
+    series = get(client, headers, f"/v1/jobs/{jobs['burn']}/metrics")
+    assert series["resolution"] == "5s" and series["tier"] == "raw"
+    cpu = [p["value"] for p in series["series"]["cpu_pct"]]
+    assert len(cpu) >= 5 and max(cpu) > 20, cpu
+    assert series["series"]["memory_mb"][-1]["value"] > 1 and series["series"]["gpu_pct"] == []
+
     fleet = get(client, headers, "/v1/jobs/efficiency?by=user&since=1h")["groups"]
     root = next(g for g in fleet if g["user"] == "root")
     assert root["jobs"] >= 2 and root["cpu_hours_used"] > 0 and root["cpu_hours_allocated"] > root["cpu_hours_used"]
