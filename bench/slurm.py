@@ -28,8 +28,8 @@ from exporter.cgroups import JobCgroups
 from exporter.jobs import JobCollector
 from exporter.slurm import cluster_families
 from exporter.slurm_state import parse
-from fleetwatch.stack import free_port
-from tests.fake_cgroups import MiB, fake_proc, v1_job
+from fleetwatch.testing.cgroups import MiB, fake_proc, v1_job
+from fleetwatch.testing.waits import free_port
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "slurm"
 P95_LIMIT_MS, RSS_LIMIT_MB = 50.0, 60.0

@@ -67,6 +67,7 @@ class JobCgroups:
         self._root = str(root)
         self._proc = Path(proc_root)
         self._mem_total = _mem_total(self._proc)
+        self._hz = os.sysconf("SC_CLK_TCK")  # cpuacct.stat counts USER_HZ ticks
         self._uids: dict[str, int | None] = {}  # v2 paths carry no uid: found once per job
 
     def read(self) -> list[JobUsage]:
@@ -93,7 +94,6 @@ class JobCgroups:
             mem = paths.get("memory")
             usage = _int(f"{cpu}/cpuacct.usage") if cpu else None
             ticks = _keyed(f"{cpu}/cpuacct.stat") if cpu else {}
-            hz = os.sysconf("SC_CLK_TCK")
             stat = _keyed(f"{mem}/memory.stat") if mem else {}
             limit = _int(f"{mem}/memory.limit_in_bytes") if mem else None
             cache = stat.get("total_cache")
@@ -102,8 +102,8 @@ class JobCgroups:
                 jobid=jobid,
                 uid=uids.get(jobid),
                 cpu_seconds=None if usage is None else usage / 1e9,
-                cpu_user_seconds=_ratio(ticks.get("user"), hz),
-                cpu_system_seconds=_ratio(ticks.get("system"), hz),
+                cpu_user_seconds=_ratio(ticks.get("user"), self._hz),
+                cpu_system_seconds=_ratio(ticks.get("system"), self._hz),
                 cpus=_cpuset_count(paths.get("cpuset"), "cpuset.cpus"),
                 memory_used_bytes=_int(f"{mem}/memory.usage_in_bytes") if mem else None,
                 memory_rss_bytes=stat.get("total_rss"),

@@ -24,6 +24,8 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
+from exporter.encoding import GZIP_LEVEL, encode, escape
+
 # Set while a scrape formats the registry: collectors with rendered() add their bytes here instead of families.
 RENDERED: contextvars.ContextVar[list[Rendered] | None] = contextvars.ContextVar("rendered", default=None)
 _EOF = b"# EOF\n"
@@ -38,13 +40,20 @@ class Rendered(NamedTuple):
     @classmethod
     def of(cls, families: Iterable[Metric]) -> Rendered:
         text = render_gauges(families)
-        return cls(text, gzip.compress(text, compresslevel=1))
+        return cls(text, gzip.compress(text, compresslevel=GZIP_LEVEL))
+
+    @classmethod
+    def joined(cls, *parts: Rendered) -> Rendered:
+        """Several renderings as one: texts end to end, gzip members one after the other."""
+        return cls(b"".join(p.text for p in parts), b"".join(p.gzipped for p in parts))
 
 
 def render_gauges(families: Iterable[Metric]) -> bytes:
     """Gauge families in the text format; the same lines are valid OpenMetrics (before its "# EOF")."""
     out: list[str] = []
     for family in families:
+        if not family.samples:
+            continue  # as exporter/registry.py leaves such a family out: node_exporter writes none
         if family.type != "gauge":
             raise ValueError(f"{family.name}: only gauges are pre-rendered, not {family.type}")
         if '"' in family.documentation:  # OpenMetrics escapes it in HELP, the text format does not
@@ -53,17 +62,11 @@ def render_gauges(families: Iterable[Metric]) -> bytes:
         out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} gauge\n")
         for s in family.samples:
             if s.labels:
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
+                labels = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(s.labels.items()))
                 out.append(f"{s.name}{{{labels}}} {floatToGoString(s.value)}\n")
             else:
                 out.append(f"{s.name} {floatToGoString(s.value)}\n")
     return "".join(out).encode()
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
 
 
 class ExporterRegistry(CollectorRegistry):
@@ -71,22 +74,21 @@ class ExporterRegistry(CollectorRegistry):
 
     def exposition(self, accept: str | None, gzipped: bool) -> tuple[bytes, str]:
         """The body of one scrape in the format ``accept`` asks for, and its content type."""
-        encoder, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
         rendered: list[Rendered] = []
         token = RENDERED.set(rendered)
         try:
-            head = encoder(self)
+            head, content_type = encode(self, accept)
         finally:
             RENDERED.reset(token)
+        openmetrics = content_type.startswith("application/openmetrics-text")
         if openmetrics:
             head = head.removesuffix(_EOF)
         tail = _EOF if openmetrics else b""
         if not gzipped:
             return head + b"".join(r.text for r in rendered) + tail, content_type
-        parts = [gzip.compress(head, compresslevel=1), *(r.gzipped for r in rendered)]
+        parts = [gzip.compress(head, compresslevel=GZIP_LEVEL), *(r.gzipped for r in rendered)]
         if tail:
-            parts.append(gzip.compress(tail, compresslevel=1))
+            parts.append(gzip.compress(tail, compresslevel=GZIP_LEVEL))
         return b"".join(parts), content_type
 
 
@@ -102,7 +104,7 @@ def make_app(registry: ExporterRegistry):
         if "name[]" in params:  # a filtered scrape: the plain path, formatting everything asked for
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
             body = encoder(_Only(registry, set(params["name[]"])))
-            body = gzip.compress(body, compresslevel=1) if gzipped else body
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
         else:
             body, content_type = registry.exposition(environ.get("HTTP_ACCEPT"), gzipped)
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]

@@ -87,6 +87,7 @@ class SlurmCollector:
         self._max_jobs = max_jobs
         self._clock = clock
         self._families: list[Metric] = []
+        self._rendered = Rendered(b"", b"")  # the same, formatted once per answer
         self._last_success: float | None = None
         self._error: str | None = None
         self._sampler: Sampler[Reading] = Sampler("slurm", self._read, interval, clock=clock)
@@ -131,14 +132,12 @@ class SlurmCollector:
                 log.info("Slurm answers again")
                 self._error = None
             self._families = cluster_families(state, self._max_jobs)
+            self._rendered = Rendered.of(self._families)
             self._last_success = self._clock()
             ok = True
-        families = [
-            *self._families,
-            _gauge("fleet_slurm_up", "Whether Slurm answered the newest read (1) or not (0).", ok),
-        ]
+        status = [_gauge("fleet_slurm_up", "Whether Slurm answered the newest read (1) or not (0).", ok)]
         if self._last_success is not None:
-            families.append(
+            status.append(
                 _gauge(
                     "fleet_slurm_last_success_timestamp_seconds",
                     "When Slurm last answered, in Unix time: the age of the slurm_* series served.",
@@ -148,8 +147,8 @@ class SlurmCollector:
         duration = _gauge(
             "fleet_slurm_read_duration_seconds", "How long the newest read of Slurm took.", time.perf_counter() - start
         )
-        families.append(duration)
-        return Reading(families, Rendered.of(families))
+        status.append(duration)
+        return Reading([*self._families, *status], Rendered.joined(self._rendered, Rendered.of(status)))
 
 
 def cluster_families(state: ClusterState, max_jobs: int) -> list[Metric]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-import requests
+import urllib3
 
 MiB = 1024 * 1024
 _UNITS = {"K": 1024, "M": MiB, "G": 1024 * MiB, "T": 1024 * 1024 * MiB}
@@ -111,8 +111,7 @@ class SlurmRest:
         self._base = f"{url.rstrip('/')}/slurm/{api}"
         self._token_file = Path(token_file)
         self._user = user or getpass.getuser()
-        self._timeout = timeout
-        self._session = requests.Session()
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout), retries=False)
 
     def read(self) -> ClusterState:
         """Nodes then jobs, as slurmrestd answers now.
@@ -130,12 +129,13 @@ class SlurmRest:
     def _get(self, what: str, headers: dict) -> dict:
         url = f"{self._base}/{what}"
         try:
-            r = self._session.get(url, headers=headers, timeout=self._timeout)
-        except requests.RequestException as exc:
+            r = self._http.request("GET", url, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
             raise SlurmUnavailable(f"GET {url}: {exc}") from None
-        if r.status_code != 200:
-            raise SlurmUnavailable(f"GET {url}: HTTP {r.status_code}: {r.text[:200].strip()}")
-        return _decode(r.content, "slurmrestd")
+        if r.status != 200:
+            said = r.data[:200].decode(errors="replace").strip()
+            raise SlurmUnavailable(f"GET {url}: HTTP {r.status}: {said}")
+        return _decode(r.data, "slurmrestd")
 
 
 def _decode(raw: bytes, source: str) -> dict:

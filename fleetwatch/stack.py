@@ -158,10 +158,18 @@ def find_binary(*names: str) -> str:
     )
 
 
+# Where Debian's Slurm, older packages and slurmd's configless cache keep slurm.conf.
+SLURM_CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
+
+
 def slurm_answers(env: dict[str, str] | None = None, timeout_s: float = 5.0) -> tuple[bool, str]:
     """Whether ``sinfo`` answers here (SLURM_CONF from ``env``), and the start-up line that says so."""
-    if shutil.which("sinfo", path=(env or os.environ).get("PATH")) is None:
+    env_ = env if env is not None else os.environ
+    if shutil.which("sinfo", path=env_.get("PATH")) is None:
         return False, "off: no sinfo on PATH"
+    # Without a configuration file sinfo asks DNS for one (configless Slurm): not on every `fleetwatch up`.
+    if not env_.get("SLURM_CONF") and not any(Path(p).exists() for p in SLURM_CONF_PATHS):
+        return False, f"off: no Slurm configuration (SLURM_CONF, {SLURM_CONF_PATHS[0]})"
     try:
         # Bounded: without its configuration file sinfo retries for a minute.
         r = subprocess.run(

@@ -76,8 +76,8 @@ def _node(family: str, by: str = "host_id") -> str:
     return f"max by ({by}) ({family})"
 
 
-def _rate(family: str, by: str = f"host_id, {T.RATE_LABEL}") -> str:
-    return f"max by ({by}) (rate({family}[$W]))"
+def _rate(family: str) -> str:
+    return f"max by (host_id, {T.RATE_LABEL}) (rate({family}[$W]))"
 
 
 def _scale(expr: str, scale: tuple, compound: bool) -> str:
@@ -124,13 +124,26 @@ _XID_RECENT = f"{T.XID_LAST} and ignoring(err_code, err_msg) (time() - {T.XID_LA
 _THROTTLING = T.CLOCKS_EVENT_REASON + '{reason=~"' + "|".join(THROTTLE_REASONS) + '"}'
 _THROTTLED = f"max by (host_id, gpu_index, reason) ({_gpu_index(_THROTTLING)})"
 _INSTANCE = ("gpu_index", "gpu_instance", "mig_profile")
-# Per-job series (exporter/jobs.py, jobstats' names): the job-level ones have empty step and task.
-_JOB_BY = "host_id, jobid"
-_JOB_LEVEL = '{step="", task=""}'
+_JOB_BY = f"host_id, {T.JOB_LABEL}"
+_JOB_LEVEL = "{" + ", ".join(f'{k}="{v}"' for k, v in T.JOB_LEVEL) + "}"
 
 
 def _job(family: str) -> str:
     return f"max by ({_JOB_BY}) ({family}{_JOB_LEVEL})"
+
+
+def _job_gauge(name: str) -> str:
+    family, scale = T.JOB_GAUGES[name]
+    return _scale(_job(family), scale, False)
+
+
+def _job_gpu(name: str) -> str:
+    family, index, scale, summed = T.JOB_GPUS[name]
+    indexed = f'label_replace({family}, "gpu_index", "$1", "{index}", "(.*)")'
+    if summed:  # a GPU without MIG has no GPU_I_ID and is one group
+        by_instance = f"max by ({_JOB_BY}, gpu_index, {T.GPU_INSTANCE_LABEL}) ({indexed})"
+        return _scale(f"sum by ({_JOB_BY}, gpu_index) ({by_instance})", scale, False)
+    return _scale(f"max by ({_JOB_BY}, gpu_index) ({indexed})", scale, False)
 
 
 # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
@@ -380,46 +393,46 @@ CATALOG: dict[str, CatalogMetric] = {
             "job.cpu_pct",
             "%",
             "CPU a Slurm job uses on a node, in % of the CPUs allocated to it there",
-            ("jobid",),
-            f"100 * {_rate(f'cgroup_cpu_total_seconds{_JOB_LEVEL}', _JOB_BY)} / {_job('cgroup_cpus')}",
+            (T.JOB_LABEL,),
+            f"100 * max by ({_JOB_BY}) (rate({T.JOB_CPU_SECONDS}{_JOB_LEVEL}[$W])) / {_job(T.JOB_CPUS)}",
         ),
-        CatalogMetric("job.cpus", "", "CPUs allocated to a Slurm job on a node", ("jobid",), _job("cgroup_cpus")),
+        CatalogMetric(
+            "job.cpus", "", "CPUs allocated to a Slurm job on a node", (T.JOB_LABEL,), _job_gauge("job.cpus")
+        ),
         CatalogMetric(
             "job.mem_used_mb",
             "MiB",
             "memory a Slurm job uses on a node (rss + page cache, as its cgroup is charged)",
-            ("jobid",),
-            f"{_job('cgroup_memory_used_bytes')} / {MiB}",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_used_mb"),
         ),
         CatalogMetric(
             "job.mem_rss_mb",
             "MiB",
             "resident memory of a Slurm job on a node",
-            ("jobid",),
-            f"{_job('cgroup_memory_rss_bytes')} / {MiB}",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_rss_mb"),
         ),
         CatalogMetric(
             "job.mem_limit_mb",
             "MiB",
             "memory limit of a Slurm job on a node (the node's memory where it has none)",
-            ("jobid",),
-            f"{_job('cgroup_memory_total_bytes')} / {MiB}",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_limit_mb"),
         ),
         CatalogMetric(
             "job.gpu.utilization",
             "%",
             "GPU busy (NVML utilization.gpu) of a GPU a Slurm job uses",
-            ("jobid", "gpu_index"),
-            f"max by ({_JOB_BY}, gpu_index) "
-            '(label_replace(nvidia_gpu_duty_cycle, "gpu_index", "$1", "ordinal", "(.*)"))',
+            (T.JOB_LABEL, "gpu_index"),
+            _job_gpu("job.gpu.utilization"),
         ),
         CatalogMetric(
             "job.gpu.memory_used_mb",
             "MiB",
             "GPU memory held by a Slurm job's own processes on one GPU; MIG: its instances summed",
-            ("jobid", "gpu_index"),
-            f"sum by ({_JOB_BY}, gpu_index) (max by ({_JOB_BY}, gpu_index, GPU_I_ID) "
-            f'(label_replace(fleet_job_gpu_memory_bytes, "gpu_index", "$1", "gpu", "(.*)"))) / {MiB}',
+            (T.JOB_LABEL, "gpu_index"),
+            _job_gpu("job.gpu.memory_used_mb"),
         ),
     )
 }

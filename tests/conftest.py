@@ -22,7 +22,8 @@ from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
 
 # Fixtures that start a real service (here and in test modules); every test needing one is an integration test.
-SERVICE_FIXTURES = {"stack", "node_exporter", "postgres", "mailbox", "prometheus", "gateway", "world", "tiers"}
+SERVICE_FIXTURES = {"stack", "node_exporter", "postgres", "mailbox", "prometheus", "gateway", "world", "tiers",
+                    "slurm_cluster"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):
@@ -138,8 +139,8 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real one-node Slurm (tests/slurm_cluster.py) for the session; skipped, saying why, where it cannot run."""
-    from tests.slurm_cluster import SlurmCluster, why_not
+    """A real one-node Slurm (fleetwatch/testing/slurm.py) for the session; skipped, saying why, where it cannot run."""
+    from fleetwatch.testing.slurm import SlurmCluster, why_not
 
     reason = why_not()
     if reason:

@@ -421,8 +421,8 @@ def job_node(stack, tmp_path_factory):
     from exporter.jobs import JobCollector
     from exporter.nvml import Nvml
     from exporter.registry import ExporterConfig, build_registry
-    from tests.conftest import free_port
-    from tests.fake_cgroups import fake_proc, process, v1_job
+    from fleetwatch.testing.cgroups import fake_proc, process, v1_job
+    from fleetwatch.testing.waits import free_port
 
     base = tmp_path_factory.mktemp("job-node")
     root, proc = base / "cgroup", fake_proc(base / "proc")

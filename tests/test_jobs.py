@@ -14,8 +14,9 @@ from exporter.cgroups import JobCgroups, cpulist_count, slurm_cgroups_present
 from exporter.jobs import JobCollector
 from exporter.nvml import Nvml
 from exporter.registry import ExporterConfig, build_registry
-from tests.conftest import free_port, wait_http
-from tests.fake_cgroups import MEM_TOTAL_KB, V1_NO_LIMIT, MiB, fake_proc, process, v1_job, v2_tree, write
+from fleetwatch.stack import wait_http
+from fleetwatch.testing.cgroups import MEM_TOTAL_KB, V1_NO_LIMIT, MiB, fake_proc, process, v1_job, v2_tree, write
+from fleetwatch.testing.waits import free_port
 from tests.fake_nvml import UUID0, UUID1, FakePynvml, h100
 
 

@@ -241,9 +241,12 @@ def test_slurmrestd_with_a_token_from_its_file(slurmrestd, tmp_path):
 
 
 def test_fleetwatch_up_says_why_slurm_stays_off(sinfo, tmp_path):
-    from fleetwatch.stack import slurm_answers
+    from fleetwatch.stack import SLURM_CONF_PATHS, slurm_answers
 
     assert slurm_answers(_conf(tmp_path, "MessageTimeout=1"))[0] is False
     missing = {**os.environ, "SLURM_CONF": str(tmp_path / "missing.conf")}
     assert slurm_answers(missing, timeout_s=1) == (False, "off: sinfo did not answer within 1 s")
     assert slurm_answers({**os.environ, "PATH": str(tmp_path)}) == (False, "off: no sinfo on PATH")
+    if not any(Path(p).exists() for p in SLURM_CONF_PATHS):  # as on these machines: asks no DNS for one
+        unset = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+        assert slurm_answers(unset) == (False, "off: no Slurm configuration (SLURM_CONF, /etc/slurm/slurm.conf)")

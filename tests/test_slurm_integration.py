@@ -12,7 +12,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, wait_http
+from fleetwatch.stack import wait_http
+from fleetwatch.testing.waits import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +129,9 @@ def test_the_burners_cpu_seconds_grow_one_a_second_and_the_sleepers_not(slurm_cl
     # The cgroup's own counter over (about) the same seconds: what the exporter reports is what the kernel counts.
     own_rate = (own1[0] - own0[0]) / (own1[1] - own0[1])
     assert rate(burn) == pytest.approx(own_rate, abs=0.15)
-    # Up to one CPU's worth: on a machine shared with other work (CI: 2 cores) the burner gets less of its core.
-    assert 0.25 <= rate(burn) <= 1.1, rate(burn)
+    # One CPU's worth at most, ~1 on an idle machine; on one shared with other work (CI: 2 cores under a
+    # load of 10) the burner gets a fraction of its core, which its cgroup's counter above says.
+    assert 0.1 <= rate(burn) <= 1.1, rate(burn)
     assert rate(sleep) < 0.05, rate(sleep)
     key = {"jobid": burn, "step": "", "task": ""}
     assert last.get1("cgroup_cpus", **key) == 1
@@ -138,9 +140,35 @@ def test_the_burners_cpu_seconds_grow_one_a_second_and_the_sleepers_not(slurm_cl
     assert last.get1("cgroup_uid", jobid=burn) == 0
 
 
+def test_a_gpu_belongs_to_the_real_job_whose_process_uses_it(slurm_cluster, jobs):
+    """NVML (faked: no GPU here) lists the burner's real pid on GPU 0; its real cgroup names the job."""
+    from types import SimpleNamespace as NS
+
+    from exporter.cgroups import JobCgroups
+    from exporter.jobs import JobCollector
+    from exporter.nvml import Nvml
+    from tests.fake_nvml import UUID0, FakePynvml, h100
+
+    burn = jobs["burn"]
+    listed = slurm_cluster.run("scontrol", "listpids", burn).split("\n")[1:]  # PID JOBID STEPID …
+    pid = int(next(line.split()[0] for line in listed if line.split() and line.split()[1] == burn))
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=pid, usedGpuMemory=2048 << 20)])])
+    collector = JobCollector(JobCgroups("/sys/fs/cgroup"), gpu_devices=Nvml(lib).devices)
+    collector.sampler.sample_now()
+    gpu = {
+        s.name: (s.labels, s.value)
+        for family in collector.collect()
+        if family.name.startswith(("nvidia_gpu_", "fleet_job_gpu_"))
+        for s in family.samples
+    }
+    labels, value = gpu["nvidia_gpu_jobId"]
+    assert value == int(burn) and labels["jobid"] == burn and labels["userid"] == "0" and labels["uuid"] == UUID0
+    assert gpu["fleet_job_gpu_memory_bytes"] == ({"jobid": burn, "gpu": "0", "UUID": UUID0, "GPU_I_ID": ""}, 2048 << 20)
+
+
 def test_the_cluster_collector_reads_slurmrestd(slurm_cluster, exporter_cmd, jobs, tmp_path):
     """The same families from slurmrestd (JWT from `scontrol token`), as from sinfo/squeue."""
-    from tests.slurm_cluster import SlurmUnavailable
+    from fleetwatch.testing.slurm import SlurmUnavailable
 
     try:
         rest = slurm_cluster.start_slurmrestd()
