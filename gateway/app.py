@@ -73,6 +73,10 @@ DEFAULTS = {
     "ALERT_EVENTS_GROUP_INTERVAL": "10s",
     "ALERT_ACK_SILENCE_S": 86400,
     "ALERT_DEFAULT_CHANNELS": "",  # comma-separated channels of the starter rules
+    # Silences (gateway/alert_silences.py): how far ahead a recurring window's occurrences become
+    # Alertmanager silences, and how often each worker re-makes what Alertmanager lost (0: never).
+    "ALERT_SILENCE_AHEAD_S": 86400,
+    "ALERT_SILENCE_RECONCILE_S": 60,
     "SMTP_SMARTHOST": "",
     "SMTP_FROM": "fleetwatch@localhost",
     "SMTP_AUTH_USERNAME": "",
@@ -118,6 +122,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         agents,
         alert_events,
         alert_rules,
+        alert_silences,
         auth,
         hosts,
         ingest,
@@ -188,6 +193,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         reports,
         alert_rules,
         alert_events,
+        alert_silences,
         ingest,
         agents,
     ):

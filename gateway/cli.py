@@ -94,6 +94,7 @@ def _webhook_over_tls(app, certfile: str) -> None:
 def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
     from gateway.alert_rules import install_rules_on_start
+    from gateway.alert_silences import reconcile_on_start
     from gateway.errors import ApiError
     from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
@@ -104,6 +105,7 @@ def _install_alert_rules(app) -> None:
         except (DeployFailed, ApiError, RuleInvalid) as exc:
             # Serving beats not serving: the rules go in force with the next rule change.
             app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
+        reconcile_on_start()
 
 
 def create_user(args: argparse.Namespace) -> int:

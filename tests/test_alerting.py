@@ -13,8 +13,6 @@ import logging
 import os
 import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import yaml
 from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, http_login, login, make_app
 from fleetwatch.testing.tls import self_signed_certificate
 from fleetwatch.testing.waits import free_port, wait_until
+from fleetwatch.testing.webhooks import Receiver
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import (
     STARTER_RULES,
@@ -40,43 +39,11 @@ GOLDEN = Path(__file__).parent / "golden"
 NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
 
 
-class Receiver:
-    """An HTTP server on loopback that records every webhook POST."""
-
-    def __init__(self):
-        self.posts: list[dict] = []
-        received = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # http.server's hook name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alerts(self, status: str | None = None, **labels) -> list[dict]:
-        """Every alert in every POST so far with ``status`` (if given) whose labels include ``labels``."""
-        return [
-            a
-            for p in self.posts
-            for a in p.get("alerts", ())
-            if all(a["labels"].get(k) == v for k, v in labels.items()) and status in (None, a["status"])
-        ]
-
-
 @pytest.fixture
 def receiver():
     r = Receiver()
     yield r
-    r.server.shutdown()
+    r.stop()
 
 
 @pytest.fixture(scope="module")
