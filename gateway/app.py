@@ -77,6 +77,11 @@ DEFAULTS = {
     # Alertmanager silences, and how often each worker re-makes what Alertmanager lost (0: never).
     "ALERT_SILENCE_AHEAD_S": 86400,
     "ALERT_SILENCE_RECONCILE_S": 60,
+    # Notifications: messages a minute per channel from rules grouped per rule (0: no limit), and the
+    # links they carry: the gateway as people reach it (empty: GATEWAY_URL) and Grafana.
+    "ALERT_CHANNEL_MAX_PER_MIN": 30,
+    "PUBLIC_URL": "",
+    "GRAFANA_URL": "http://127.0.0.1:3000",
     "SMTP_SMARTHOST": "",
     "SMTP_FROM": "fleetwatch@localhost",
     "SMTP_AUTH_USERNAME": "",

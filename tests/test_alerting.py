@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from rules_compiler.alerts import (
     parse_scope,
     render_alert_rules,
 )
+from rules_compiler.notify_templates import render_templates
 
 GOLDEN = Path(__file__).parent / "golden"
 NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
@@ -132,13 +134,21 @@ def test_unknown_metric_lists_the_valid_ones():
 def _starter_rules() -> list[AlertRule]:
     channels = (parse_channel("email:ops@example.com"), parse_channel("webhook:https://hooks.example.com/x"))
     return [
-        AlertRule(rid, name, parse_expression(e), parse_duration(d), parse_scope(s), channels, sev)
+        # Heartbeat rules grouped per rule: a rack down is one message (one a minute on a shared channel at most).
+        AlertRule(rid, name, parse_expression(e), parse_duration(d), parse_scope(s), channels, sev,
+                  group_by="rule" if "heartbeat" in e else "host")
         for rid, name, e, d, s, sev in STARTER_RULES
-    ]
+    ]  # fmt: skip
 
 
 def _delivery() -> Delivery:
-    return Delivery("http://127.0.0.1:8080/api/v1/alerts/webhook", "token", smtp_smarthost="127.0.0.1:25")
+    return Delivery(
+        "http://127.0.0.1:8080/api/v1/alerts/webhook",
+        "token",
+        smtp_smarthost="127.0.0.1:25",
+        templates_file="/var/lib/fleetwatch/alertmanager/templates/fleetwatch-0123456789ab.tmpl",
+        channel_max_per_min=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -164,11 +174,13 @@ def test_hostile_names_and_tags_compile_to_files_promtool_and_amtool_accept(tmp_
         parse_scope({"tags": {"role": 'we"b}\n', "zone": "!=a{b}\\"}}),
         (parse_channel("slack:https://hooks.slack.com/services/T/B/X#ops-team"),),
     )
-    rules, am = tmp_path / "rules.yml", tmp_path / "am.yml"
+    rules, am, templates = tmp_path / "rules.yml", tmp_path / "am.yml", tmp_path / "fleetwatch.tmpl"
     rules.write_text(render_alert_rules([rule], 30, "r1"))
-    am.write_text(render_alertmanager_config([rule], _delivery()))
+    templates.write_text(render_templates('https://gw.example.com/{{ "x" }}"', "https://grafana.example.com"))
+    am.write_text(render_alertmanager_config([rule], replace(_delivery(), templates_file=str(templates))))
     subprocess.run(["promtool", "check", "rules", str(rules)], check=True, capture_output=True)
-    subprocess.run(["amtool", "check-config", str(am)], check=True, capture_output=True)
+    checked = subprocess.run(["amtool", "check-config", str(am)], check=True, capture_output=True, text=True)
+    assert " - 1 templates\n  SUCCESS" in checked.stdout  # amtool parsed them
     compiled = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
     assert compiled["alert"] == "rule-900"
     assert 'fleet_host_info{role="we\\"b}\\n"}' in compiled["expr"]

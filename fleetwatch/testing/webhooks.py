@@ -14,15 +14,15 @@ class Receiver:
 
     def __init__(self, fail_first: int = 0):
         self.posts: list[dict] = []
-        self.attempts = 0  # every POST, failed or not
+        self.answers: list[int] = []  # the status answered to every POST, in order
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # http.server's hook name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with owner._lock:
-                    owner.attempts += 1
-                    failing = owner.attempts <= fail_first
+                    failing = len(owner.answers) < fail_first
+                    owner.answers.append(500 if failing else 200)
                     if not failing:
                         owner.posts.append(json.loads(body))
                 self.send_response(500 if failing else 200)
