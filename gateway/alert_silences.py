@@ -23,6 +23,7 @@ import marshmallow as ma
 from flask import Flask, current_app, g
 from flask.views import MethodView
 
+from gateway.alert_deliveries import sample_counters
 from gateway.alert_events import reconcile_with_alertmanager
 from gateway.auth import audit
 from gateway.db import AlertRuleRow, AlertSilence, Host, add_with_id, db, utcnow
@@ -303,6 +304,7 @@ def start_reconciler(app: Flask) -> None:
                 try:
                     reconcile()
                     reconcile_with_alertmanager()  # muted alerts become events even when nobody reads them
+                    sample_counters()  # a channel's last success and failure, seen within a period
                 except Unavailable as exc:
                     log.warning("Alertmanager does not answer; silences follow when it does: %s", exc.details)
                 except Exception:  # the thread must outlive a bad turn; the next one tries again

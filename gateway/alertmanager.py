@@ -88,6 +88,20 @@ class Alertmanager:
         """
         return {a["fingerprint"] for a in self.active_alerts()}
 
+    def metrics(self) -> str:
+        """Alertmanager's own metrics, in the text format.
+
+        Raises:
+            Unavailable: Alertmanager did not answer.
+        """
+        try:
+            r = self._http.request("GET", self.url + "/metrics")
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable("Alertmanager does not answer", {"reason": exc.__class__.__name__}) from None
+        if r.status != 200:
+            raise Unavailable("Alertmanager refused the call", {"status": r.status})
+        return r.data.decode()
+
     def _call(self, method: str, path: str, body: dict | None = None):
         try:
             r = self._http.request(

@@ -62,6 +62,7 @@ DEFAULTS = {
     "PUSHER_RECHECK_S": 60,  # how long a worker trusts that a host id is a pushing host's
     # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
     "ALERTMANAGER_URL": "http://127.0.0.1:9093",
+    "ALERTMANAGER_LOG": "",  # its log, read for each channel's last failure; empty: <STATE_DIR>/logs/alertmanager.log
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
@@ -125,6 +126,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # which must come after gateway.cli has set PROMETHEUS_MULTIPROC_DIR (see gateway/cli.py).
     from gateway import (
         agents,
+        alert_deliveries,
         alert_events,
         alert_rules,
         alert_silences,
@@ -199,6 +201,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_rules,
         alert_events,
         alert_silences,
+        alert_deliveries,
         ingest,
         agents,
     ):

@@ -96,12 +96,55 @@ def test_a_webhook_that_fails_twice_gets_the_alert_on_the_third_attempt(api, sta
     rule_id = rule(
         api, name="Retry test", expression="cpu.load5 > 100000", duration="static", channels=[f"webhook:{flaky.url}"]
     )
+    channel = f"webhook:{flaky.url}"
     try:
+        before = api.get(f"{api.base}/api/v1/alerts/channels", timeout=30).json()
+        assert before["alertmanager_reachable"] and before["alertmanager_log"]  # fleetwatch up's layout
+        mine = next(c for c in before["channels"] if c["channel"] == channel)
+        assert mine["rules"] == [rule_id] and mine["kind"] == "webhook" and mine["last_failure"] is None
+
         push(stack, "node_load5", ["retry-host"], 1e6)
         post = wait_until(lambda: flaky.posts, what="the webhook, after two failures")[0]
         assert flaky.answers[:3] == [500, 500, 200]  # Alertmanager's own retry, with backoff
         assert [a["labels"]["host_id"] for a in post["alerts"]] == ["retry-host"]
         assert post["alerts"][0]["labels"]["rule_id"] == rule_id
+
+        # Visible: the channel's last failure and why, its success after retrying, its kind's counters.
+        def seen():
+            channels = api.get(f"{api.base}/api/v1/alerts/channels", timeout=30).json()["channels"]
+            found = next(c for c in channels if c["channel"] == channel)
+            return found if found["last_success"] else None
+
+        after = wait_until(seen, what="the retried delivery in /alerts/channels")
+        assert after["last_failure"] <= after["last_success"]
+        assert "unexpected status code 500" in after["last_error"] and flaky.url in after["last_error"]
+        counters = after["integration"]
+        assert counters["failed_attempts"] >= 2 + mine["integration"]["failed_attempts"]
+        assert counters["last_failure"] and counters["last_success"]
     finally:
         api.delete(f"{api.base}/api/v1/alerts/rules/{rule_id}", timeout=30)
         flaky.stop()
+
+
+def test_alertmanagers_log_gives_each_channel_its_last_failure_and_error(tmp_path):
+    from gateway.alert_deliveries import notify_log
+
+    log = tmp_path / "alertmanager.log"
+    log.write_text(
+        "ts=2026-11-30T06:26:02.293Z caller=notify.go:732 level=warn component=dispatcher receiver=rule-010 "
+        'integration=webhook[1] msg="Notify attempt failed, will retry later" attempts=1 '
+        'err="unexpected status code 500: http://127.0.0.1:31344/hook: \\"down\\""\n'
+        "ts=2026-11-30T06:26:03.386Z caller=notify.go:743 level=info component=dispatcher receiver=rule-010 "
+        'integration=webhook[1] msg="Notify success" attempts=3\n'
+        "ts=2026-11-30T06:30:00.000Z caller=dispatch.go:354 level=error component=dispatcher "
+        'msg="Notify for alerts failed" num_alerts=1 err="rule-011/email[0]: notify retry canceled after 4 '
+        'attempts: establish connection to server: dial tcp 127.0.0.1:25: connect: connection refused"\n'
+    )
+    seen = notify_log(log)
+    assert seen[("rule-010", "webhook", 1)] == {
+        "last_failure": "2026-11-30T06:26:02.293Z",
+        "error": 'unexpected status code 500: http://127.0.0.1:31344/hook: "down"',
+        "last_success": "2026-11-30T06:26:03.386Z",
+    }
+    email = seen[("rule-011", "email", 0)]
+    assert email["last_failure"] == "2026-11-30T06:30:00.000Z" and "connection refused" in email["error"]
