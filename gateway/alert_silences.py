@@ -235,44 +235,58 @@ def reconcile(now: datetime | None = None) -> None:
     """Make Alertmanager's silences match the DB's windows (see the module's docstring).
 
     Raises:
-        Unavailable: Alertmanager did not answer; nothing changed.
+        Unavailable: Alertmanager did not answer; what it made before is recorded.
     """
     am = current_app.extensions["alertmanager"]
     now = now or utcnow()
     until = now + timedelta(seconds=float(current_app.config["ALERT_SILENCE_AHEAD_S"]))
-    live = am.live_silences()
+    db.session.expire_all()
     rows = db.session.execute(db.select(AlertSilence)).scalars().all()
     inventory = _inventory() if any(r.scope.get("tags") for r in rows) else {}
+    plans = []
     for row in rows:
-        wanted = []
         found = matchers(parse_silence_scope(row.scope), inventory)
-        if found is not None:
-            wanted = [(s.isoformat(), e.isoformat(), found) for s, e in _windows(row, now, until)]
-        have = list(row.am_silences)
+        spans = _windows(row, now, until) if found is not None else []
+        wanted = [(s.isoformat(), e.isoformat(), found) for s, e in spans]
+        comment = f"{row.id} in fleetwatch: {row.comment}".strip()
+        plans.append((row.pk, row.version, list(row.am_silences), wanted, row.author, comment))
+    # The read ends here: each write below is a transaction of its own that sees what other workers
+    # committed meanwhile (SQLite cannot turn an older read into a write; PostgreSQL re-checks the WHERE).
+    db.session.commit()
+    # Asked after reading the rows: a silence another worker made and stored before is then in both.
+    live = am.live_silences()
+    failed = None
+    for pk, version, have, wanted, author, comment in plans:
         keep, made = [], []
         for start, end, match in wanted:
             same = next((h for h in have if (h["starts_at"], h["ends_at"], h["matchers"]) == (start, end, match)), None)
             if same is not None and same["id"] in live:
                 keep.append(same)
                 continue
-            comment = f"{row.id} in fleetwatch: {row.comment}".strip()
-            silence_id = am.create_silence(
-                match, datetime.fromisoformat(start), datetime.fromisoformat(end), row.author, comment
-            )
+            try:
+                silence_id = am.create_silence(
+                    match, datetime.fromisoformat(start), datetime.fromisoformat(end), author, comment
+                )
+            except Unavailable as exc:
+                failed = exc  # what was made so far is still stored below, so it is not made twice
+                break
             made.append({"id": silence_id, "starts_at": start, "ends_at": end, "matchers": match})
         keep += made
-        if keep == have:
-            continue
-        written = db.session.execute(
-            db.update(AlertSilence)
-            .where(AlertSilence.pk == row.pk, AlertSilence.version == row.version)
-            .values(am_silences=keep, version=row.version + 1)
-        ).rowcount
-        db.session.commit()
-        stale = made if not written else [h for h in have if h not in keep]
-        for entry in stale:  # lost the race: the other worker's silences stand; or no longer wanted
-            if entry["id"] in live or entry in made:
-                am.expire(entry["id"])
+        if failed is not None:
+            keep += [h for h in have if h not in keep and h["id"] in live]  # not judged this time
+        if keep != have:
+            written = db.session.execute(
+                db.update(AlertSilence)
+                .where(AlertSilence.pk == pk, AlertSilence.version == version)
+                .values(am_silences=keep, version=version + 1)
+            ).rowcount
+            db.session.commit()
+            stale = made if not written else [h for h in have if h not in keep]
+            for entry in stale:  # lost the race: the other worker's silences stand; or no longer wanted
+                if entry["id"] in live or entry in made:
+                    am.expire(entry["id"])
+        if failed is not None:
+            raise failed
     db.session.expire_all()
 
 

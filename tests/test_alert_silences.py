@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -287,3 +288,48 @@ def test_a_maintenance_window_over_a_tag_mutes_those_hosts_email_and_records_the
     finally:
         api.delete(f"{base}/alerts/rules/{rule_id}", timeout=10)
         api.delete(f"{base}/hosts/{tagged}", timeout=10)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_reconciling_at_once_leave_one_alertmanager_silence_per_window(tmp_path, request, backend):
+    from gateway.alert_silences import reconcile
+
+    am = services.alertmanager(tmp_path / "am", AM_CONFIG).up()
+    try:
+        # Two gateways on one DB and one Alertmanager (two workers, or two replicas).
+        settings = {"ALERTMANAGER_URL": am.url, "ALERT_SILENCE_RECONCILE_S": 0}
+        if backend == "postgresql":
+            settings["SQLALCHEMY_DATABASE_URI"] = request.getfixturevalue("postgres").new_database()
+        workers = [make_app(tmp_path, "http://127.0.0.1:1", **settings) for _ in range(2)]
+        client = workers[0].test_client()
+        admin = bearer(login(client, ADMIN)["access_token"])
+        for i in range(3):
+            body = {"scope": {"hosts": [f"db-{i}"]}, "ends_at": _later(1)}
+            assert client.post("/api/v1/alerts/silences", json=body, headers=admin).status_code == 201
+        am.stop()
+        shutil.rmtree(tmp_path / "am" / "data")  # Alertmanager lost them all
+        am.up()
+
+        start = threading.Barrier(4)
+
+        def run(app) -> None:
+            with app.app_context():
+                start.wait()
+                reconcile()
+
+        threads = [threading.Thread(target=run, args=(app,)) for app in workers * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        active = _am_silences(am.url)
+        assert sorted(m["value"] for s in active for m in s["matchers"] if m["name"] == "host_id") == [
+            "db-0",
+            "db-1",
+            "db-2",
+        ]
+        listed = client.get("/api/v1/alerts/silences", headers=admin).get_json()["silences"]
+        assert sorted(i for s in listed for i in s["alertmanager_ids"]) == sorted(s["id"] for s in active)
+    finally:
+        am.stop()
