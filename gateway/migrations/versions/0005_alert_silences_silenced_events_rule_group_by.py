@@ -1,18 +1,15 @@
 """alert silences (maintenance windows), the silence that muted an event, a rule's notification grouping
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30 06:10:00
-
-Written beside another branch's 0004: whoever merges second re-chains this
-one's down_revision onto it (the two touch different tables).
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
