@@ -332,3 +332,30 @@ def test_workers_reconciling_at_once_leave_one_alertmanager_silence_per_window(t
         assert sorted(i for s in listed for i in s["alertmanager_ids"]) == sorted(s["id"] for s in active)
     finally:
         am.stop()
+
+
+@pytest.mark.integration
+def test_a_host_given_the_tag_joins_the_silence_at_the_next_reconcile(tmp_path):
+    from gateway.alert_silences import reconcile
+
+    am = services.alertmanager(tmp_path / "am", AM_CONFIG).up()
+    try:
+        app = make_app(tmp_path, "http://127.0.0.1:1", ALERTMANAGER_URL=am.url, ALERT_SILENCE_RECONCILE_S=0)
+        client = app.test_client()
+        admin = bearer(login(client, ADMIN)["access_token"])
+        for host_id, rack in (("a-1", "r7"), ("b-1", "r8")):
+            body = {"id": host_id, "hostname": f"{host_id}.example.com", "tags": {"rack": rack}}
+            assert client.post("/api/v1/hosts", json=body, headers=admin).status_code == 201
+        window = {"scope": {"tags": {"rack": "r7"}}, "ends_at": _later(1)}
+        assert client.post("/api/v1/alerts/silences", json=window, headers=admin).status_code == 201
+        [before] = _am_silences(am.url)
+        assert {"name": "host_id", "value": "a-1", "isRegex": False, "isEqual": True} in before["matchers"]
+
+        assert client.patch("/api/v1/hosts/b-1", json={"tags": {"rack": "r7"}}, headers=admin).status_code == 200
+        with app.app_context():
+            reconcile()
+        [after] = _am_silences(am.url)  # the old one expired, one with both hosts in force
+        assert {"name": "host_id", "value": "a-1|b-1", "isRegex": True, "isEqual": True} in after["matchers"]
+        assert after["id"] != before["id"]
+    finally:
+        am.stop()
