@@ -304,7 +304,11 @@ def reconcile_on_start() -> None:
 
 
 def start_reconciler(app: Flask) -> None:
-    """In this worker process, a thread that reconciles every ALERT_SILENCE_RECONCILE_S (0: never)."""
+    """In this worker process, a thread that reconciles every ALERT_SILENCE_RECONCILE_S (0: never).
+
+    ``fleetwatch-gateway serve`` starts one in each gunicorn worker (after the fork:
+    threads do not survive one); an app made in-process runs none unless asked.
+    """
     every = float(app.config["ALERT_SILENCE_RECONCILE_S"])
     started = app.extensions.setdefault("silence_reconciler", {})
     if every <= 0 or started.get("pid") == os.getpid():
@@ -327,8 +331,3 @@ def start_reconciler(app: Flask) -> None:
                     db.session.remove()
 
     threading.Thread(target=loop, name="silence-reconciler", daemon=True).start()
-
-
-@blp.before_app_request
-def _reconciler_running() -> None:
-    start_reconciler(current_app._get_current_object())

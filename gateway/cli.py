@@ -65,8 +65,7 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("certfile", certfile)
                 self.cfg.set("keyfile", keyfile)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
-            # Report schedules: a thread in each worker, none in the master (the DB decides who runs).
-            self.cfg.set("post_worker_init", lambda _worker: app.extensions["report_scheduler"].start())
+            self.cfg.set("post_worker_init", lambda _worker: _worker_threads(app))
 
         def load(self):
             return app
@@ -78,6 +77,14 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     Gateway().run()
     return 0
+
+
+def _worker_threads(app) -> None:
+    """Each worker's background threads, none in the master (the DB decides who does what)."""
+    from gateway.alert_silences import start_reconciler
+
+    app.extensions["report_scheduler"].start()  # report schedules
+    start_reconciler(app)  # silences kept in force in Alertmanager
 
 
 def _webhook_over_tls(app, certfile: str) -> None:

@@ -182,8 +182,11 @@ def _am_silences(url: str, state: str = "active") -> list[dict]:
 def test_a_silence_survives_restarts_of_alertmanager_and_of_the_gateway(tmp_path):
     am = services.alertmanager(tmp_path / "am", AM_CONFIG).up()
     try:
+        from gateway.alert_silences import start_reconciler
+
         settings = {"ALERTMANAGER_URL": am.url, "ALERT_SILENCE_RECONCILE_S": 0.5}
         app = make_app(tmp_path, "http://127.0.0.1:1", **settings)
+        start_reconciler(app)  # as each gunicorn worker of `fleetwatch-gateway serve` does
         client = app.test_client()
         admin = bearer(login(client, ADMIN)["access_token"])
         body = {"scope": {"hosts": ["web-1", "web-2"]}, "ends_at": _later(1), "comment": "kernel update"}
@@ -358,4 +361,25 @@ def test_a_host_given_the_tag_joins_the_silence_at_the_next_reconcile(tmp_path):
         assert {"name": "host_id", "value": "a-1|b-1", "isRegex": True, "isEqual": True} in after["matchers"]
         assert after["id"] != before["id"]
     finally:
+        am.stop()
+
+
+@pytest.mark.integration
+def test_the_served_gateways_workers_remake_what_alertmanager_lost(tmp_path):
+    am = services.alertmanager(tmp_path / "am", AM_CONFIG).up()
+    env = {"FLEETWATCH_ALERTMANAGER_URL": am.url, "FLEETWATCH_ALERT_SILENCE_RECONCILE_S": "0.5"}
+    gateway = services.gateway(tmp_path / "gw", "http://127.0.0.1:1", args=("--workers=2",), env=env)
+    try:
+        gateway.up()
+        api = api_session(gateway.url)
+        body = {"scope": {"hosts": ["web-1"]}, "ends_at": _later(1), "comment": "served"}
+        assert api.post(f"{gateway.url}/api/v1/alerts/silences", json=body, timeout=30).status_code == 201
+        [made] = _am_silences(am.url)
+        am.stop()
+        shutil.rmtree(tmp_path / "am" / "data")
+        am.up()
+        remade = wait_until(lambda: _am_silences(am.url), what="the silence made again by a worker", timeout_s=20)
+        assert [s["matchers"] for s in remade] == [made["matchers"]]
+    finally:
+        gateway.stop()
         am.stop()
