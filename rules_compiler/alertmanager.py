@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from rules_compiler.alerts import SUBJECT_LABELS, AlertRule, Channel, RuleInvalid
+from rules_compiler.alerts import SUBJECT_LABELS, AlertRule, Channel
 from rules_compiler.promql import quote, seconds
 
 EVENTS_RECEIVER = "fleet-events"
@@ -22,7 +22,7 @@ class Delivery:
     events_url: str  # the gateway's webhook for alert events
     events_token: str  # a bearer token the gateway checks on that webhook
     events_ca_file: str = ""  # a gateway serving HTTPS itself: the certificate Alertmanager trusts for it
-    smtp_smarthost: str = ""  # host:port; empty means email channels are refused
+    smtp_smarthost: str = ""  # host:port; empty: email channels are kept but deliver nothing
     smtp_from: str = "fleetwatch@localhost"
     smtp_auth_username: str = ""
     smtp_auth_password: str = ""
@@ -41,17 +41,15 @@ class Delivery:
     evaluation_interval_s: int = 30  # Prometheus's, for the group_wait of per-rule groups
 
 
-def check_channels(channels: tuple[Channel, ...], delivery: Delivery) -> None:
-    """Refuse what Alertmanager could not deliver with this config.
-
-    Raises:
-        RuleInvalid: an email channel while no SMTP server is configured.
-    """
-    if any(c.kind == "email" for c in channels) and not delivery.smtp_smarthost:
-        raise RuleInvalid(
-            "channels",
-            "email channels need an SMTP server: set FLEETWATCH_SMTP_SMARTHOST (host:port) on the gateway",
-        )
+def undeliverable(channels: tuple[Channel, ...], delivery: Delivery) -> list[str]:
+    """What this config cannot deliver, one warning a channel; such a channel compiles to nothing until it can."""
+    if delivery.smtp_smarthost:
+        return []
+    return [
+        f"email: no SMTP server configured (FLEETWATCH_SMTP_SMARTHOST); nothing is sent to {c.target}"
+        for c in channels
+        if c.kind == "email"
+    ]
 
 
 def render_alertmanager_config(rules: list[AlertRule], delivery: Delivery) -> str:
@@ -153,6 +151,8 @@ def _receiver(rule: AlertRule, delivery: Delivery) -> dict:
     receiver: dict = {"name": rule.id}
     templated = bool(delivery.templates_file)
     for channel in rule.channels:
+        if channel.kind == "email" and not delivery.smtp_smarthost:
+            continue  # Alertmanager refuses email without a smarthost; the gateway recompiles when one is set
         if channel.kind == "email":
             email = {"to": channel.target, "send_resolved": True}
             if templated:
