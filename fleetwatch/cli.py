@@ -45,6 +45,12 @@ def _base_port(value: str) -> int:
     return int(value)
 
 
+def _gateways(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 gateways, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fleetwatch", description="Run the fleetwatch stack locally.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
     )
+    up.add_argument(
+        "--gateways",
+        type=_gateways,
+        default=1,
+        metavar="N",
+        help="N gateway processes behind HAProxy on the gateway's port, on a PostgreSQL in the state dir "
+        "(default 1: one gateway on SQLite; docs/replicas.md)",
+    )
     backfill.add_parser(sub)
     rules = sub.add_parser(
         "rules", help="write the catalog's recording rules for a Prometheus you run yourself (docs/hosts.md)"
@@ -127,6 +141,7 @@ def up(args: argparse.Namespace) -> int:
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
         slurm=slurm if slurm or args.no_slurm else None,
+        gateways=args.gateways,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # in the environment (JSON-parsed: 5, 2.5, true; text otherwise), or by ``test_config``.
 DEFAULTS = {
     "STATE_DIR": "state",  # the gateway's files: DB, rule files, file_sd targets, exports
+    "METRICS_DIR": "",  # the workers' request metrics; empty: <STATE_DIR>/gateway-metrics (one per replica)
     "SQLALCHEMY_DATABASE_URI": "",  # empty: $DATABASE_URL, else sqlite:///<STATE_DIR>/gateway.db
     # Serving (fleetwatch-gateway serve; its flags win over these).
     "BIND": "127.0.0.1:8080",
@@ -141,6 +142,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         host_import,
         hosts,
         ingest,
+        locks,
         metrics,
         observability,
         processes,
@@ -171,6 +173,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     state_dir.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
+    sqlite = config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:")
     prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])
     longterm = config["LONGTERM_URL"]
     app.extensions.update(
@@ -189,6 +192,8 @@ def create_app(test_config: dict | None = None) -> Flask:
             alertmanager_url=config["ALERTMANAGER_URL"],
             promtool=config["PROMTOOL"],
             amtool=config["AMTOOL"],
+            # Replicas share the DB, not a lock file: they take turns on an advisory lock.
+            lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(
@@ -227,11 +232,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.before_request(_require_json_body)
 
     with app.app_context():
-        migrate(db.engine)
+        with locks.held(db.engine, locks.STARTUP):  # replicas started together migrate in turn
+            migrate(db.engine)
+            _bootstrap_admin(app)
+            if config["LOCAL_HOST"]:
+                register_local_host(config["LOCAL_HOST"])
         request_metrics.watch_db(db.engine)
-        _bootstrap_admin(app)
-        if config["LOCAL_HOST"]:
-            register_local_host(config["LOCAL_HOST"])
         app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)
