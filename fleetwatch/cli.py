@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from fleetwatch import backfill
+from fleetwatch.replicas import Layout
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
 from rules_compiler.catalog import CATALOG
 from rules_compiler.host_ids import DERIVATIONS
@@ -159,7 +160,7 @@ def up(args: argparse.Namespace) -> int:
     print(f"  slurm         {slurm_line}")
     if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
         print(
-            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "
+            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} {_database_env(config)}"
             f"{Path(sys.executable).parent}/fleetwatch-gateway create-user --role admin EMAIL\n"
             "                (or start with FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD set)"
         )
@@ -178,6 +179,13 @@ def up(args: argparse.Namespace) -> int:
     stack.stop()
     print("fleetwatch: stopped", flush=True)
     return rc
+
+
+def _database_env(config: StackConfig) -> str:
+    """DATABASE_URL=… for a shell command on the replicas' PostgreSQL; nothing with one gateway (SQLite)."""
+    if config.gateways < 2:
+        return ""
+    return f"DATABASE_URL={Layout(config.listen_host, config.ports.gateway, config.gateways).database_url()} "
 
 
 def main(argv: list[str] | None = None) -> int:

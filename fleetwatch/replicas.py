@@ -125,6 +125,10 @@ class PostgresService(Service):
     data: Path | None = None
 
     def start(self) -> None:
+        try:
+            import psycopg  # noqa: F401  the gateways' driver, and ours to make the database
+        except ImportError:
+            raise ServiceFailed("postgres: the driver is missing: pip install '.[postgres]'") from None
         postgres.own_directory(self.data)
         if subprocess.run([*postgres.as_server_user(), "test", "-w", str(self.data)]).returncode != 0:
             raise ServiceFailed(

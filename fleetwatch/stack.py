@@ -402,6 +402,12 @@ class Stack:
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",
             "api docs": f"http://{host}:{ports.gateway}/api/docs",
+            # With --gateways N: the replicas behind HAProxy and their PostgreSQL.
+            **{
+                s.name: s.ready_url.removesuffix("/health")
+                for s in self.services
+                if s.name.startswith(("gateway-", "postgres"))
+            },
         }
 
     def __enter__(self) -> Stack:
