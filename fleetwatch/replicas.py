@@ -21,11 +21,14 @@ from fleetwatch.stack import Service, ServiceFailed, find_binary
 
 DATABASE = "fleetwatch"
 REPLICA_PORT_OFFSET = 100  # PostgreSQL at the gateway's port + 100, replica i at + 100 + i
+# Only HAProxy listens where the stack was asked to (--listen-host): PostgreSQL trusts every
+# local connection, and a replica trusts the client address HAProxy forwards to it.
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the parts listen: HAProxy on the gateway port, PostgreSQL and the replicas above it."""
+    """Where the parts listen: HAProxy on ``host`` at the gateway port, PostgreSQL and the replicas above it."""
 
     host: str
     gateway_port: int
@@ -39,7 +42,7 @@ class Layout:
         return [self.postgres_port + i for i in range(1, self.count + 1)]
 
     def database_url(self) -> str:
-        return postgres.url(self.host, self.postgres_port, DATABASE)
+        return postgres.url(LOOPBACK, self.postgres_port, DATABASE)
 
 
 def haproxy_config(listen: str, replicas: list[str], health_path: str = "/health") -> str:
@@ -62,6 +65,8 @@ defaults
     # A request a replica could not take (it stopped between checks) goes to another.
     retries 2
     option redispatch
+    # The client's address for the replicas (login limits, audit log): they trust one hop.
+    option forwardfor
 
 frontend gateway
     bind {listen}
@@ -86,14 +91,15 @@ def replicated(services: list, layout: Layout, state: Path) -> list:
     logs = gateway.log_path.parent
     replicas = []
     for i, port in enumerate(layout.replica_ports(), 1):
-        argv = [a if not a.startswith("--bind=") else f"--bind={layout.host}:{port}" for a in gateway.argv]
+        argv = [a if not a.startswith("--bind=") else f"--bind={LOOPBACK}:{port}" for a in gateway.argv]
         env = {
             **gateway.env,
             "DATABASE_URL": layout.database_url(),
             # Each gunicorn master clears its metrics directory as it starts: one each.
             "FLEETWATCH_METRICS_DIR": str(state / f"gateway-metrics-{i}"),
+            "FLEETWATCH_PROXY_HOPS": "1",
         }
-        ready = f"http://{layout.host}:{port}/health"
+        ready = f"http://{LOOPBACK}:{port}/health"
         replicas.append(
             dataclasses.replace(
                 gateway, name=f"gateway-{i}", argv=argv, ready_url=ready, log_path=logs / f"gateway-{i}.log", env=env
@@ -102,13 +108,13 @@ def replicated(services: list, layout: Layout, state: Path) -> list:
     config_path = state / "haproxy" / "haproxy.cfg"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(
-        haproxy_config(f"{layout.host}:{layout.gateway_port}", [f"{layout.host}:{p}" for p in layout.replica_ports()])
+        haproxy_config(f"{layout.host}:{layout.gateway_port}", [f"{LOOPBACK}:{p}" for p in layout.replica_ports()])
     )
     proxy = Service("haproxy", haproxy_argv(config_path), gateway.ready_url, logs / "haproxy.log")
     pg = PostgresService(
         "postgres",
         [],
-        f"postgresql://{layout.host}:{layout.postgres_port}",
+        f"postgresql://{LOOPBACK}:{layout.postgres_port}",
         logs / "postgres.log",
         layout=layout,
         data=state / "postgres",
@@ -139,7 +145,7 @@ class PostgresService(Service):
             postgres.initdb(self.data / "cluster")
         except subprocess.CalledProcessError as exc:
             raise ServiceFailed(f"postgres: initdb failed: {exc.stderr.decode(errors='replace')[-2000:]}") from None
-        options = postgres.server_options(self.layout.postgres_port, self.data, self.layout.host)
+        options = postgres.server_options(self.layout.postgres_port, self.data, LOOPBACK)
         self.argv = [
             *postgres.as_server_user(),
             str(postgres.binaries() / "postgres"),
@@ -151,8 +157,8 @@ class PostgresService(Service):
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not postgres.answers(self.layout.host, self.layout.postgres_port):
+        while not postgres.answers(LOOPBACK, self.layout.postgres_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise ServiceFailed(f"{self.name}: not taking connections:\n{self.log_tail()}")
             time.sleep(0.1)
-        postgres.create_database(self.layout.host, self.layout.postgres_port, DATABASE)
+        postgres.create_database(LOOPBACK, self.layout.postgres_port, DATABASE)

@@ -28,6 +28,9 @@ DEFAULTS = {
     "THREADS": 8,
     "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
     "KEYFILE": "",
+    # Proxies in front that append the client's address to X-Forwarded-For (HAProxy: 1). Trusted for
+    # that many hops, so only set it where clients cannot reach the gateway but through them.
+    "PROXY_HOPS": 0,
     # Prometheus and the tiers of history (rules_compiler/downsampling.py).
     "PROMETHEUS_URL": "http://127.0.0.1:9090",
     "LONGTERM_URL": "",  # the downsampled tier; empty: the raw tier answers every range; `fleetwatch up` sets it
@@ -209,6 +212,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         series_budgets={},
         targets_writer=TargetsWriter(app),
     )
+    if config["PROXY_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # remote_addr is then the client's, not the proxy's: login limits are per client, the audit log true.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(config["PROXY_HOPS"]), x_proto=0, x_host=0)
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 

@@ -8,12 +8,15 @@ answers.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -160,6 +163,31 @@ def test_a_logout_or_a_revoked_key_holds_on_the_other_replica(replicas):
     assert push(two) != 401
     assert api_session(one).delete(f"{one}/api/v1/api-keys/{key_id}", timeout=30).status_code == 200
     wait_until(lambda: push(two) == 401 and push(one) == 401, 5, "the revoked key refused by both replicas")
+
+
+def login_from(source: str, url: str, password: str, headers: dict | None = None) -> int:
+    """A login's status, the connection made from loopback address ``source`` (another client than 127.0.0.1)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30, source_address=(source, 0))
+    try:
+        body = json.dumps({"email": ADMIN[0], "password": password})
+        conn.request("POST", "/api/v1/auth/login", body, {"Content-Type": "application/json", **(headers or {})})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_behind_haproxy_login_limits_and_the_audit_log_see_each_client(replicas):
+    proxy, _, _ = urls(replicas)
+    attempts = [login_from("127.0.0.2", proxy, "wrong-password") for _ in range(20)]
+    assert attempts == [401] * 20
+    # That client is refused now, whichever replica answers, even naming another address itself ...
+    assert login_from("127.0.0.2", proxy, ADMIN[1]) == 429
+    assert login_from("127.0.0.2", proxy, ADMIN[1], {"X-Forwarded-For": "203.0.113.9"}) == 429
+    # ... while the other clients behind the same HAProxy still log in.
+    assert login_from("127.0.0.1", proxy, ADMIN[1]) == 200
+    events = api_session(proxy).get(f"{proxy}/api/v1/audit?limit=100", timeout=30).json()["events"]
+    assert {e["ip"] for e in events if e["action"] == "login_failed"} == {"127.0.0.2"}
 
 
 def test_haproxy_sends_requests_past_a_replica_that_stopped(replicas):
