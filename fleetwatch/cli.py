@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fleetwatch import backfill
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
+from fleetwatch.victoria import BACKENDS
 from rules_compiler.catalog import CATALOG
 from rules_compiler.host_ids import DERIVATIONS
 from rules_compiler.promql import seconds
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
     up.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="prometheus",
+        help="storage and rule evaluation: Prometheus, or VictoriaMetrics with vmagent and vmalert "
+        "(their ports N+5, N+6; docs/backends.md)",
+    )
+    up.add_argument(
         "--no-slurm",
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
@@ -127,6 +135,7 @@ def up(args: argparse.Namespace) -> int:
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
         slurm=slurm if slurm or args.no_slurm else None,
+        backend=args.backend,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

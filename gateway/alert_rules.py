@@ -124,7 +124,7 @@ def publish() -> None:
     revision = secrets.token_hex(6)
     interval = int(current_app.config["ALERT_EVALUATION_INTERVAL_S"])
     current_app.extensions["alert_deployer"].deploy(
-        render_alert_rules(rules, interval, revision),
+        render_alert_rules(rules, interval, revision, current_app.config["RULES_DIALECT"]),
         render_alertmanager_config(rules, delivery()),
         revision,
         len(rules),
