@@ -17,7 +17,8 @@ import pytest
 import requests
 import yaml
 
-from fleetwatch.stack import Ports, Stack, StackConfig, find_binary
+from fleetwatch.cli import build_parser
+from fleetwatch.stack import Ports, Stack, StackConfig, build_services, find_binary, render_configs
 from fleetwatch.testing.api import ADMIN, api_key, api_session
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
@@ -87,6 +88,32 @@ def test_starter_and_hostile_rules_in_vmalerts_dialect_pass_its_dry_run(tmp_path
         render_alert_rules(rules, 30, "r1", dialect="mimir")
 
 
+def test_up_with_victoriametrics_renders_configs_vmagent_accepts(tmp_path):
+    args = build_parser().parse_args(["up", "--backend", "victoriametrics", "--base-port", "19090"])
+    assert args.backend == "victoriametrics"
+    config = StackConfig(state_dir=tmp_path, ports=Ports.from_base(args.base_port), backend=args.backend)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "fleet-alerts.yml").write_text(
+        "groups:\n- {name: x, rules: [{alert: a, expr: up, keep_firing_for: 1m}]}\n"
+    )
+    paths = render_configs(config)
+    assert not (tmp_path / "rules" / "fleet-alerts.yml").exists()  # a Prometheus run's file: vmalert would not start
+    by_name = {s.name: s for s in build_services(config, paths)}
+    assert list(by_name) == ["longterm", "prometheus", "vmagent", "alertmanager", "vmalert", "exporter", "gateway"]
+    assert "-httpListenAddr=127.0.0.1:19095" in by_name["vmagent"].argv
+    assert "-httpListenAddr=127.0.0.1:19096" in by_name["vmalert"].argv
+    env = by_name["gateway"].env
+    assert env["FLEETWATCH_RULES_DIALECT"] == "vmalert"
+    assert env["FLEETWATCH_RELOAD_URLS"] == env["FLEETWATCH_RULES_URL"] == "http://127.0.0.1:19096"
+    assert env["FLEETWATCH_REMOTE_WRITE_URL"] == "http://127.0.0.1:19090/api/v1/write"
+    done = subprocess.run(
+        [find_binary("vmagent"), "-dryRun", f"-promscrape.config={paths['vmagent']}"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs = {j["job_name"] for j in yaml.safe_load(paths["vmagent"].read_text())["scrape_configs"]}
+    assert {"fleetwatch", "fleetwatch-gateway"} <= jobs
+
+
 def test_no_prometheus_runs_and_vmalert_evaluates_the_same_rule_files(vm_stack):
     names = [s.name for s in vm_stack.services]
     assert names == ["longterm", "prometheus", "vmagent", "alertmanager", "vmalert", "exporter", "gateway"]
@@ -113,6 +140,9 @@ def test_hosts_list_the_scraped_host_with_its_status(api, raw):
     )
     mine = next(h for h in body["hosts"] if h["id"] == HOST)
     assert mine["status"] == "ok", mine
+    # Readiness through the /prometheus prefix, which has no /-/ready of its own.
+    ready = requests.get(f"{api.base}/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["prometheus"] == "ok", ready.text
 
 
 @pytest.fixture(scope="module")
