@@ -24,6 +24,7 @@ from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
 from rules_compiler.alerts import AlertRule, parse_expression, parse_scope, render_alert_rules
+from rules_compiler.deploy import AlertDeployer, DeployFailed
 from rules_compiler.downsampling import is_downsampled
 
 HOST = socket.gethostname()  # the stack's own exporter, scraped by vmagent
@@ -283,3 +284,19 @@ def test_long_term_tier_holds_only_downsampled_series(vm_stack, history):
     names = longterm.query('count by (__name__) ({__name__=~".+"})')
     assert names and all(is_downsampled(s["metric"]["__name__"]) for s in names), names
     assert longterm.query(f'fleet:cpu_utilization{{host_id="{history}"}}') == []
+
+
+def test_a_file_vmalert_refuses_is_a_400_and_the_live_file_stays(tmp_path):
+    rules = tmp_path / "rules" / "fleet-alerts.yml"
+    rules.parent.mkdir()
+    rules.write_text("groups: []\n")
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing is reloaded: the check comes first
+    deployer = AlertDeployer(
+        rules, tmp_path / "am" / "alertmanager.yml", nobody, nobody, dialect="vmalert", vmalert=find_binary("vmalert")
+    )
+    refused = "groups:\n- name: fleet-alerts\n  rules:\n  - {alert: a, expr: up == 0, keep_firing_for: 1m}\n"
+    with pytest.raises(DeployFailed) as failed:
+        deployer.deploy(refused, "route: {receiver: x}\nreceivers: [{name: x}]\n", "r1", 1)
+    assert failed.value.status == 400 and failed.value.message == "vmalert refused the generated file"
+    assert "keep_firing_for" in failed.value.details["output"]
+    assert rules.read_text() == "groups: []\n" and sorted(p.name for p in rules.parent.iterdir()) == [rules.name]
