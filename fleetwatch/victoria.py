@@ -24,7 +24,12 @@ def render_vm_configs(config: StackConfig, paths: dict[str, Path]) -> dict[str, 
     """vmagent's scrape config (Prometheus's, as VictoriaMetrics reads it) and the long-term tier's filter."""
     state = config.state_dir.resolve()
     prom = yaml.safe_load(paths["prometheus"].read_text())
-    jobs = prom["scrape_configs"]
+    host, ports = config.listen_host, config.ports
+    # vmalert's own metrics too: a group over its `limit` shows only there (vmalert_execution_errors_total).
+    jobs = prom["scrape_configs"] + [
+        {"job_name": name, "static_configs": [{"targets": [f"{host}:{port}"]}]}
+        for name, port in (("vmagent", ports.vmagent), ("vmalert", ports.vmalert))
+    ]
     for job in jobs:
         for sd in job.get("file_sd_configs", ()):
             sd.pop("refresh_interval", None)  # refused: -promscrape.fileSDCheckInterval instead

@@ -112,7 +112,7 @@ def test_up_with_victoriametrics_renders_configs_vmagent_accepts(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     jobs = {j["job_name"] for j in yaml.safe_load(paths["vmagent"].read_text())["scrape_configs"]}
-    assert {"fleetwatch", "fleetwatch-gateway"} <= jobs
+    assert {"fleetwatch", "fleetwatch-gateway", "vmagent", "vmalert"} <= jobs
 
 
 def test_no_prometheus_runs_and_vmalert_evaluates_the_same_rule_files(vm_stack):
@@ -123,6 +123,7 @@ def test_no_prometheus_runs_and_vmalert_evaluates_the_same_rule_files(vm_stack):
     files = {g["file"].rsplit("/", 1)[-1] for g in groups}
     assert {"fleet-normalisation.yml", "fleet-downsampling.yml", "fleet-alerts.yml"} <= files
     assert not [r["name"] for g in groups for r in g["rules"] if r.get("lastError")]
+    PromClient(vm_stack.urls()["prometheus"]).wait_for('up{job="vmalert"} == 1')
     # The alert rules file in vmalert's dialect: no keep_firing_for, the hold-down in the expression.
     alerts = next(g for g in groups if g["name"] == "fleet-alerts")["rules"]
     assert alerts and all(r["query"].startswith("last_over_time((") for r in alerts)
