@@ -41,8 +41,8 @@ def _days(low: int, high: int):
 
 
 def _base_port(value: str) -> int:
-    if not value.isdigit() or not 1024 <= int(value) <= 65531:
-        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65531, got {value!r}")
+    if not value.isdigit() or not 1024 <= int(value) <= 65529:  # N+6: --backend victoriametrics
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65529, got {value!r}")
     return int(value)
 
 
