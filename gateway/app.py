@@ -78,6 +78,12 @@ DEFAULTS = {
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
+    # Another backend (docs/backends.md): who evaluates the alert rules, where its rules API answers, what
+    # a deploy reloads (comma-separated base URLs; /-/reload is appended). Empty: PROMETHEUS_URL's.
+    "RULES_DIALECT": "prometheus",  # "vmalert": files without keep_firing_for, checked by `vmalert -dryRun`
+    "VMALERT": "vmalert",
+    "RULES_URL": "",
+    "RELOAD_URLS": "",
     "AMTOOL": "amtool",
     "ALERT_EVALUATION_INTERVAL_S": 30,
     "ALERT_GROUP_WAIT": "5s",
@@ -215,6 +221,10 @@ def create_app(test_config: dict | None = None) -> Flask:
             amtool=config["AMTOOL"],
             # Replicas share the DB, not a lock file: they take turns on an advisory lock.
             lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
+            dialect=config["RULES_DIALECT"],
+            vmalert=config["VMALERT"],
+            rules_url=config["RULES_URL"],
+            reload_urls=tuple(u.strip() for u in str(config["RELOAD_URLS"]).split(",") if u.strip()),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(

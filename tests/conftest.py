@@ -33,6 +33,7 @@ SERVICE_FIXTURES = {
     "world",
     "tiers",
     "slurm_cluster",
+    "vm_stack",
 }
 
 
