@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,6 +79,13 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # Live updates (gateway/stream.py, docs/live-updates.md).
+    "STREAM_MAX_PER_WORKER": 250,  # open streams one worker holds (each a thread beyond THREADS); then 503
+    "STREAM_POLL_S": 1.0,  # how often a worker reads new events from the log for its streams
+    "STREAM_STATUS_POLL_S": 5.0,  # how often the lease holder compares host statuses
+    "STREAM_HEARTBEAT_S": 15.0,
+    "STREAM_EVENTS_KEEP_S": 86400,  # purge older events; a Last-Event-ID older than that gets `reset`
+    "STREAM_EVENTS_KEEP_ROWS": 100_000,
     # Logs and the API's documentation.
     "LOG_LEVEL": "INFO",
     "LOG_JSON": True,
@@ -125,6 +133,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         observability,
         processes,
         reports,
+        stream,
         users,
     )
     from gateway.alert_channels import WEBHOOK_SECRET
@@ -137,6 +146,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.ratelimit import counters_for
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
+    from gateway.status_watch import StatusWatch
     from rules_compiler.deploy import AlertDeployer
 
     app = Flask(__name__)
@@ -173,7 +183,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         last_seen=LastSeen(),
         series_budgets={},
+        # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
+        # (started in each gunicorn worker: gateway/cli.py).
+        stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
     )
+    app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
@@ -190,6 +204,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         ingest,
         agents,
+        stream,
     ):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)

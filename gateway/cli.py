@@ -54,10 +54,14 @@ def serve(args: argparse.Namespace) -> int:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", threads)
+            # gthread, with threads for open streams beyond those of the REST API (docs/live-updates.md).
+            self.cfg.set("threads", threads + app.config["STREAM_MAX_PER_WORKER"])
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", None)
+            # Should an access log be turned on: the path without its query, where ?access_token= may be.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("post_worker_init", lambda _worker: app.extensions["status_watch"].start())
             if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
