@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-stream system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -32,6 +32,10 @@ bench-ingest: system-deps $(STAMP)
 
 bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)
+
+# -P: bench/exporter.py must not shadow the exporter package.
+bench-stream: system-deps $(STAMP)
+	$(PY) -P bench/stream.py $(ARGS)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)

@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", None)
             # Should an access log be turned on: the path without its query, where ?access_token= may be.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
-            self.cfg.set("post_worker_init", lambda _worker: app.extensions["status_watch"].start())
+            self.cfg.set("post_worker_init", lambda worker: _start_worker(app, worker))
             if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
@@ -80,6 +80,12 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     Gateway().run()
     return 0
+
+
+def _start_worker(app, worker) -> None:
+    """In each forked worker: the status watcher starts; open streams end once the worker is told to stop."""
+    app.extensions["status_watch"].start()
+    app.extensions["serving"] = lambda: worker.alive
 
 
 def _webhook_over_tls(app, certfile: str) -> None:

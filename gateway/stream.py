@@ -19,6 +19,9 @@ import bisect
 import json
 import os
 import re
+import select
+import socket
+import ssl
 import threading
 import time
 
@@ -137,7 +140,7 @@ class Stream(MethodView):
         app = current_app._get_current_object()
         slots = app.extensions["stream_slots"]
         if not slots.acquire(blocking=False):
-            raise Unavailable("this worker holds as many streams as it may; retry", {"retry_after_s": 3})
+            raise Unavailable("this worker holds as many streams as it may; retry", headers={"Retry-After": "3"})
         try:
             tail = app.extensions["stream_tail"]
             tail.ensure_started()
@@ -148,7 +151,8 @@ class Stream(MethodView):
         except BaseException:
             slots.release()
             raise
-        events = _events(app, tail, claims, g.principal.role == "admin", cursor, lost, hosts, metrics)
+        hung_up = _hang_up_check(request.environ.get("gunicorn.socket"))
+        events = _events(app, tail, claims, g.principal.role == "admin", cursor, lost, hosts, metrics, hung_up)
         response = Response(events, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must pass events on at once
@@ -169,7 +173,23 @@ def _logged(row: tuple, admin: bool) -> str:
     return _sse(kind, {**payload, **(admin_extra or {})} if admin else payload, event_id)
 
 
-def _events(app: Flask, tail: Tail, claims: dict, admin: bool, cursor: int, lost: bool, hosts, metrics):
+def _hang_up_check(sock):
+    """A test of whether the client has gone without writing to it: a dead stream would hold its slot till a write."""
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return lambda: False  # no plain socket to peek at: the next write tells
+
+    def hung_up() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            # A client of an event stream sends nothing after its request: readable means EOF.
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return hung_up
+
+
+def _events(app: Flask, tail: Tail, claims: dict, admin: bool, cursor: int, lost: bool, hosts, metrics, hung_up):
     """The stream's text, event by event, until the token expires, the login ends or the client goes."""
     config = app.config
     yield "retry: 3000\n\n"
@@ -178,8 +198,14 @@ def _events(app: Flask, tail: Tail, claims: dict, admin: bool, cursor: int, lost
     beat_every, scrape_s = float(config["STREAM_HEARTBEAT_S"]), duration_s(config["SCRAPE_INTERVAL"])
     now = time.time()
     next_beat, next_check, next_metrics = now + beat_every, now + SESSION_RECHECK_S, now
+    serving = app.extensions.get("serving", lambda: True)
     while True:
         now = time.time()
+        if hung_up():
+            return
+        if not serving():
+            yield _sse("end", {"reason": "the server is restarting: reconnect with Last-Event-ID"})
+            return
         if now >= claims["exp"]:
             yield _sse("end", {"reason": "token expired: reconnect with a fresh access token"})
             return
@@ -198,7 +224,8 @@ def _events(app: Flask, tail: Tail, claims: dict, admin: bool, cursor: int, lost
             next_beat = now + beat_every
             yield ": heartbeat\n\n"
         wake = min(next_beat, next_check, claims["exp"], next_metrics if metrics else next_beat)
-        got = tail.after(cursor, max(0.05, wake - time.time()))
+        # At least once a second: a stopping worker must not wait for the next heartbeat to end its streams.
+        got = tail.after(cursor, min(1.0, max(0.05, wake - time.time())))
         if got is None:  # fell behind the worker's memory (a long Last-Event-ID replay): from the DB
             with app.app_context():
                 rows = event_log.read_after(cursor, 500, upto=tail.last)

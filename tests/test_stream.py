@@ -177,3 +177,25 @@ def test_token_expiry_ends_the_stream_and_the_query_token_is_never_logged(tmp_pa
         assert again.status_code == 401
     log = (tmp_path / "gw" / "gateway.log").read_text()
     assert token not in log
+
+
+def test_streams_beyond_the_bound_are_refused_and_a_hung_up_one_frees_its_place(tmp_path):
+    env = {"FLEETWATCH_STREAM_MAX_PER_WORKER": "1"}
+    with (
+        services.prometheus(tmp_path / "tsdb") as prom,
+        services.gateway(tmp_path / "gw", prom.url, args=("--workers=1",), env=env) as gw,
+    ):
+        headers = http_login(gw.url, ADMIN)
+        first = SseClient(f"{gw.url}/api/v1/stream", headers=headers)
+        assert first.status == 200
+        refused = requests.get(f"{gw.url}/api/v1/stream", headers=headers, timeout=10)
+        assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
+        # The REST API keeps its own threads meanwhile.
+        assert requests.get(f"{gw.url}/api/v1/hosts", headers=headers, timeout=10).status_code == 200
+        first.close()  # no heartbeat is due for 15 s: the server notices the hang-up by itself
+        second = wait_until(
+            lambda: (c := SseClient(f"{gw.url}/api/v1/stream", headers=headers)).status == 200 and c,
+            10,
+            "a place for a new stream",
+        )
+        second.close()
