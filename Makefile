@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-stream system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-reports bench-stream system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -39,6 +39,9 @@ bench-stream: system-deps $(STAMP)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)
+
+bench-reports: system-deps $(STAMP)
+	$(PY) bench/reports.py $(ARGS)
 
 system-deps:
 	@scripts/system-deps.sh

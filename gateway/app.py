@@ -86,6 +86,15 @@ DEFAULTS = {
     "STREAM_HEARTBEAT_S": 15.0,
     "STREAM_EVENTS_KEEP_S": 86400,  # purge older events; a Last-Event-ID older than that gets `reset`
     "STREAM_EVENTS_KEEP_ROWS": 100_000,
+    # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
+    "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
+    "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
+    "REPORT_LEASE_S": 180,  # a worker that holds a run longer than this is taken for dead
+    "REPORT_MAX_ATTEMPTS": 3,
+    "REPORT_ATTACH_MAX_BYTES": 10 * 1024 * 1024,  # larger reports are emailed as links
+    "REPORT_LINK_TTL_S": 7 * 86400,  # how long an emailed link works
+    "REPORT_KEEP_S": 90 * 86400,  # report files kept this long after their period
+    "REPORT_CLOCK_OFFSET_S": 0,  # tests only: shifts the schedules' clock
     # Logs and the API's documentation.
     "LOG_LEVEL": "INFO",
     "LOG_JSON": True,
@@ -132,6 +141,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         metrics,
         observability,
         processes,
+        report_schedules,
         reports,
         stream,
         users,
@@ -144,6 +154,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
     from gateway.ratelimit import counters_for
+    from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
     from gateway.status_watch import StatusWatch
@@ -200,6 +211,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         metrics,
         processes,
         reports,
+        report_schedules,
         alert_rules,
         alert_events,
         ingest,
@@ -207,6 +219,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         stream,
     ):
         api.register_blueprint(module.blp)
+    init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py
     _serve_swagger_assets(app)
 
     app.before_request(auth.authorize)

@@ -83,7 +83,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _start_worker(app, worker) -> None:
-    """In each forked worker: the status watcher starts; open streams end once the worker is told to stop."""
+    """In each forked worker: its threads start; open streams end once the worker is told to stop."""
+    # Report schedules and the host status watcher: a thread in each worker, none in the master (the DB decides).
+    app.extensions["report_scheduler"].start()
     app.extensions["status_watch"].start()
     app.extensions["serving"] = lambda: worker.alive
 
