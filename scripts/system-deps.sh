@@ -10,6 +10,8 @@ command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporte
 # PostgreSQL: the tests run the gateway on it too (DATABASE_URL); nothing starts it but them.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certificate
+# Only to validate docker-compose.yml offline (`docker-compose config`); no Docker engine is needed.
+command -v docker-compose >/dev/null || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
