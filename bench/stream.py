@@ -8,7 +8,7 @@ read by a client that keeps every event (the hosts' status events among
 them), in alternating rounds. Prints the median p95 of each side and their ratio
 (the target: at most 1.2).
 
-    make bench-stream   (.venv/bin/python -P bench/stream.py [--streams 200] [--hosts 200] [--rounds 3])
+    make bench-stream   (.venv/bin/python bench/stream.py [--streams 200] [--hosts 200] [--rounds 3])
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Config, Flask, request, send_from_directory
+from flask import Config, Flask, current_app, request, send_from_directory
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ DEFAULTS = {
     "RAW_RETENTION": "7d",
     "LONGTERM_RETENTION": "90d",
     "PROMETHEUS_TIMEOUT_S": 10.0,
+    # A Prometheus whose exporters carry no host_id label (one set up without fleetwatch): "instance" or
+    # "nodename", as its rule files derive it (`fleetwatch rules --host-id-from`, docs/hosts.md); empty: ours.
+    "HOST_ID_FROM": "",
     "QUERY_CACHE_TTL_S": 2.0,
     # Users, tokens, limits.
     "ACCESS_TOKEN_TTL": timedelta(minutes=15),  # from the environment: seconds
@@ -49,6 +52,11 @@ DEFAULTS = {
     "ADMIN_PASSWORD": None,
     # Hosts that Prometheus scrapes.
     "EXPORTER_PORT": 9101,
+    # The machine `fleetwatch up` runs on, as JSON {"id", "hostname", "ips", "has_gpu", "exporter"}; the
+    # stack sets it from what its exporter found, and the gateway adds that host on its first start.
+    "LOCAL_HOST": None,
+    "TARGETS_WRITE_GAP_S": 0.5,  # file_sd/hosts.json: written at most once per gap, per worker (0: every change)
+    "HOSTS_IMPORT_MAX_BYTES": 16 * 1024 * 1024,  # a CSV import's body (MAX_CONTENT_LENGTH is for JSON)
     # Push ingest (gateway/ingest.py).
     "REMOTE_WRITE_URL": "",  # empty: PROMETHEUS_URL's /api/v1/write
     "INGEST_MAX_BODY_BYTES": 4 * 1024 * 1024,
@@ -136,6 +144,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        compat_alerts,
+        compat_metrics,
+        host_import,
         hosts,
         ingest,
         metrics,
@@ -150,6 +161,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.alertmanager import Alertmanager
     from gateway.db import db, secret
     from gateway.errors import Api
+    from gateway.inventory import TargetsWriter, register_local_host
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
@@ -194,6 +206,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         last_seen=LastSeen(),
         series_budgets={},
+        targets_writer=TargetsWriter(app),
         # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
         # (started in each gunicorn worker: gateway/cli.py).
         stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
@@ -208,6 +221,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         auth,
         users,
         hosts,
+        host_import,
         metrics,
         processes,
         reports,
@@ -217,6 +231,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         ingest,
         agents,
         stream,
+        compat_metrics,
+        compat_alerts,
     ):
         api.register_blueprint(module.blp)
     init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py
@@ -229,6 +245,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         migrate(db.engine)
         request_metrics.watch_db(db.engine)
         _bootstrap_admin(app)
+        if config["LOCAL_HOST"]:
+            register_local_host(config["LOCAL_HOST"])
+        app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)
 
@@ -239,8 +258,13 @@ def _require_json_body() -> None:
     from gateway.errors import ApiError
 
     if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        view = current_app.view_functions.get(request.endpoint)
+        method = getattr(getattr(view, "view_class", None), request.method.lower(), view)
+        types = getattr(method, "body_types", ("application/json",))  # gateway.schemas.accepts
+        if request.mimetype in types:
+            return
         raise ApiError(
-            "send the body as JSON (Content-Type: application/json)",
+            f"send the body with Content-Type: {' or '.join(types)}",
             {"content_type": request.content_type or ""},
             status=415,
         )

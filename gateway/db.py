@@ -91,6 +91,9 @@ class Host(Stamped, db.Model):
     # Its agent pushes its points (gateway/ingest.py): Prometheus does not scrape it, and its
     # last_seen_at is what says it is alive.
     pushes: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How it came into the inventory: "api", "push" (its agent's first push), "import" (CSV), "local"
+    # (the machine `fleetwatch up` runs on); the host list adds "discovered" ones from Prometheus.
+    source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

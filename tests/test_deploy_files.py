@@ -311,14 +311,25 @@ def inventory(stack, prom, sick_gpu_node):
     api = api_session(stack.urls()["gateway"])
     exporter = stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
     # The same address and host_id as the targets they have: Prometheus scrapes each once.
+    # The stack registers its own host itself: that one only gets the tag.
+    made, tagged = [], []
     for host_id, address in ((HOST, exporter), (GPU_HOST, sick_gpu_node)):
-        body = {"id": host_id, "hostname": "localhost", "exporter": address, "tags": {"role": "dashboards-test"}}
+        body = {"id": host_id, "hostname": f"{host_id}.test", "exporter": address, "tags": {"role": "dashboards-test"}}
         created = api.post(f"{api.base}/api/v1/hosts", json=body, timeout=30)
-        assert created.status_code in (201, 409), created.text
+        if created.status_code == 409:
+            before = api.get(f"{api.base}/api/v1/hosts/{host_id}", timeout=30).json()["host"]["tags"]
+            patched = api.patch(f"{api.base}/api/v1/hosts/{host_id}", json={"tags": body["tags"]}, timeout=30)
+            assert patched.status_code == 200, patched.text
+            tagged.append((host_id, before))
+        else:
+            assert created.status_code == 201, created.text
+            made.append(host_id)
     prom.wait_for('count(fleet_host_info{role="dashboards-test"}) == 2', timeout_s=60)
     yield api
-    for host_id in (HOST, GPU_HOST):
+    for host_id in made:
         api.delete(f"{api.base}/api/v1/hosts/{host_id}", timeout=30)
+    for host_id, tags in tagged:
+        api.patch(f"{api.base}/api/v1/hosts/{host_id}", json={"tags": tags}, timeout=30)
 
 
 @pytest.fixture(scope="module")
