@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 still_open.append(sum(not s.closed.is_set() for s in streams))
                 for s in streams:
                     s.close()
+                time.sleep(2)  # every hung-up stream's thread gone (they notice within a second)
                 print(
                     f"round {round_ + 1}: p95 {quiet[-1][0]:.1f} ms without, {busy[-1][0]:.1f} ms with", file=sys.stderr
                 )
