@@ -87,6 +87,10 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # HPC jobs (gateway/jobs.py): how often Slurm's are synced from Prometheus, how far back, how many on /metrics.
+    "JOBS_SYNC_S": 15.0,
+    "JOBS_SYNC_LOOKBACK_S": 86400,
+    "JOBS_METRICS_MAX": 1000,
     # Live updates (gateway/stream.py, docs/live-updates.md).
     "STREAM_MAX_PER_WORKER": 250,  # open streams one worker holds (each a thread beyond THREADS); then 503
     "STREAM_POLL_S": 1.0,  # how often a worker reads new events from the log for its streams
@@ -144,11 +148,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        cluster,
         compat_alerts,
         compat_metrics,
         host_import,
         hosts,
         ingest,
+        jobs,
         metrics,
         observability,
         processes,
@@ -233,6 +239,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         stream,
         compat_metrics,
         compat_alerts,
+        cluster,
+        jobs,
     ):
         api.register_blueprint(module.blp)
     init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py

@@ -23,6 +23,7 @@ from gateway.alert_channels import channel_warnings
 from gateway.auth import PUBLIC, access
 from gateway.db import AlertRuleRow, Host, db
 from gateway.errors import Blueprint
+from gateway.job_metrics import JobCollector
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
 
@@ -187,4 +188,5 @@ class Metrics(MethodView):
             for metric in current_app.extensions["request_metrics"].collectors:
                 registry.register(metric)
         registry.register(HostInfoCollector())
+        registry.register(JobCollector())
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
