@@ -61,7 +61,6 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", None)
             # Should an access log be turned on: the path without its query, where ?access_token= may be.
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
-            self.cfg.set("post_worker_init", lambda worker: _start_worker(app, worker))
             if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
@@ -69,6 +68,7 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("certfile", certfile)
                 self.cfg.set("keyfile", keyfile)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
+            self.cfg.set("post_worker_init", lambda worker: _worker_threads(app, worker))
 
         def load(self):
             return app
@@ -82,11 +82,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_worker(app, worker) -> None:
-    """In each forked worker: its threads start; open streams end once the worker is told to stop."""
-    # Report schedules and the host status watcher: a thread in each worker, none in the master (the DB decides).
-    app.extensions["report_scheduler"].start()
-    app.extensions["status_watch"].start()
+def _worker_threads(app, worker) -> None:
+    """Each worker's background threads, none in the master (the DB decides who does what)."""
+    from gateway.alert_silences import start_reconciler
+
+    app.extensions["report_scheduler"].start()  # report schedules
+    start_reconciler(app)  # silences kept in force in Alertmanager
+    app.extensions["status_watch"].start()  # host status changes into the live-update log
+    # Open streams end (their clients reconnect elsewhere) as soon as the worker is told to stop.
     app.extensions["serving"] = lambda: worker.alive
 
 
@@ -106,6 +109,7 @@ def _webhook_over_tls(app, certfile: str) -> None:
 def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
     from gateway.alert_rules import install_rules_on_start
+    from gateway.alert_silences import reconcile_on_start
     from gateway.errors import ApiError
     from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
@@ -116,6 +120,7 @@ def _install_alert_rules(app) -> None:
         except (DeployFailed, ApiError, RuleInvalid) as exc:
             # Serving beats not serving: the rules go in force with the next rule change.
             app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
+        reconcile_on_start()
 
 
 def create_user(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """stream_events (the live-update log), host_status_seen, leases
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-30 06:20:42
 
 The log of host status changes and alert events that /api/v1/stream serves
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"  # numbered 0008: 0007 lands from parallel branches; the lead re-chains at merge
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
