@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # in the environment (JSON-parsed: 5, 2.5, true; text otherwise), or by ``test_config``.
 DEFAULTS = {
     "STATE_DIR": "state",  # the gateway's files: DB, rule files, file_sd targets, exports
+    "METRICS_DIR": "",  # the workers' request metrics; empty: <STATE_DIR>/gateway-metrics (one per replica)
     "SQLALCHEMY_DATABASE_URI": "",  # empty: $DATABASE_URL, else sqlite:///<STATE_DIR>/gateway.db
     # Serving (fleetwatch-gateway serve; its flags win over these).
     "BIND": "127.0.0.1:8080",
@@ -28,6 +29,9 @@ DEFAULTS = {
     "THREADS": 8,
     "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
     "KEYFILE": "",
+    # Proxies in front that append the client's address to X-Forwarded-For (HAProxy: 1). Trusted for
+    # that many hops, so only set it where clients cannot reach the gateway but through them.
+    "PROXY_HOPS": 0,
     # Prometheus and the tiers of history (rules_compiler/downsampling.py).
     "PROMETHEUS_URL": "http://127.0.0.1:9090",
     "LONGTERM_URL": "",  # the downsampled tier; empty: the raw tier answers every range; `fleetwatch up` sets it
@@ -167,6 +171,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         hosts,
         ingest,
         jobs,
+        locks,
         metrics,
         observability,
         processes,
@@ -199,6 +204,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     state_dir.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
+    sqlite = config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:")
     prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])
     longterm = config["LONGTERM_URL"]
     app.extensions.update(
@@ -217,6 +223,8 @@ def create_app(test_config: dict | None = None) -> Flask:
             alertmanager_url=config["ALERTMANAGER_URL"],
             promtool=config["PROMTOOL"],
             amtool=config["AMTOOL"],
+            # Replicas share the DB, not a lock file: they take turns on an advisory lock.
+            lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(
@@ -230,6 +238,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
     )
     app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
+    if config["PROXY_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # remote_addr is then the client's, not the proxy's: login limits are per client, the audit log true.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(config["PROXY_HOPS"]), x_proto=0, x_host=0)
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
@@ -264,11 +277,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.before_request(_require_json_body)
 
     with app.app_context():
-        migrate(db.engine)
+        with locks.held(db.engine, locks.STARTUP):  # replicas started together migrate in turn
+            migrate(db.engine)
+            _bootstrap_admin(app)
+            if config["LOCAL_HOST"]:
+                register_local_host(config["LOCAL_HOST"])
         request_metrics.watch_db(db.engine)
-        _bootstrap_admin(app)
-        if config["LOCAL_HOST"]:
-            register_local_host(config["LOCAL_HOST"])
         app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)

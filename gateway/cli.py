@@ -35,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
     # create_app, and why this module imports neither at its top).
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
-    metrics_dir = Path(config["STATE_DIR"]) / "gateway-metrics"
+    metrics_dir = Path(config["METRICS_DIR"] or Path(config["STATE_DIR"]) / "gateway-metrics")
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -5,7 +5,8 @@ amtool, and only then renamed over the live one; Prometheus and Alertmanager
 are reloaded and Prometheus is asked which rule revision it runs. Should any
 step after the rename fail, the previous files go back and are reloaded, so
 what is in force is always a set that passed the checks. One lock file
-serialises deployments from every gateway worker.
+serialises deployments from every gateway worker; gateway replicas on
+PostgreSQL pass a lock of their own (``lock``: an advisory lock in the DB).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import fcntl
 import os
 import subprocess
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,7 @@ class AlertDeployer:
     promtool: str = "promtool"
     amtool: str = "amtool"
     timeout_s: float = 10.0
+    lock: Callable[[], AbstractContextManager] | None = None  # None: a lock file beside the rules (one machine)
 
     def __post_init__(self):
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.timeout_s), retries=False)
@@ -51,6 +54,10 @@ class AlertDeployer:
     @contextmanager
     def locked(self):
         """Held across read-compile-install, so concurrent writers install complete sets in turn."""
+        if self.lock is not None:
+            with self.lock():
+                yield
+            return
         self.rules_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.rules_path.parent / ".alerts.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
