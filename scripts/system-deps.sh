@@ -22,6 +22,8 @@ command -v curl >/dev/null || need+=(curl)  # the README's first five minutes (t
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 command -v vmagent >/dev/null || need+=(victoria-metrics)
 command -v vmalert >/dev/null || need+=(victoria-metrics)
+# Only to validate docker-compose.yml offline (`docker-compose config`); no Docker engine is needed.
+command -v docker-compose >/dev/null || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
