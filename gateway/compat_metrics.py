@@ -54,17 +54,21 @@ class SnapshotHistoryArgs(ma.Schema):
 
 
 def snapshots(results: list[list[dict]]) -> list[dict]:
-    """MetricSnapshots from one answer per FIELDS entry (instant or range), ordered by node, GPU and time."""
+    """MetricSnapshots from one answer per FIELDS entry (instant or range), ordered by node, GPU and time.
+
+    A range answer's points share the step grid, so a time is one snapshot. Instant answers are each
+    evaluated at their own moment (milliseconds apart): their readings make one snapshot per GPU,
+    stamped with the newest.
+    """
     rows: dict[tuple, dict] = {}
     for field, result in zip(FIELDS, results, strict=True):
         for series in result:
             labels = series["metric"]
+            gpu = (labels.get("host_id", ""), int(labels.get("gpu_index", 0)))
             for ts, value in series.get("values") or [series["value"]]:
-                key = (labels.get("host_id", ""), int(labels.get("gpu_index", 0)), float(ts))
-                row = rows.setdefault(
-                    key,
-                    {"nodeId": key[0], "gpuIndex": key[1], "timestamp": utc_text(float(ts)), **dict.fromkeys(FIELDS)},
-                )
+                key = (*gpu, float(ts) if "values" in series else 0.0)
+                row = rows.setdefault(key, {"nodeId": gpu[0], "gpuIndex": gpu[1], **dict.fromkeys(FIELDS)})
+                row["timestamp"] = max(row.get("timestamp", ""), utc_text(float(ts)))
                 row[field] = round(float(value), 2)
     return [{"id": i, **rows[key]} for i, key in enumerate(sorted(rows), start=1)]
 

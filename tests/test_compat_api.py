@@ -136,3 +136,16 @@ def test_viewers_read_and_admins_write(api):
     assert api.get(f"{api.base}/api/alerts", headers=api.viewer, timeout=10).status_code == 200
     rule = {"name": "v", "metric": "gpu_utilization", "condition": "gt", "threshold": 1}
     assert api.post(f"{api.base}/api/alerts", json=rule, headers=api.viewer, timeout=10).status_code == 403
+
+
+def test_instant_readings_taken_moments_apart_make_one_snapshot():
+    """Each reading's instant query is evaluated at its own millisecond: one GPU is still one snapshot."""
+    from gateway.compat_metrics import FIELDS, snapshots
+
+    results = [
+        [{"metric": {"host_id": "n1", "gpu_index": "0"}, "value": [1_790_000_000.001 + k / 1000, str(k)]}]
+        for k in range(len(FIELDS))
+    ]
+    (only,) = snapshots(results)
+    assert only["nodeId"] == "n1" and only["gpuIndex"] == 0 and None not in only.values()
+    assert only["timestamp"] == "2026-09-21T14:13:20Z"
