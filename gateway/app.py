@@ -56,6 +56,7 @@ DEFAULTS = {
     "INGEST_SERIES_PER_HOST": 5_000,  # label budget: distinct series one host may create
     "INGEST_WRITE_BATCH": 5_000,  # samples per remote-write request
     "INGEST_WRITE_TIMEOUT_S": 5.0,
+    "INGEST_MAX_SPLIT_WRITES": 32,  # remote writes a request may spend finding the points Prometheus refuses
     "INGEST_PAST_S": 3600,  # ts window [now - past, now + future] (§11.2)
     "INGEST_FUTURE_S": 300,
     "HEARTBEAT_EVERY_S": 15,  # how often a worker writes its pushing hosts' last_seen_at, all in one go

@@ -116,7 +116,12 @@ class IngestMetrics(MethodView):
         errors += conflicts
         if series:
             current_app.extensions["point_store"].store(
-                series, errors, counters, config["INGEST_MAX_INFLIGHT_POINTS"], config["INGEST_WRITE_BATCH"]
+                series,
+                errors,
+                counters,
+                config["INGEST_MAX_INFLIGHT_POINTS"],
+                config["INGEST_WRITE_BATCH"],
+                config["INGEST_MAX_SPLIT_WRITES"],
             )
         rejected = len(errors)
         counters.ingest_points.labels("accepted").inc(len(points) - rejected)

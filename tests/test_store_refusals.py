@@ -1,4 +1,4 @@
-"""What the store's refusals cost: only Prometheus's per-sample refusals are for good, others lose no point.
+"""What the store's refusals cost: per-sample refusals are bounded in remote writes, others lose no point.
 
 A real HTTP relay on loopback stands between the gateway and a real
 Prometheus: it counts remote writes, and for a while answers 404/401/413 as a
@@ -19,7 +19,7 @@ from exporter.agent import Agent, AgentConfig
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
 from fleetwatch.testing import services
-from fleetwatch.testing.api import api_key, api_session
+from fleetwatch.testing.api import ADMIN, api_key, api_session, bearer, login, make_app
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
 
@@ -70,6 +70,49 @@ def prometheus(tmp_path_factory):
 
 def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def test_points_prometheus_refuses_cost_a_bounded_number_of_remote_writes(prometheus, tmp_path):
+    relay = Relay(f"{prometheus.url}/api/v1/write")
+    app = make_app(tmp_path, prometheus.url, REMOTE_WRITE_URL=relay.url, INGEST_MAX_SPLIT_WRITES=16)
+    client = app.test_client()
+    key = client.post(
+        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+    ).get_json()["key"]
+    now = int(time.time()) * 1000
+    points = [
+        {"metric": "gpu.temperature_c", "ts": rfc3339(now - 60_000), "value": 1.0, "labels": {"gpu_index": str(i)}}
+        for i in range(400)
+    ]
+
+    def push(batch):
+        return client.post(
+            "/api/v1/ingest/metrics", json={"host_id": "h-split", "metrics": batch}, headers={"X-API-Key": key}
+        )
+
+    assert push(points).status_code == 200
+    # Other values at each series' newest timestamp: Prometheus refuses every one of them.
+    relay.answered.clear()
+    r = push([{**p, "value": 2.0} for p in points])
+    assert r.status_code == 400, r.get_json()
+    details = r.get_json()["error"]["details"]
+    assert details["rejected"] == 400 and details["accepted"] == 0
+    # Halving down to single samples would take ~800 remote writes; the request is allowed 16 more than its first.
+    assert len(relay.answered) <= 1 + 16, len(relay.answered)
+    reasons = " ".join(e["reason"] for e in details["errors"])
+    assert "refused by the store" in reasons and "not tried alone" in reasons
+
+    # One bad point among good ones is still found within the bound, and its neighbours stored.
+    relay.answered.clear()
+    fresh = [{"metric": "cpu.load5", "ts": rfc3339(now - 200_000 + 1000 * i), "value": 5.0} for i in range(200)]
+    clash = {**points[-1], "value": 3.0}
+    r = push([*fresh, clash])
+    answer = r.get_json()
+    assert r.status_code == 200 and (answer["accepted"], answer["rejected"]) == (200, 1), answer
+    assert answer["errors"][0]["index"] == 200 and "refused by the store" in answer["errors"][0]["reason"]
+    assert len(relay.answered) <= 1 + 16
+    stored = PromClient(prometheus.url).query('count_over_time(fleet:cpu_load5{host_id="h-split"}[10m])')
+    assert int(stored[0]["value"][1]) == 200
 
 
 @pytest.mark.integration
