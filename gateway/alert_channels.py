@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from gateway.channel_policy import check_receiver
 from gateway.db import secret
 from rules_compiler.alertmanager import Delivery, check_channels
 from rules_compiler.alerts import parse_channel
@@ -41,10 +42,13 @@ def normalise_channels(texts: list[str]) -> list[str]:
     """A rule's channels as they will be stored.
 
     Raises:
-        RuleInvalid: a channel that is malformed, or that this configuration cannot deliver (e.g. email without SMTP).
+        RuleInvalid: a channel that is malformed, that this configuration cannot deliver (e.g. email
+            without SMTP), or that points into the gateway's own network (gateway/channel_policy.py).
     """
     channels = tuple(parse_channel(text) for text in texts)
     check_channels(channels, delivery())
+    for channel in channels:
+        check_receiver(channel, current_app.config["CHANNEL_ALLOW_HOSTS"])
     return [str(c) for c in channels]
 
 

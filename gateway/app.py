@@ -74,6 +74,8 @@ DEFAULTS = {
     "ALERT_EVENTS_GROUP_INTERVAL": "10s",
     "ALERT_ACK_SILENCE_S": 86400,
     "ALERT_DEFAULT_CHANNELS": "",  # comma-separated channels of the starter rules
+    # Webhook/Slack receivers on internal addresses allowed anyway: comma-separated names, IPs, CIDRs.
+    "CHANNEL_ALLOW_HOSTS": "",
     "SMTP_SMARTHOST": "",
     "SMTP_FROM": "fleetwatch@localhost",
     "SMTP_AUTH_USERNAME": "",
