@@ -10,12 +10,13 @@ from __future__ import annotations
 import secrets
 
 import marshmallow as ma
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 
 from gateway.alert_channels import default_channels, delivery, normalise_channels
 from gateway.alert_events import open_events, resolve
 from gateway.auth import audit
+from gateway.channel_policy import mask_channel
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
 from gateway.errors import Blueprint, NotFound
 from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, page
@@ -59,6 +60,14 @@ class RuleSchema(ma.Schema):
     enabled = ma.fields.Boolean(load_default=True)
     created_at = UtcDateTime(dump_only=True)
     updated_at = UtcDateTime(dump_only=True)
+
+    @ma.post_dump
+    def _mask_for_viewers(self, data: dict, **_) -> dict:
+        # A Slack URL is its own credential: only admins, who may change it, see it whole.
+        principal = g.get("principal")
+        if "channels" in data and (principal is None or principal.role != "admin"):
+            data["channels"] = [mask_channel(c) for c in data["channels"]]
+        return data
 
 
 class RuleUpdateSchema(RuleSchema):
@@ -200,7 +209,12 @@ class RuleById(MethodView):
                 setattr(row, key, value)
             row.updated_at = utcnow()
             publish()
-            audit("alert_rule_update", row.id, **fields)
+            masked = (
+                {**fields, "channels": [mask_channel(c) for c in fields["channels"]]}
+                if "channels" in fields
+                else fields
+            )
+            audit("alert_rule_update", row.id, **masked)
             db.session.commit()
         return {"id": rule_id, "status": "updated"}
 

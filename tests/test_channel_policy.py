@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, login, make_app
 from fleetwatch.testing.waits import free_port
 from gateway.alert_channels import normalise_channels
 from rules_compiler.alerts import RuleInvalid, parse_channel
@@ -70,3 +70,57 @@ def test_internal_looking_names_are_refused_though_only_literal_addresses_are_ch
             normalise_channels(["webhook:http://alerts.corp/x"])  # a single-label or .corp name: internal
         assert normalise_channels(["webhook:https://alerts.example.org/x"]) == ["webhook:https://alerts.example.org/x"]
     assert str(parse_channel("email:ops@example.com")) == "email:ops@example.com"
+
+
+SLACK = "slack:https://hooks.slack.com/services/T000/B000/SECRETSLACK#ops"
+BASIC = "webhook:https://relay:SECRETPW@alerts.example.com/hook?token=SECRETQ"  # a row from before #7
+
+
+def test_viewers_see_channels_masked_and_admins_whole(app):
+    from gateway.db import AlertRuleRow, add_with_id, db
+
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    user = {"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}
+    assert client.post("/api/v1/users", json=user, headers=admin).status_code == 201
+    viewer = bearer(login(client, VIEWER)["access_token"])
+    with app.app_context():
+        row = add_with_id(AlertRuleRow(name="r", expression="cpu.utilization > 90", duration="5m", channels=[]))
+        row.channels = [SLACK, BASIC, "email:ops@example.com"]
+        db.session.commit()
+        rule_id = row.id
+    for path in ("/api/v1/alerts/rules", f"/api/v1/alerts/rules/{rule_id}"):
+        seen = client.get(path, headers=viewer).get_json()
+        text = str(seen)
+        assert "SECRET" not in text, text
+        channels = seen["rules"][-1]["channels"] if "rules" in seen else seen["channels"]
+        assert channels == [
+            "slack:https://hooks.slack.com/***#ops",
+            "webhook:https://***@alerts.example.com/***",
+            "email:ops@example.com",
+        ]
+        whole = client.get(path, headers=admin).get_json()
+        assert SLACK in str(whole) and BASIC in str(whole)
+
+
+@pytest.mark.integration
+def test_rule_changes_do_not_copy_channel_secrets_into_the_audit_log(stack):
+    s = api_session(stack.urls()["gateway"])
+    body = {"name": "audit-mask", "expression": "cpu.utilization > 1000", "channels": [SLACK]}
+    created = s.post(f"{s.base}/api/v1/alerts/rules", json=body, timeout=30)
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    other = "webhook:https://alerts.example.com/hooks/SECRETPATH"
+    r = s.put(f"{s.base}/api/v1/alerts/rules/{rule_id}", json={"channels": [SLACK, other]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert s.get(f"{s.base}/api/v1/alerts/rules/{rule_id}", timeout=10).json()["channels"] == [SLACK, other]
+    events = s.get(f"{s.base}/api/v1/audit", params={"limit": 100}, timeout=10).json()["events"]
+    mine = [e for e in events if e["target"] in (rule_id, None) and e["action"].startswith("alert_rule")]
+    assert any(e["action"] == "alert_rule_update" and e["target"] == rule_id for e in mine), mine
+    assert "SECRET" not in str(mine), mine
+    update = next(e for e in mine if e["action"] == "alert_rule_update")
+    assert update["details"]["channels"] == [
+        "slack:https://hooks.slack.com/***#ops",
+        "webhook:https://alerts.example.com/***",
+    ]
+    s.delete(f"{s.base}/api/v1/alerts/rules/{rule_id}", timeout=30)
