@@ -40,6 +40,8 @@ DEFAULTS = {
     "REFRESH_TOKEN_TTL": timedelta(days=7),  # from the environment: seconds
     "BCRYPT_ROUNDS": 12,
     "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
+    "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
+    "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
@@ -134,6 +136,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.alertmanager import Alertmanager
     from gateway.db import db, secret
     from gateway.errors import Api
+    from gateway.key_scope import KeyBudgets
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
@@ -176,6 +179,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         last_seen=LastSeen(),
         series_budgets={},
+        key_budgets=KeyBudgets(),
     )
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics

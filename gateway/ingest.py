@@ -13,7 +13,7 @@ import time
 
 import marshmallow as ma
 import orjson
-from flask import current_app, request
+from flask import current_app, g, request
 from flask.views import MethodView
 
 from gateway.agents import AgentSettingsSchema, agent_settings
@@ -102,6 +102,8 @@ class IngestMetrics(MethodView):
         if len(points) > limit:
             raise ApiError(f"at most {limit} points per request", {"points": len(points)}, status=413)
         host_id = body["host_id"]
+        budgets = current_app.extensions["key_budgets"]
+        budgets.admit_host(g.principal.scope, host_id)
         current_app.extensions["last_seen"].note(body)
         valid, errors = check_points(
             host_id,
@@ -112,6 +114,11 @@ class IngestMetrics(MethodView):
             config["INGEST_PAST_S"] * 1000,
             config["INGEST_FUTURE_S"] * 1000,
         )
+        for labels in budgets.admit_series(g.principal.scope, list(valid)):
+            reason = (
+                f"series budget: this API key has {g.principal.scope.max_series or config['API_KEY_MAX_SERIES']} series"
+            )
+            errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
         series, conflicts = in_order(valid)
         errors += conflicts
         if series:
@@ -146,6 +153,7 @@ class Heartbeat(MethodView):
         The answer's ``config`` is what admins set at /api/v1/agents/config (REQ-AGENT-003).
         """
         body = _body()
+        current_app.extensions["key_budgets"].admit_host(g.principal.scope, body["host_id"])
         current_app.extensions["last_seen"].note(body, force=True)
         echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
         return {**echo, "config": agent_settings()}

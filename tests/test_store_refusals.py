@@ -77,7 +77,9 @@ def test_points_prometheus_refuses_cost_a_bounded_number_of_remote_writes(promet
     app = make_app(tmp_path, prometheus.url, REMOTE_WRITE_URL=relay.url, INGEST_MAX_SPLIT_WRITES=16)
     client = app.test_client()
     key = client.post(
-        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+        "/api/v1/api-keys",
+        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+        headers=bearer(login(client, ADMIN)["access_token"]),
     ).get_json()["key"]
     now = int(time.time()) * 1000
     points = [

@@ -1,0 +1,124 @@
+"""Which hosts an agent's API key speaks for, and how many hosts and series it may create (issue 13 #3).
+
+A key is bound at creation to one host id, a pattern (``gpu-*``) or ``*``
+(a fleet-wide relay key). A push or heartbeat for a host outside its binding
+is a 403; a host not in the inventory is added only by a key that names it
+or allows discovery. The hosts and series each key has created are rows in
+the DB, so the budgets hold across gunicorn workers and gateway replicas;
+each worker remembers what the DB already admitted, so a steady agent costs
+no query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.db import Host, KeyHost, KeySeries, db
+from gateway.errors import Forbidden
+
+PATTERN = re.compile(r"^(\*|[A-Za-z0-9*][A-Za-z0-9._*-]{0,63})$")  # host ids' characters, and *
+_REMEMBERED = 1_000_000  # (key, host) and (key, series) pairs a worker keeps before starting over
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    pk: int
+    pattern: str
+    discovery: bool
+    max_hosts: int | None
+    max_series: int | None
+
+    def covers(self, host_id: str) -> bool:
+        """Whether the binding includes ``host_id``."""
+        if self.pattern == "*":
+            return True
+        return re.fullmatch(".*".join(map(re.escape, self.pattern.split("*"))), host_id) is not None
+
+    @property
+    def exact(self) -> bool:
+        return "*" not in self.pattern
+
+
+class KeyBudgets:
+    """One worker's memory of the hosts and series the DB has admitted for each key."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._hosts: set[tuple[int, str]] = set()
+        self._series: set[tuple[int, bytes]] = set()
+
+    def admit_host(self, scope: KeyScope, host_id: str) -> None:
+        """Let ``scope``'s key speak for ``host_id``, or refuse.
+
+        Raises:
+            Forbidden: outside the key's binding; not in the inventory and the key may not add
+                hosts; or the key has reached its host budget.
+        """
+        if not scope.covers(host_id):
+            raise Forbidden(
+                f"this API key speaks for hosts {scope.pattern!r}, not {host_id!r}",
+                {"host_id": host_id, "host_pattern": scope.pattern},
+            )
+        if (scope.pk, host_id) in self._hosts:
+            return
+        admitted = db.session.execute(select(KeyHost.host_id).filter_by(key_pk=scope.pk, host_id=host_id)).first()
+        if admitted is None:
+            known = db.session.execute(select(Host.pk).filter_by(id=host_id)).first()
+            if known is None and not (scope.discovery or scope.exact):
+                raise Forbidden(
+                    f'host {host_id} is not in the inventory: add it (POST /api/v1/hosts with exporter "push") '
+                    "or use a key made with allow_discovery",
+                    {"host_id": host_id},
+                )
+            limit = scope.max_hosts or current_app.config["API_KEY_MAX_HOSTS"]
+            _insert(KeyHost, [{"key_pk": scope.pk, "host_id": host_id}])
+            count = db.session.execute(select(func.count()).where(KeyHost.key_pk == scope.pk)).scalar_one()
+            if count > limit:  # checked after the insert: two workers cannot both take the last place
+                db.session.rollback()
+                raise Forbidden(
+                    f"this API key has pushed for {limit} hosts, its budget (max_hosts)", {"max_hosts": limit}
+                )
+            db.session.commit()
+        with self._lock:
+            if len(self._hosts) > _REMEMBERED:
+                self._hosts.clear()
+            self._hosts.add((scope.pk, host_id))
+
+    def admit_series(self, scope: KeyScope, series: list[bytes]) -> list[bytes]:
+        """Take ``series`` (encoded labels) into the key's series budget; return those beyond it."""
+        new = [s for s in series if (scope.pk, s) not in self._series]
+        if not new:
+            return []
+        digests = {s: hashlib.blake2b(s, digest_size=16).hexdigest() for s in new}
+        have = set(
+            db.session.execute(
+                select(KeySeries.series).where(KeySeries.key_pk == scope.pk, KeySeries.series.in_(digests.values()))
+            ).scalars()
+        )
+        fresh = [s for s in new if digests[s] not in have]
+        refused = []
+        if fresh:
+            limit = scope.max_series or current_app.config["API_KEY_MAX_SERIES"]
+            count = db.session.execute(select(func.count()).where(KeySeries.key_pk == scope.pk)).scalar_one()
+            fresh, refused = fresh[: max(0, limit - count)], fresh[max(0, limit - count) :]
+            if fresh:
+                _insert(KeySeries, [{"key_pk": scope.pk, "series": digests[s]} for s in fresh])
+            db.session.commit()
+        with self._lock:
+            if len(self._series) > _REMEMBERED:
+                self._series.clear()
+            self._series.update((scope.pk, s) for s in new if s not in refused)
+        return refused
+
+
+def _insert(model, rows: list[dict]) -> None:
+    """INSERT rows, those another worker inserted first left as they are."""
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    db.session.execute(dialect.insert(model).values(rows).on_conflict_do_nothing())
