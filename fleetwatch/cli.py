@@ -58,7 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--listen-host",
         default="127.0.0.1",
-        help="address every service binds (default 127.0.0.1; 0.0.0.0 to expose them)",
+        help="address the gateway and the exporter bind (default 127.0.0.1; 0.0.0.0 to expose them); "
+        "Prometheus and Alertmanager stay on 127.0.0.1 unless --expose-backends",
+    )
+    up.add_argument(
+        "--expose-backends",
+        action="store_true",
+        help="bind Prometheus (both tiers) and Alertmanager to --listen-host too: their APIs have no "
+        "authentication, and whoever reaches them can stop them, write series and silence alerts "
+        "(docs/security-ingest.md)",
     )
     up.add_argument("--scrape-interval", type=_duration, default="5s")
     up.add_argument("--evaluation-interval", type=_duration, default="30s")
@@ -82,18 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def up(args: argparse.Namespace) -> int:
-    ports = Ports.from_base(args.base_port) if args.base_port else Ports()
-    config = StackConfig(
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    """The stack `fleetwatch up ARGS` runs."""
+    return StackConfig(
         state_dir=args.state_dir,
-        ports=ports,
+        ports=Ports.from_base(args.base_port) if args.base_port else Ports(),
         listen_host=args.listen_host,
+        backend_host=args.listen_host if args.expose_backends else "127.0.0.1",
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         raw_retention=args.retention,
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
     )
+
+
+def up(args: argparse.Namespace) -> int:
+    config = stack_config(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
