@@ -38,6 +38,14 @@ class ExportResult(ma.Schema):
     resolution = ma.fields.String()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text(value: str) -> str:
+    """A label value a spreadsheet shows as text, never runs as a formula (a process may name itself "=cmd|…")."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _exports_dir() -> Path:
     path = Path(current_app.config["STATE_DIR"]) / "exports"
     path.mkdir(parents=True, exist_ok=True)
@@ -78,7 +86,7 @@ class Export(MethodView):
                         p["ts"],
                         body["host_id"],
                         body["metric"],
-                        *(s["labels"].get(k, "") for k in label_names),
+                        *(as_text(s["labels"].get(k, "")) for k in label_names),
                         p["value"],
                     ]
                 )
