@@ -11,8 +11,10 @@ unanswered request is safe: the gateway stores a point once.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -44,6 +46,43 @@ class AgentConfig:
     buffer_max_points: int = 50_000  # ≈ 40 min of a 100-point sample every 5 s
     ca_file: str | None = None  # None: the system's CAs; verification is never off
     timeout_s: float = 10.0
+    insecure: bool = False  # may send the key over plain http:// to another machine
+
+    def __post_init__(self):
+        url = urllib3.util.parse_url(self.push)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"push: {self.push!r} is not an http(s):// URL")
+        if url.scheme == "http" and not self.insecure and not _loopback(url.host):
+            raise ValueError(
+                f"refusing to send the API key over plain {self.push}: anyone on the path could read it "
+                "and push as this host; use https://, or --insecure (insecure: true) on a network you trust"
+            )
+        if not self.api_key:
+            raise ValueError("no API key: --api-key-file FILE (mode 0600), FLEETWATCH_API_KEY, or api_key_file:")
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: plain http to it crosses no network."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_key_file(path: str) -> str:
+    """The API key in ``path``, which only its owner may read.
+
+    Raises:
+        ValueError: the file is readable or writable by others, or empty.
+    """
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{path}: mode {mode:04o} lets other users read the API key; chmod 600 {path}")
+    with open(path) as f:
+        key = f.read().strip()
+    if not key:
+        raise ValueError(f"{path}: empty; it should hold the API key")
+    return key
 
 
 # What the gateway may set (REQ-AGENT-003), and the bounds an agent accepts it within. At most
@@ -70,6 +109,8 @@ def load_yaml(path: str) -> dict:
     for key in ("interval", "heartbeat"):
         if key in data:
             data[f"{key}_s"] = parse_duration(data.pop(key))
+    if "api_key_file" in data:
+        data["api_key"] = read_key_file(str(data.pop("api_key_file")))
     unknown = set(data) - set(AgentConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
