@@ -26,6 +26,7 @@ import yaml
 
 from exporter import __version__
 from exporter.catalog_points import Translator, rfc3339
+from exporter.masking import ProcessMasking
 from exporter.push_buffer import PushBuffer
 
 log = logging.getLogger("fleetwatch.agent")
@@ -120,8 +121,11 @@ def load_yaml(path: str) -> dict:
 class Agent:
     """Samples ``registry`` every interval into ``buffer``; sends the buffer in order; beats every 30 s."""
 
-    def __init__(self, config: AgentConfig, registry, buffer: PushBuffer, clock=time.time):
+    def __init__(
+        self, config: AgentConfig, registry, buffer: PushBuffer, masking: ProcessMasking | None = None, clock=time.time
+    ):
         self.config = config
+        self._masking = masking  # the registry's: the gateway's policy is added to it
         self._registry = registry
         self._buffer = buffer
         self._clock = clock
@@ -201,6 +205,7 @@ class Agent:
     def apply(self, pushed: object) -> None:
         """The gateway's settings (REQ-AGENT-003) over this agent's own; one it leaves unset is the agent's own."""
         pushed = pushed if isinstance(pushed, dict) else {}
+        self._apply_masking(pushed.get("process_masking"))
         for key, (low, high) in PUSHED_SETTINGS.items():
             value = pushed.get(key)
             valid = type(value) in (int, float) and low <= value <= high
@@ -212,6 +217,17 @@ class Agent:
                 setattr(self.config, key, wanted)
                 if key == "interval_s":
                     self._retimed.set()
+
+    def _apply_masking(self, policy: object) -> None:
+        """The gateway's process-masking policy (PRIV-002) beside this host's own flags; absent: the own only."""
+        if self._masking is None:
+            return
+        policy = policy if isinstance(policy, dict) else {}
+        try:
+            self._masking.set_pushed(policy.get("names") or (), policy.get("users") or ())
+        except (ValueError, TypeError) as exc:
+            # Keep masking what was masked: a policy this agent cannot read must not unmask anything.
+            log.warning("ignoring the gateway's process masking: %s", exc)
 
     def _post(self, url: str, body: bytes) -> tuple[int | None, dict]:
         try:
@@ -280,12 +296,14 @@ class Agent:
                 self._stop.wait(max(self._retry_after, backoff * random.uniform(0.5, 1.0)))
 
 
-def run(config: AgentConfig, registry, background: list, stop: threading.Event) -> int:
+def run(
+    config: AgentConfig, registry, background: list, stop: threading.Event, masking: ProcessMasking | None = None
+) -> int:
     """Push until ``stop`` is set; the points still queued stay in the buffer for the next start."""
     buffer = PushBuffer(config.buffer, config.buffer_max_points)
     for collector in background:
         collector.start()
-    agent = Agent(config, registry, buffer).start()
+    agent = Agent(config, registry, buffer, masking).start()
     log.info(
         "pushing to %s every %gs as host %s (%d points queued)",
         config.push,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from prometheus_client import ProcessCollector, start_http_server
 
 from exporter import __version__
+from exporter.masking import MASKED, ProcessMasking
 from exporter.registry import ExporterConfig, build_registry
 
 log = logging.getLogger("fleetwatch.exporter")
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="Hostname",
         help="key of that label: dcgm-exporter releases use Hostname, newer builds hostname",
     )
+    for flag, what in (("--mask-process", "process names"), ("--mask-user", "process users")):
+        p.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="REGEX",
+            help=f'top-N {what} matching REGEX (the whole value) are shown as "{MASKED}" (repeatable)',
+        )
     push = p.add_argument_group("push mode (agent): send to the gateway instead of serving /metrics")
     push.add_argument("--push", metavar="URL", help="the gateway, e.g. https://fleet.example.com")
     push.add_argument(
@@ -134,8 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        masking = ProcessMasking(args.mask_process, args.mask_user)
+    except ValueError as exc:
+        parser.error(f"--mask-process/--mask-user: {exc}")
     config = ExporterConfig(
         host=args.host,
         gpu=args.gpu,
@@ -146,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         proc_root=args.proc_root,
         hostname=args.hostname,
         hostname_label=args.hostname_label,
+        masking=masking,
     )
     # Handlers first: a signal that arrives once /metrics answers must stop us cleanly.
     stop = threading.Event()
@@ -153,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     registry, background = build_registry(config)
     if args.push or args.config:
-        return _push(args, registry, background, stop)
+        return _push(args, registry, background, stop, masking)
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
     host, port = args.listen
     try:
@@ -200,7 +215,7 @@ def agent_config(args: argparse.Namespace, env: Mapping[str, str]):
     return agent.AgentConfig(**settings)
 
 
-def _push(args, registry, background, stop: threading.Event) -> int:
+def _push(args, registry, background, stop: threading.Event, masking: ProcessMasking) -> int:
     from exporter import agent
 
     try:
@@ -208,7 +223,7 @@ def _push(args, registry, background, stop: threading.Event) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"fleetwatch-exporter: {exc}", file=sys.stderr)
         return 2
-    return agent.run(config, registry, background, stop)
+    return agent.run(config, registry, background, stop, masking)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter import __version__
+from exporter.masking import ProcessMasking
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class ExporterConfig:
     hostname: str = ""
     hostname_label: str = "Hostname"  # dcgm-exporter's key; newer versions say "hostname"
     extra_collectors: dict = field(default_factory=dict)  # name -> collector, for tests
+    masking: ProcessMasking = field(default_factory=ProcessMasking)  # top-N names and users hidden (PRIV-002)
 
 
 class InstrumentedCollectors:
@@ -110,7 +112,7 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
             proc_root=config.proc_root,
             gpu_processes=gpu.processes if gpu is not None else list,
         )
-        top = TopProcessCollector(scanner, interval=config.process_interval_s)
+        top = TopProcessCollector(scanner, interval=config.process_interval_s, masking=config.masking)
         collectors["processes"] = top
         background.append(top)
     collectors.update(config.extra_collectors)

@@ -42,6 +42,7 @@ DEFAULTS = {
     "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
     "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
     "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
+    "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
@@ -128,6 +129,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ingest,
         metrics,
         observability,
+        process_masking,
         processes,
         reports,
         users,
@@ -197,6 +199,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         ingest,
         agents,
+        process_masking,
     ):
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)

@@ -21,6 +21,7 @@ from gateway.auth import AGENT, access
 from gateway.errors import ApiError, Blueprint
 from gateway.hosts import HOST_ID
 from gateway.point_checks import check_points, in_order
+from gateway.process_masking import PolicySchema, masking, policy
 from gateway.schemas import fast_json
 
 blp = Blueprint("ingest", __name__, url_prefix="/api/v1/ingest", description="Metric points pushed by agents")
@@ -49,8 +50,12 @@ class HeartbeatSchema(ma.Schema):
     has_gpu = ma.fields.Boolean()
 
 
+class AgentAnswerSchema(AgentSettingsSchema):
+    process_masking = ma.fields.Nested(PolicySchema, metadata={"description": "names the agent must mask"})
+
+
 class HeartbeatAnswer(HeartbeatSchema):
-    config = ma.fields.Nested(AgentSettingsSchema, metadata={"description": "settings the agent must apply"})
+    config = ma.fields.Nested(AgentAnswerSchema, metadata={"description": "settings the agent must apply"})
 
 
 class PointError(ma.Schema):
@@ -113,6 +118,7 @@ class IngestMetrics(MethodView):
             int(time.time() * 1000),
             config["INGEST_PAST_S"] * 1000,
             config["INGEST_FUTURE_S"] * 1000,
+            masking(),
         )
         for labels in budgets.admit_series(g.principal.scope, list(valid)):
             reason = (
@@ -156,4 +162,4 @@ class Heartbeat(MethodView):
         current_app.extensions["key_budgets"].admit_host(g.principal.scope, body["host_id"])
         current_app.extensions["last_seen"].note(body, force=True)
         echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
-        return {**echo, "config": agent_settings()}
+        return {**echo, "config": {**agent_settings(), "process_masking": policy()}}

@@ -18,6 +18,7 @@ from gateway.auth import PUBLIC, access, audit
 from gateway.db import Host, db, secret
 from gateway.errors import ApiError, Blueprint, NotFound
 from gateway.metrics import QueryArgs
+from gateway.process_masking import masking
 from gateway.schemas import utc_text
 from gateway.series import RANGES, fetch_series
 
@@ -74,6 +75,9 @@ class Export(MethodView):
         series, resolution, _ = fetch_series(
             current_app.extensions["tiers"], body["metric"], body["host_id"], body["range"], body["labels"]
         )
+        mask = masking()  # series stored before the policy, or scraped from an exporter without it
+        for s in series:
+            s["labels"] = mask.labels(s["labels"])
         label_names = sorted({k for s in series for k in s["labels"]})
         out = io.StringIO()
         writer = csv.writer(out)
