@@ -18,6 +18,7 @@ from flask.views import MethodView
 
 from gateway.agents import AgentSettingsSchema, agent_settings
 from gateway.auth import AGENT, access
+from gateway.db import db
 from gateway.errors import ApiError, Blueprint
 from gateway.hosts import HOST_ID
 from gateway.point_checks import check_points, in_order
@@ -109,7 +110,6 @@ class IngestMetrics(MethodView):
         host_id = body["host_id"]
         budgets = current_app.extensions["key_budgets"]
         budgets.admit_host(g.principal.scope, host_id)
-        current_app.extensions["last_seen"].note(body)
         valid, errors = check_points(
             host_id,
             points,
@@ -125,6 +125,8 @@ class IngestMetrics(MethodView):
                 f"series budget: this API key has {g.principal.scope.max_series or config['API_KEY_MAX_SERIES']} series"
             )
             errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
+        current_app.extensions["last_seen"].note(body)
+        db.session.commit()  # the key's new hosts and series, if noting the push wrote nothing
         series, conflicts = in_order(valid)
         errors += conflicts
         if series:
@@ -160,6 +162,6 @@ class Heartbeat(MethodView):
         """
         body = _body()
         current_app.extensions["key_budgets"].admit_host(g.principal.scope, body["host_id"])
-        current_app.extensions["last_seen"].note(body, force=True)
+        current_app.extensions["last_seen"].note(body, force=True)  # commits the key's new host with it
         echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
         return {**echo, "config": {**agent_settings(), "process_masking": policy()}}

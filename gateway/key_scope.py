@@ -6,7 +6,9 @@ is a 403; a host not in the inventory is added only by a key that names it
 or allows discovery. The hosts and series each key has created are rows in
 the DB, so the budgets hold across gunicorn workers and gateway replicas;
 each worker remembers what the DB already admitted, so a steady agent costs
-no query.
+no query. Their rows are committed with the request's other writes (the
+host's discovery, its last_seen_at): one write transaction for a new host,
+as before keys were bound.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from gateway.db import Host, KeyHost, KeySeries, db
 from gateway.errors import Forbidden
 
 PATTERN = re.compile(r"^(\*|[A-Za-z0-9*][A-Za-z0-9._*-]{0,63})$")  # host ids' characters, and *
-_REMEMBERED = 1_000_000  # (key, host) and (key, series) pairs a worker keeps before starting over
+# (key, host) and (key, series) pairs a worker keeps before starting over: ~60 bytes each, so
+# ~15 MB per worker at most; past it the DB answers again for the series pushes bring.
+_REMEMBERED = 250_000
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,10 @@ class KeyBudgets:
     def __init__(self):
         self._lock = threading.Lock()
         self._hosts: set[tuple[int, str]] = set()
-        self._series: set[tuple[int, bytes]] = set()
+        self._series: set[tuple[int, int]] = set()  # (key, hash of the series' labels): not the labels themselves
 
     def admit_host(self, scope: KeyScope, host_id: str) -> None:
-        """Let ``scope``'s key speak for ``host_id``, or refuse.
+        """Let ``scope``'s key speak for ``host_id``, or refuse; the caller commits (with the host's discovery).
 
         Raises:
             Forbidden: outside the key's binding; not in the inventory and the key may not add
@@ -85,15 +89,14 @@ class KeyBudgets:
                 raise Forbidden(
                     f"this API key has pushed for {limit} hosts, its budget (max_hosts)", {"max_hosts": limit}
                 )
-            db.session.commit()
         with self._lock:
             if len(self._hosts) > _REMEMBERED:
                 self._hosts.clear()
             self._hosts.add((scope.pk, host_id))
 
     def admit_series(self, scope: KeyScope, series: list[bytes]) -> list[bytes]:
-        """Take ``series`` (encoded labels) into the key's series budget; return those beyond it."""
-        new = [s for s in series if (scope.pk, s) not in self._series]
+        """Take ``series`` (encoded labels) into the key's series budget; return those beyond it. The caller commits."""
+        new = [s for s in series if (scope.pk, hash(s)) not in self._series]
         if not new:
             return []
         digests = {s: hashlib.blake2b(s, digest_size=16).hexdigest() for s in new}
@@ -110,11 +113,11 @@ class KeyBudgets:
             fresh, refused = fresh[: max(0, limit - count)], fresh[max(0, limit - count) :]
             if fresh:
                 _insert(KeySeries, [{"key_pk": scope.pk, "series": digests[s]} for s in fresh])
-            db.session.commit()
         with self._lock:
             if len(self._series) > _REMEMBERED:
                 self._series.clear()
-            self._series.update((scope.pk, s) for s in new if s not in refused)
+            over = set(refused)
+            self._series.update((scope.pk, hash(s)) for s in new if s not in over)
         return refused
 
 
