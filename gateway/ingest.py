@@ -125,6 +125,7 @@ class IngestMetrics(MethodView):
                 f"series budget: this API key has {g.principal.scope.max_series or config['API_KEY_MAX_SERIES']} series"
             )
             errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
+        budgets.record()
         current_app.extensions["last_seen"].note(body)
         db.session.commit()  # the key's new hosts and series, if noting the push wrote nothing
         series, conflicts = in_order(valid)
@@ -161,7 +162,9 @@ class Heartbeat(MethodView):
         The answer's ``config`` is what admins set at /api/v1/agents/config (REQ-AGENT-003).
         """
         body = _body()
-        current_app.extensions["key_budgets"].admit_host(g.principal.scope, body["host_id"])
+        budgets = current_app.extensions["key_budgets"]
+        budgets.admit_host(g.principal.scope, body["host_id"])
+        budgets.record()
         current_app.extensions["last_seen"].note(body, force=True)  # commits the key's new host with it
         echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
         return {**echo, "config": {**agent_settings(), "process_masking": policy()}}

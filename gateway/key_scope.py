@@ -7,8 +7,9 @@ or allows discovery. The hosts and series each key has created are rows in
 the DB, so the budgets hold across gunicorn workers and gateway replicas;
 each worker remembers what the DB already admitted, so a steady agent costs
 no query. Their rows are committed with the request's other writes (the
-host's discovery, its last_seen_at): one write transaction for a new host,
-as before keys were bound.
+host's discovery): one short write transaction for a new host, as before
+keys were bound. Checked before the write, a budget may be overshot by the
+pushes that take its last places in the same instant.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import current_app, g
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -51,7 +52,12 @@ class KeyScope:
 
 
 class KeyBudgets:
-    """One worker's memory of the hosts and series the DB has admitted for each key."""
+    """One worker's memory of the hosts and series the DB has admitted for each key.
+
+    ``admit_*`` only read; what they admit is written by ``record()``, right
+    before the request commits, so that SQLite's write lock is held for the
+    inserts and the commit only, not while the points are checked.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -59,7 +65,7 @@ class KeyBudgets:
         self._series: set[tuple[int, int]] = set()  # (key, hash of the series' labels): not the labels themselves
 
     def admit_host(self, scope: KeyScope, host_id: str) -> None:
-        """Let ``scope``'s key speak for ``host_id``, or refuse; the caller commits (with the host's discovery).
+        """Let ``scope``'s key speak for ``host_id``, or refuse.
 
         Raises:
             Forbidden: outside the key's binding; not in the inventory and the key may not add
@@ -72,8 +78,7 @@ class KeyBudgets:
             )
         if (scope.pk, host_id) in self._hosts:
             return
-        admitted = db.session.execute(select(KeyHost.host_id).filter_by(key_pk=scope.pk, host_id=host_id)).first()
-        if admitted is None:
+        if db.session.execute(select(KeyHost.host_id).filter_by(key_pk=scope.pk, host_id=host_id)).first() is None:
             known = db.session.execute(select(Host.pk).filter_by(id=host_id)).first()
             if known is None and not (scope.discovery or scope.exact):
                 raise Forbidden(
@@ -82,20 +87,19 @@ class KeyBudgets:
                     {"host_id": host_id},
                 )
             limit = scope.max_hosts or current_app.config["API_KEY_MAX_HOSTS"]
-            _insert(KeyHost, [{"key_pk": scope.pk, "host_id": host_id}])
             count = db.session.execute(select(func.count()).where(KeyHost.key_pk == scope.pk)).scalar_one()
-            if count > limit:  # checked after the insert: two workers cannot both take the last place
-                db.session.rollback()
+            if count >= limit:
                 raise Forbidden(
                     f"this API key has pushed for {limit} hosts, its budget (max_hosts)", {"max_hosts": limit}
                 )
+            _pending().setdefault(KeyHost, []).append({"key_pk": scope.pk, "host_id": host_id})
         with self._lock:
             if len(self._hosts) > _REMEMBERED:
                 self._hosts.clear()
             self._hosts.add((scope.pk, host_id))
 
     def admit_series(self, scope: KeyScope, series: list[bytes]) -> list[bytes]:
-        """Take ``series`` (encoded labels) into the key's series budget; return those beyond it. The caller commits."""
+        """Take ``series`` (encoded labels) into the key's series budget; return those beyond it."""
         new = [s for s in series if (scope.pk, hash(s)) not in self._series]
         if not new:
             return []
@@ -110,9 +114,10 @@ class KeyBudgets:
         if fresh:
             limit = scope.max_series or current_app.config["API_KEY_MAX_SERIES"]
             count = db.session.execute(select(func.count()).where(KeySeries.key_pk == scope.pk)).scalar_one()
-            fresh, refused = fresh[: max(0, limit - count)], fresh[max(0, limit - count) :]
-            if fresh:
-                _insert(KeySeries, [{"key_pk": scope.pk, "series": digests[s]} for s in fresh])
+            room = max(0, limit - count)
+            fresh, refused = fresh[:room], fresh[room:]
+            rows = [{"key_pk": scope.pk, "series": digests[s]} for s in fresh]
+            _pending().setdefault(KeySeries, []).extend(rows)
         with self._lock:
             if len(self._series) > _REMEMBERED:
                 self._series.clear()
@@ -120,8 +125,15 @@ class KeyBudgets:
             self._series.update((scope.pk, hash(s)) for s in new if s not in over)
         return refused
 
+    @staticmethod
+    def record() -> None:
+        """Write what this request admitted (rows another worker wrote first are left as they are)."""
+        pending = g.pop("key_budget_rows", None) or {}
+        dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+        for model, rows in pending.items():
+            if rows:  # one cached statement, executemany: a host's 100 new series cost a millisecond
+                db.session.execute(dialect.insert(model.__table__).on_conflict_do_nothing(), rows)
 
-def _insert(model, rows: list[dict]) -> None:
-    """INSERT rows, those another worker inserted first left as they are."""
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    db.session.execute(dialect.insert(model).values(rows).on_conflict_do_nothing())
+
+def _pending() -> dict:
+    return g.setdefault("key_budget_rows", {})
