@@ -11,10 +11,12 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client import ProcessCollector
 
 from exporter import __version__
+from exporter.endpoint import serve
 from exporter.masking import MASKED, ProcessMasking
+from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
 
 log = logging.getLogger("fleetwatch.exporter")
@@ -99,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="procfs to read, e.g. /host/proc in a container (default /proc)",
     )
     p.add_argument(
+        "--sys-root",
+        default="/sys",
+        metavar="DIR",
+        help="sysfs to read, e.g. /host/sys in a container (default /sys)",
+    )
+    p.add_argument(
+        "--rootfs",
+        default="/",
+        metavar="DIR",
+        help="the host's root filesystem, for /etc/os-release, e.g. /host/root in a container (default /)",
+    )
+    p.add_argument(
+        "--textfile-directory",
+        default="",
+        metavar="DIR",
+        help="export the metrics of DIR/*.prom, as node_exporter's --collector.textfile.directory (default: none)",
+    )
+    p.add_argument(
         "--hostname",
         default=socket.gethostname(),
         help="value of the GPU series' hostname label (default: this host's name)",
@@ -158,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         process_interval_s=args.process_interval,
         gpu_interval_s=args.gpu_interval,
         proc_root=args.proc_root,
+        sys_root=args.sys_root,
+        rootfs=args.rootfs,
+        textfile_directory=args.textfile_directory,
         hostname=args.hostname,
         hostname_label=args.hostname_label,
         masking=masking,
@@ -170,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.push or args.config:
         return _push(args, registry, background, stop, masking)
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
+    registry.register(AddressSpaceLimitCollector())
     host, port = args.listen
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = serve(registry, host, port)
     except OSError as exc:
         print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,9 @@ class ExporterConfig:
     process_interval_s: float = 5.0
     gpu_interval_s: float = 5.0
     proc_root: str = "/proc"
+    sys_root: str = "/sys"
+    rootfs: str = "/"  # where /etc/os-release is read
+    textfile_directory: str = ""  # node_exporter's --collector.textfile.directory; "" reads none
     hostname: str = ""
     hostname_label: str = "Hostname"  # dcgm-exporter's key; newer versions say "hostname"
     extra_collectors: dict = field(default_factory=dict)  # name -> collector, for tests
@@ -56,6 +59,15 @@ class InstrumentedCollectors:
             "How long a collector took at this scrape.",
             labels=["collector"],
         )
+        # The same figures under node_exporter's names, which its dashboards' "Node Exporter" row reads.
+        node_success = GaugeMetricFamily(
+            "node_scrape_collector_success", "node_exporter: Whether a collector succeeded.", labels=["collector"]
+        )
+        node_duration = GaugeMetricFamily(
+            "node_scrape_collector_duration_seconds",
+            "node_exporter: Duration of a collector scrape.",
+            labels=["collector"],
+        )
         for name, collector in self._collectors.items():
             start = time.perf_counter()
             try:
@@ -64,16 +76,18 @@ class InstrumentedCollectors:
                 if name not in self._failing:
                     log.warning("collector %s failed: %s", name, exc)
                     self._failing.add(name)
-                success.add_metric([name], 0)
+                ok = 0
             else:
                 if name in self._failing:
                     log.info("collector %s recovered", name)
                     self._failing.discard(name)
-                success.add_metric([name], 1)
-                yield from families
-            duration.add_metric([name], time.perf_counter() - start)
-        yield success
-        yield duration
+                ok = 1
+                # A family without a series is left out, as node_exporter writes none.
+                yield from (f for f in families if f.samples)
+            took = time.perf_counter() - start
+            for fam, value in ((success, ok), (node_success, ok), (duration, took), (node_duration, took)):
+                fam.add_metric([name], value)
+        yield from (success, duration, node_success, node_duration)
         info = GaugeMetricFamily("fleet_exporter_build_info", "The exporter's version; always 1.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -86,8 +100,10 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
     gpu = None
     if config.host:
         from exporter.host import HostCollector
+        from exporter.node import node_collectors
 
         collectors["host"] = HostCollector(proc_root=config.proc_root)
+        collectors.update(node_collectors(config.proc_root, config.sys_root, config.rootfs, config.textfile_directory))
     if config.gpu:
         from exporter.gpu import GpuCollector
         from exporter.nvml import Nvml

@@ -84,6 +84,15 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
+    "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
+    "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
+    "REPORT_LEASE_S": 180,  # a worker that holds a run longer than this is taken for dead
+    "REPORT_MAX_ATTEMPTS": 3,
+    "REPORT_ATTACH_MAX_BYTES": 10 * 1024 * 1024,  # larger reports are emailed as links
+    "REPORT_LINK_TTL_S": 7 * 86400,  # how long an emailed link works
+    "REPORT_KEEP_S": 90 * 86400,  # report files kept this long after their period
+    "REPORT_CLOCK_OFFSET_S": 0,  # tests only: shifts the schedules' clock
     # Logs and the API's documentation.
     "LOG_LEVEL": "INFO",
     "LOG_JSON": True,
@@ -131,6 +140,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         observability,
         process_masking,
         processes,
+        report_schedules,
         reports,
         users,
     )
@@ -143,6 +153,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
     from gateway.ratelimit import counters_for
+    from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
     from rules_compiler.deploy import AlertDeployer
@@ -195,6 +206,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         metrics,
         processes,
         reports,
+        report_schedules,
         alert_rules,
         alert_events,
         ingest,
@@ -202,6 +214,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         process_masking,
     ):
         api.register_blueprint(module.blp)
+    init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py
     _serve_swagger_assets(app)
 
     app.before_request(auth.authorize)

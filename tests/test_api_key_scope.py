@@ -124,12 +124,15 @@ def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(tmp_path):
 def test_keys_from_before_binding_are_fleet_wide_relay_keys(tmp_path):
     """Revision 0006: a key made before keys were bound keeps working for every host, discovery included."""
     from alembic import command
+    from alembic.script import ScriptDirectory
 
     from gateway.schema_migrations import alembic_config, migrate
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'gateway-old.db'}")
     with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), "0003")
+        config = alembic_config(connection)
+        before = ScriptDirectory.from_config(config).get_revision("0006").down_revision
+        command.upgrade(config, before)
         connection.execute(
             sa.text(
                 "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at) "

@@ -15,9 +15,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace as NS
 
-import psutil
 import pynvml
 import pytest
 from prometheus_client.metrics_core import Metric
@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import Metric
 from exporter.catalog_points import Translator
 from exporter.gpu import GpuCollector
 from exporter.host import HostCollector
+from exporter.node.diskstats import DiskstatsCollector
+from exporter.node.netdev import NetdevCollector
 from exporter.nvml import Nvml
 from exporter.processes import ProcessScanner, TopProcessCollector
 from exporter.xid import XidCollector, XidWatcher
@@ -44,33 +46,28 @@ GRID_S = 90  # the line runs this long either side of the moment it is written
 
 
 class FixedDevices:
-    """psutil with one more NIC and disk whose counters advance by set steps: every rate has a series."""
+    """This host's /proc with one more disk and NIC whose counters advance by set steps: every rate has a series."""
 
-    def __init__(self):
-        self.scrape = 0
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "net").mkdir(parents=True)
+        self.advance(0)
 
-    def __getattr__(self, name):
-        return getattr(psutil, name)
-
-    def net_io_counters(self, pernic=False):
-        n = self.scrape
-        fake = NS(bytes_recv=10**9 + 12_345 * n, packets_recv=5000 + 9 * n, errin=3 * n, dropin=n)
-        fake.__dict__.update(bytes_sent=7 * 10**8 + 678 * n, packets_sent=4000 + 5 * n, errout=2, dropout=n)
-        return {**psutil.net_io_counters(pernic=True), "fake0": fake}
-
-    def disk_io_counters(self, perdisk=False):
-        n = self.scrape
-        fake = NS(read_count=100 + 40 * n, read_merged_count=n, read_bytes=4096 * (100 + 400 * n), read_time=5 + n)
-        fake.__dict__.update(write_count=200 + 30 * n, write_merged_count=0, write_bytes=4096 * 3 * n, write_time=6)
-        fake.busy_time = 7 + 2 * n
-        return {**(psutil.disk_io_counters(perdisk=True) or {}), "fakedisk0": fake}
+    def advance(self, n: int) -> None:
+        reads, sectors = 100 + 40 * n, 8 * (100 + 400 * n)
+        disk = f"   8      16 vdz {reads} {n} {sectors} {5 + n} {200 + 30 * n} 0 {24 * n} 6 0 {7 + 2 * n} 11\n"
+        (self.root / "diskstats").write_text(Path("/proc/diskstats").read_text() + disk)
+        rx = f"{10**9 + 12_345 * n} {5000 + 9 * n} {3 * n} {n} 0 0 0 0"
+        tx = f"{7 * 10**8 + 678 * n} {4000 + 5 * n} 2 {n} 0 0 0 0"
+        (self.root / "net" / "dev").write_text(Path("/proc/net/dev").read_text() + f" fake0: {rx} {tx}\n")
 
 
 @pytest.fixture(scope="module")
-def scrapes():
-    """Families of two scrapes of the host, GPU and top-process collectors, a moment apart."""
-    ps = FixedDevices()
-    host = HostCollector(ps=ps)
+def scrapes(tmp_path_factory):
+    """Families of two scrapes of the host, disk, network, GPU and top-process collectors, a moment apart."""
+    devices = FixedDevices(tmp_path_factory.mktemp("proc"))
+    disks, nics = DiskstatsCollector(str(devices.root)), NetdevCollector(str(devices.root))
+    host = HostCollector()
     gpm = (
         pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
         pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
@@ -93,10 +90,10 @@ def scrapes():
         lib.xid(1, 94, gpu_instance_id=9)
         wait_until(lambda: any(f.name.startswith("DCGM_FI_PROF") for f in gpu.collect()), 10, "GPM ratios")
         wait_until(lambda: any(s.value == 94 for f in xid.collect() for s in f.samples), 10, "the fake XID")
-        a = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
-        ps.scrape = 1
+        a = [*host.collect(), *disks.collect(), *nics.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
+        devices.advance(1)
         time.sleep(0.3)  # real counters move too
-        b = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
+        b = [*host.collect(), *disks.collect(), *nics.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
     finally:
         top.stop()
         xid.stop()

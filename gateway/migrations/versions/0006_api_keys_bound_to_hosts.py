@@ -1,7 +1,7 @@
 """api_keys bound to hosts (host_pattern, allow_discovery, budgets); api_key_hosts, api_key_series
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30 06:30:00
 
 A key made before keys were bound spoke for every host and added the hosts it
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
