@@ -21,6 +21,7 @@ from gateway.metrics import QueryArgs
 from gateway.process_masking import masking
 from gateway.schemas import utc_text
 from gateway.series import RANGES, fetch_series
+from gateway.spreadsheet import as_text
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1/reports", description="Exports and reports")
 
@@ -37,14 +38,6 @@ class ExportResult(ma.Schema):
     expires_at = ma.fields.String()
     rows = ma.fields.Integer()
     resolution = ma.fields.String()
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def as_text(value: str) -> str:
-    """A label value a spreadsheet shows as text, never runs as a formula (a process may name itself "=cmd|…")."""
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def _exports_dir() -> Path:

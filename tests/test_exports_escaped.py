@@ -45,3 +45,16 @@ def test_label_values_that_start_a_formula_are_exported_as_text(tmp_path):
     assert {r["name"] for r in rows} == {"'" + name for name in HOSTILE}
     assert {r["user"] for r in rows} == {"'@root"}
     assert {float(r["value"]) for r in rows} == {-1.5 + n for n in range(len(HOSTILE))}  # numbers stay numbers
+
+
+def test_scheduled_report_csv_writes_a_pushed_hostname_as_text():
+    """A pushing agent names its host (the heartbeat's hostname): the report's CSV must not run it."""
+    from gateway.report_data import ReportData, Source, Stats
+    from gateway.report_render import Report, render_csv
+
+    data = ReportData(
+        0, 3600, Source("raw", "raw", 5), ["cpu.utilization"], {"h1": {"cpu.utilization": Stats(1, 2, 3)}}, {}, {}, 60
+    )
+    report = Report("t", "every host", "UTC", [("h1", '=HYPERLINK("http://x","y")')], data, [], {})
+    rows = list(csv.DictReader(io.StringIO(render_csv(report).decode())))
+    assert rows[0]["hostname"] == '\'=HYPERLINK("http://x","y")' and rows[0]["cpu.utilization:avg"] == "1.000"
