@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-reports system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -35,6 +35,9 @@ bench-alerts: system-deps $(STAMP)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)
+
+bench-slurm: $(STAMP)
+	$(PY) bench/slurm.py $(ARGS)
 
 bench-reports: system-deps $(STAMP)
 	$(PY) bench/reports.py $(ARGS)

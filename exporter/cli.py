@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from prometheus_client import ProcessCollector
 
 from exporter import __version__
-from exporter.endpoint import serve
+from exporter.exposition import serve
 from exporter.masking import MASKED, ProcessMasking
 from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
@@ -137,6 +137,60 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="REGEX",
             help=f'top-N {what} matching REGEX (the whole value) are shown as "{MASKED}" (repeatable)',
         )
+    slurm = p.add_argument_group("Slurm (docs/slurm.md)")
+    slurm.add_argument(
+        "--slurm",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="cluster state from sinfo/squeue (SLURM_CONF from the environment) or slurmrestd (default off)",
+    )
+    slurm.add_argument(
+        "--slurm-interval",
+        type=_bounded(float, 1, 600),
+        default=15.0,
+        metavar="SECONDS",
+        help="how often Slurm is read (default 15)",
+    )
+    slurm.add_argument(
+        "--slurm-timeout",
+        type=_bounded(float, 1, 120),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait for one sinfo/squeue/slurmrestd answer (default 10)",
+    )
+    slurm.add_argument(
+        "--slurm-max-jobs",
+        type=_bounded(int, 0, 1_000_000),
+        default=2000,
+        metavar="N",
+        help="jobs with per-job fleet_slurm_job_* series, running ones first (default 2000)",
+    )
+    slurm.add_argument("--slurmrestd-url", metavar="URL", help="read slurmrestd, e.g. http://127.0.0.1:6820")
+    slurm.add_argument(
+        "--slurmrestd-token-file",
+        metavar="FILE",
+        help="file holding a JWT from `scontrol token` (re-read at every sample, so it can be rotated)",
+    )
+    slurm.add_argument("--slurmrestd-user", metavar="NAME", help="the user the token is for (default: this user)")
+    slurm.add_argument(
+        "--jobs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-job CPU, memory and GPU from Slurm's job cgroups (default: on where slurmd made its cgroups)",
+    )
+    slurm.add_argument(
+        "--jobs-interval",
+        type=_bounded(float, 0.5, 300),
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the job cgroups are read (default 5)",
+    )
+    slurm.add_argument(
+        "--cgroup-root",
+        default="/sys/fs/cgroup",
+        metavar="DIR",
+        help="cgroup mount to read, e.g. /host/sys/fs/cgroup in a container (default /sys/fs/cgroup)",
+    )
     push = p.add_argument_group("push mode (agent): send to the gateway instead of serving /metrics")
     push.add_argument("--push", metavar="URL", help="the gateway, e.g. https://fleet.example.com")
     push.add_argument(
@@ -165,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.slurmrestd_url and not args.slurmrestd_token_file:
+        parser.error("--slurmrestd-url needs --slurmrestd-token-file")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         masking = ProcessMasking(args.mask_process, args.mask_user)
@@ -183,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         textfile_directory=args.textfile_directory,
         hostname=args.hostname,
         hostname_label=args.hostname_label,
+        slurm=args.slurm or bool(args.slurmrestd_url),
+        slurm_interval_s=args.slurm_interval,
+        slurm_timeout_s=args.slurm_timeout,
+        slurm_max_jobs=args.slurm_max_jobs,
+        slurmrestd_url=args.slurmrestd_url or "",
+        slurmrestd_token_file=args.slurmrestd_token_file or "",
+        slurmrestd_user=args.slurmrestd_user or "",
+        jobs=args.jobs,
+        jobs_interval_s=args.jobs_interval,
+        cgroup_root=args.cgroup_root,
         masking=masking,
     )
     # Handlers first: a signal that arrives once /metrics answers must stop us cleanly.
@@ -196,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     registry.register(AddressSpaceLimitCollector())
     host, port = args.listen
     try:
-        server = serve(registry, host, port)
+        server = serve(host, port, registry)
     except OSError as exc:
         print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -206,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping")
     server.shutdown()
+    server.server_close()
     for collector in background:
         collector.stop()
     return 0

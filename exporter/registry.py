@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter import __version__
+from exporter.exposition import RENDERED, ExporterRegistry
 from exporter.masking import ProcessMasking
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ class ExporterConfig:
     textfile_directory: str = ""  # node_exporter's --collector.textfile.directory; "" reads none
     hostname: str = ""
     hostname_label: str = "Hostname"  # dcgm-exporter's key; newer versions say "hostname"
+    slurm: bool = False  # the cluster collector (sinfo/squeue or slurmrestd), on the controller host
+    slurm_interval_s: float = 15.0
+    slurm_timeout_s: float = 10.0
+    slurm_max_jobs: int = 2000
+    slurmrestd_url: str = ""  # read slurmrestd instead of running sinfo/squeue
+    slurmrestd_token_file: str = ""
+    slurmrestd_user: str = ""
+    jobs: bool | None = None  # per-job accounting; None: on where slurmd has made its cgroups
+    jobs_interval_s: float = 5.0
+    cgroup_root: str = "/sys/fs/cgroup"
     extra_collectors: dict = field(default_factory=dict)  # name -> collector, for tests
     masking: ProcessMasking = field(default_factory=ProcessMasking)  # top-N names and users hidden (PRIV-002)
 
@@ -51,6 +61,8 @@ class InstrumentedCollectors:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        # Within ExporterRegistry.exposition, a collector that keeps its families formatted hands over bytes.
+        rendered = RENDERED.get()
         success = GaugeMetricFamily(
             "fleet_exporter_collector_success", "Whether a collector succeeded.", labels=["collector"]
         )
@@ -71,7 +83,12 @@ class InstrumentedCollectors:
         for name, collector in self._collectors.items():
             start = time.perf_counter()
             try:
-                families = list(collector.collect())
+                if rendered is not None and hasattr(collector, "rendered"):
+                    part, families = collector.rendered(), []
+                    if part is not None:
+                        rendered.append(part)
+                else:
+                    families = list(collector.collect())
             except Exception as exc:  # noqa: BLE001 - one source's failure must not fail the scrape
                 if name not in self._failing:
                     log.warning("collector %s failed: %s", name, exc)
@@ -93,7 +110,7 @@ class InstrumentedCollectors:
         yield info
 
 
-def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
+def build_registry(config: ExporterConfig) -> tuple[ExporterRegistry, list]:
     """The registry for ``config`` and the background-sampling collectors to start and stop."""
     collectors: dict = {}
     background: list = []
@@ -131,7 +148,60 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
         top = TopProcessCollector(scanner, interval=config.process_interval_s, masking=config.masking)
         collectors["processes"] = top
         background.append(top)
+    if config.slurm:
+        collectors["slurm"] = _slurm(config)
+        background.append(collectors["slurm"])
+    if config.jobs or config.jobs is None and _slurm_cgroups(config.cgroup_root):
+        from exporter.cgroups import JobCgroups
+        from exporter.jobs import JobCollector
+
+        jobs = JobCollector(
+            JobCgroups(config.cgroup_root, config.proc_root),
+            # The GPU collector's own reading: NVML is read once for both; --no-gpu means no GPU attribution.
+            gpu_devices=_newest_devices(gpu) if gpu is not None else list,
+            proc_root=config.proc_root,
+            interval=config.jobs_interval_s,
+        )
+        collectors["jobs"] = jobs
+        background.append(jobs)
     collectors.update(config.extra_collectors)
-    registry = CollectorRegistry(auto_describe=False)
+    registry = ExporterRegistry(auto_describe=False)
     registry.register(InstrumentedCollectors(collectors))
     return registry, background
+
+
+def _slurm(config: ExporterConfig):
+    from exporter.slurm import SlurmCollector
+    from exporter.slurm_state import SlurmCommands, SlurmRest
+
+    if config.slurmrestd_url:
+        source = SlurmRest(
+            config.slurmrestd_url,
+            config.slurmrestd_token_file,
+            user=config.slurmrestd_user or None,
+            timeout=config.slurm_timeout_s,
+        )
+    else:
+        source = SlurmCommands(timeout=config.slurm_timeout_s)
+    return SlurmCollector(source, interval=config.slurm_interval_s, max_jobs=config.slurm_max_jobs)
+
+
+def _slurm_cgroups(root: str) -> bool:
+    from exporter.cgroups import slurm_cgroups_present
+
+    found = slurm_cgroups_present(root)
+    log.info("per-job accounting %s", "on: Slurm job cgroups found" if found else f"off: no Slurm cgroups in {root}")
+    return found
+
+
+def _newest_devices(gpu):
+    from exporter.sampling import SampleFailed
+
+    def devices() -> list:
+        try:
+            sample = gpu.sampler.latest()
+        except SampleFailed:
+            return []
+        return sample.value.devices if sample is not None else []
+
+    return devices

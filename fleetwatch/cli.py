@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from fleetwatch import backfill
-from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig
+from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
 
 log = logging.getLogger("fleetwatch")
 
@@ -86,12 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
+    up.add_argument(
+        "--no-slurm",
+        action="store_true",
+        help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
+    )
     backfill.add_parser(sub)
     return p
 
 
-def stack_config(args: argparse.Namespace) -> StackConfig:
-    """The stack `fleetwatch up ARGS` runs."""
+def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackConfig:
+    """The stack `fleetwatch up ARGS` runs; ``slurm`` as StackConfig's (None: the exporter decides)."""
     return StackConfig(
         state_dir=args.state_dir,
         ports=Ports.from_base(args.base_port) if args.base_port else Ports(),
@@ -102,11 +107,13 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         raw_retention=args.retention,
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
+        slurm=slurm,
     )
 
 
 def up(args: argparse.Namespace) -> int:
-    config = stack_config(args)
+    slurm, slurm_line = (False, "off (--no-slurm)") if args.no_slurm else slurm_answers()
+    config = stack_config(args, slurm if slurm or args.no_slurm else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,6 +127,7 @@ def up(args: argparse.Namespace) -> int:
     for name, url in stack.urls().items():
         print(f"  {name:<13} {url}")
     print(f"  state         {config.state_dir.resolve()} (logs in logs/)")
+    print(f"  slurm         {slurm_line}")
     if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
         print(
             f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "

@@ -65,6 +65,7 @@ class StackConfig:
     exporter_args: list[str] = field(default_factory=list)
     gateway_workers: int = 2
     gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
+    slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
 
 
@@ -158,6 +159,36 @@ def find_binary(*names: str) -> str:
     raise ServiceFailed(
         f"{names[0]} is not installed: `make run` installs Debian's package, or run `apt-get install {names[0]}`"
     )
+
+
+# Where Debian's Slurm, older packages and slurmd's configless cache keep slurm.conf.
+SLURM_CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
+
+
+def slurm_answers(env: dict[str, str] | None = None, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Whether ``sinfo`` answers here (SLURM_CONF from ``env``), and the start-up line that says so."""
+    env_ = env if env is not None else os.environ
+    if shutil.which("sinfo", path=env_.get("PATH")) is None:
+        return False, "off: no sinfo on PATH"
+    # Without a configuration file sinfo asks DNS for one (configless Slurm): not on every `fleetwatch up`.
+    if not env_.get("SLURM_CONF") and not any(Path(p).exists() for p in SLURM_CONF_PATHS):
+        return False, f"off: no Slurm configuration (SLURM_CONF, {SLURM_CONF_PATHS[0]})"
+    try:
+        # Bounded: without its configuration file sinfo retries for a minute.
+        r = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N"], env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"off: sinfo did not answer within {timeout_s:g} s"
+    if r.returncode != 0:
+        said = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return False, f"off: {said}"
+    nodes = len(set(r.stdout.split()))
+    return True, f"on: sinfo answered ({nodes} node{'s' if nodes != 1 else ''}): cluster state and per-job accounting"
+
+
+def _slurm_flags(slurm: bool | None) -> list[str]:
+    return {True: ["--slurm", "--jobs"], False: ["--no-slurm", "--no-jobs"], None: []}[slurm]
 
 
 def render_configs(config: StackConfig) -> dict[str, Path]:
@@ -271,7 +302,14 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
         ),
         Service(
             "exporter",
-            [sys.executable, "-m", "exporter.cli", f"--listen={host}:{ports.exporter}", *config.exporter_args],
+            [
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                f"--listen={host}:{ports.exporter}",
+                *_slurm_flags(config.slurm),
+                *config.exporter_args,
+            ],  # fmt: skip
             f"http://{near}:{ports.exporter}/metrics",
             logs / "exporter.log",
         ),

@@ -1,4 +1,4 @@
-"""The /metrics endpoint: prometheus_client's, with the costs of node_exporter-sized scrapes taken out.
+"""Encoding a scrape: prometheus_client's encoders, with the costs of node_exporter-sized scrapes taken out.
 
 With node_exporter's ~500 series, prometheus_client's serving costs more than
 collecting them: its OpenMetrics writer escapes every sample name character by
@@ -8,19 +8,15 @@ and whose samples carry none of those (every scrape of ours) is written by a
 loop that does only what remains, the same bytes (tests/test_exporter_endpoint.py
 compares them), and gzip runs at level 1 (a tenth of the CPU, ~15 % more
 bytes on the wire). Anything else is prometheus_client's own answer.
+exporter/exposition.py serves it, joined to the bytes big collectors keep formatted.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
 import re
-import socket
-import threading
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
@@ -71,12 +67,12 @@ def _openmetrics(families: list) -> bytes:
     out = []
     for family in families:
         name = family.name
-        out.append(f"# HELP {name} {_escape(family.documentation)}\n# TYPE {name} {family.type}\n")
+        out.append(f"# HELP {name} {escape(family.documentation)}\n# TYPE {name} {family.type}\n")
         if family.unit:
             out.append(f"# UNIT {name} {family.unit}\n")
         for s in family.samples:
             if s.labels:
-                labels = ",".join([f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items())])
+                labels = ",".join([f'{k}="{escape(v)}"' for k, v in sorted(s.labels.items())])
                 out.append(f"{s.name}{{{labels}}} {floatToGoString(s.value)}\n")
             else:
                 out.append(f"{s.name} {floatToGoString(s.value)}\n")
@@ -84,7 +80,8 @@ def _openmetrics(families: list) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """A label value or HELP text escaped as OpenMetrics writes it."""
     return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -113,39 +110,3 @@ def _remember(names: set[str], name: str) -> None:
     if len(names) >= _PLAIN_MAX:
         names.clear()
     names.add(name)
-
-
-def metrics_app(registry):
-    """A WSGI app serving ``registry`` as prometheus_client's does (other methods and ?name[] are its own)."""
-    theirs = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        if (
-            environ["REQUEST_METHOD"] != "GET"
-            or environ.get("PATH_INFO") == "/favicon.ico"
-            or environ.get("QUERY_STRING")
-        ):
-            return theirs(environ, start_response)
-        body, content_type = encode(registry, environ.get("HTTP_ACCEPT"))
-        headers = [("Content-Type", content_type)]
-        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
-            headers.append(("Content-Encoding", "gzip"))
-        start_response("200 OK", headers)
-        return [body]
-
-    return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):
-        pass  # one line per scrape would drown the log
-
-
-def serve(registry, host: str, port: int):
-    """Serve ``registry`` on http://host:port/ from a daemon thread; the server (``shutdown()`` stops it)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-    server = make_server(host, port, metrics_app(registry), server_class, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server

@@ -7,7 +7,7 @@ import threading
 from wsgiref.simple_server import make_server
 
 import requests
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -17,8 +17,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 
-from exporter import endpoint
-from exporter.endpoint import encode, serve
+from exporter import encoding
+from exporter.encoding import encode
+from exporter.exposition import ExporterRegistry, serve
 from exporter.registry import ExporterConfig, build_registry
 from fleetwatch.testing.waits import free_port
 
@@ -74,12 +75,12 @@ def fetch(url: str, accept: str | None) -> requests.Response:
 
 def test_same_bytes_as_prometheus_client_for_every_accept_header():
     for variant in ("", "odd name", "timestamp"):
-        registry = CollectorRegistry(auto_describe=False)
+        registry = ExporterRegistry(auto_describe=False)
         registry.register(Fixed(*families(variant)))
         theirs_port, ours_port = free_port(), free_port()
         theirs = make_server("127.0.0.1", theirs_port, make_wsgi_app(registry), ThreadingWSGIServer)
         threading.Thread(target=theirs.serve_forever, daemon=True).start()
-        ours = serve(registry, "127.0.0.1", ours_port)
+        ours = serve("127.0.0.1", ours_port, registry)
         try:
             for accept in ACCEPTS:
                 a = fetch(f"http://127.0.0.1:{theirs_port}/metrics", accept)
@@ -93,10 +94,10 @@ def test_same_bytes_as_prometheus_client_for_every_accept_header():
 
 
 def test_gzip_on_request_and_not_otherwise():
-    registry = CollectorRegistry(auto_describe=False)
+    registry = ExporterRegistry(auto_describe=False)
     registry.register(Fixed(*families()))
     port = free_port()
-    server = serve(registry, "127.0.0.1", port)
+    server = serve("127.0.0.1", port, registry)
     try:
         raw = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}, stream=True)
         assert raw.headers["Content-Encoding"] == "gzip"
@@ -113,7 +114,7 @@ def test_same_bytes_for_this_machines_whole_scrape():
     """Our own families, as collected here, written both ways; every one of them takes the quick path."""
     registry, _ = build_registry(ExporterConfig(gpu=False, processes=False))
     collected = Fixed(*registry.collect())
-    assert all(endpoint._plain(family) for family in collected.families)
+    assert all(encoding._plain(family) for family in collected.families)
     for accept in ACCEPTS:
         encoder, _ = choose_encoder(accept)
         assert encode(collected, accept)[0] == encoder(collected), accept
