@@ -13,6 +13,10 @@ from pathlib import Path
 
 from fleetwatch import backfill
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
+from rules_compiler.catalog import CATALOG
+from rules_compiler.host_ids import DERIVATIONS
+from rules_compiler.promql import seconds
+from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
 log = logging.getLogger("fleetwatch")
 
@@ -92,7 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
     )
     backfill.add_parser(sub)
+    rules = sub.add_parser(
+        "rules", help="write the catalog's recording rules for a Prometheus you run yourself (docs/hosts.md)"
+    )
+    rules.add_argument("--out", type=Path, required=True, help="directory for fleet-normalisation.yml")
+    rules.add_argument("--scrape-interval", type=_duration, default="15s", help="that Prometheus's (default 15s)")
+    rules.add_argument(
+        "--host-id-from",
+        choices=DERIVATIONS,
+        help="its exporters carry no host_id: derive it from `instance` without the port, or from nodename",
+    )
     return p
+
+
+def write_rules(args: argparse.Namespace) -> int:
+    """The catalog's normalisation layer for another Prometheus, host ids derived as asked."""
+    interval_s = seconds(args.scrape_interval)
+    text = render_normalisation_rules(
+        CATALOG, args.scrape_interval, rate_window_for(interval_s), args.host_id_from or ""
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "fleet-normalisation.yml"
+    path.write_text(text)
+    print(f"wrote {path}: add `{args.out.resolve()}/*.yml` to that Prometheus's rule_files")
+    return 0
 
 
 def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackConfig:
@@ -154,7 +181,8 @@ def up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return backfill.run(args) if args.command == "backfill" else up(args)
+    commands = {"backfill": backfill.run, "rules": write_rules, "up": up}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ reverse order; each child also gets SIGTERM should the supervisor die.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jinja2
+import psutil
 import requests
 
 from rules_compiler.alertmanager import GENERATED_BY_GATEWAY
@@ -354,6 +357,9 @@ class Stack:
     def start(self) -> Stack:
         try:
             for service in self.services:
+                if service.name == "gateway":
+                    # What the exporter found, now that it runs: the gateway adds this host on its first start.
+                    service.env["FLEETWATCH_LOCAL_HOST"] = json.dumps(self.local_host())
                 service.start()
                 service.wait_ready()
                 log.info("%s ready (pid %d)", service.name, service.process.pid)
@@ -361,6 +367,22 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def local_host(self) -> dict:
+        """This machine as a host of the inventory: the host_id its exporter is scraped under (local.json)."""
+        exporter = f"{self.config.listen_host}:{self.config.ports.exporter}"
+        try:
+            text = requests.get(f"http://{exporter}/metrics", timeout=5).text
+        except requests.RequestException:
+            text = ""
+        gpus = re.search(r"^fleet_gpu_devices (\S+)$", text, re.MULTILINE)
+        return {
+            "id": socket.gethostname(),
+            "hostname": socket.gethostname(),
+            "ips": _addresses(),
+            "has_gpu": bool(gpus and float(gpus.group(1)) > 0),
+            "exporter": exporter,
+        }
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -391,6 +413,19 @@ class Stack:
 def reach(bind: str) -> str:
     """The address to connect to a service bound to ``bind``: loopback for a wildcard bind."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bind, bind)
+
+
+def _addresses() -> list[str]:
+    """This machine's addresses, loopback and link-local left out."""
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(a.address.split("%")[0])
+            if not (ip.is_loopback or ip.is_link_local) and str(ip) not in found:
+                found.append(str(ip))
+    return found[:64]
 
 
 def _write_atomic(path: Path, text: str) -> None:

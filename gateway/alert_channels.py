@@ -12,7 +12,7 @@ from flask import current_app
 
 from gateway.channel_policy import check_receiver
 from gateway.db import secret
-from rules_compiler.alertmanager import Delivery, check_channels
+from rules_compiler.alertmanager import Delivery, undeliverable
 from rules_compiler.alerts import parse_channel
 
 WEBHOOK_PATH = "/api/v1/alerts/webhook"  # where Alertmanager posts events; gateway/alert_events.py serves it
@@ -42,14 +42,18 @@ def normalise_channels(texts: list[str]) -> list[str]:
     """A rule's channels as they will be stored.
 
     Raises:
-        RuleInvalid: a channel that is malformed, that this configuration cannot deliver (e.g. email
-            without SMTP), or that points into the gateway's own network (gateway/channel_policy.py).
+        RuleInvalid: a malformed channel, or one that points into the gateway's own network
+            (gateway/channel_policy.py).
     """
-    channels = tuple(parse_channel(text) for text in texts)
-    check_channels(channels, delivery())
+    channels = [parse_channel(text) for text in texts]
     for channel in channels:
         check_receiver(channel, current_app.config["CHANNEL_ALLOW_HOSTS"])
     return [str(c) for c in channels]
+
+
+def channel_warnings(texts: list[str]) -> list[str]:
+    """Why some of these (stored) channels deliver nothing with this configuration, e.g. email without SMTP."""
+    return undeliverable(tuple(parse_channel(text) for text in texts or ()), delivery())
 
 
 def default_channels() -> list[str]:

@@ -18,11 +18,12 @@ from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 
+from gateway.alert_channels import channel_warnings
 from gateway.auth import PUBLIC, access
-from gateway.db import Host, db
+from gateway.db import AlertRuleRow, Host, db
 from gateway.errors import Blueprint
+from gateway.job_metrics import JobCollector
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
 
@@ -158,16 +159,21 @@ class Health(MethodView):
 class Ready(MethodView):
     @access(PUBLIC)
     def get(self):
-        """Readiness: the DB and Prometheus answer; 503 says which does not."""
-        checks = {}
+        """Readiness: the DB and Prometheus answer; 503 says which does not. Undeliverable channels are listed."""
+        checks, undeliverable = {}, {}
         try:
-            db.session.execute(text("SELECT 1"))
+            rules = db.session.execute(db.select(AlertRuleRow.id, AlertRuleRow.channels).filter_by(enabled=True))
+            # Not a reason to be unready: the rules still fire and their events are recorded.
+            undeliverable = {r.id: w for r in rules if (w := channel_warnings(r.channels))}
             checks["db"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any DB failure means "not ready"
             checks["db"] = f"down: {exc.__class__.__name__}"
         checks["prometheus"] = "ok" if current_app.extensions["prometheus"].ready() else "down"
         ready = all(v == "ok" for v in checks.values())
-        return {"status": "ready" if ready else "not ready", **checks}, 200 if ready else 503
+        body = {"status": "ready" if ready else "not ready", **checks}
+        if undeliverable:
+            body["undeliverable_channels"] = undeliverable
+        return body, 200 if ready else 503
 
 
 @blp.route("/metrics")
@@ -182,4 +188,5 @@ class Metrics(MethodView):
             for metric in current_app.extensions["request_metrics"].collectors:
                 registry.register(metric)
         registry.register(HostInfoCollector())
+        registry.register(JobCollector())
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

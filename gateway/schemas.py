@@ -11,6 +11,16 @@ import orjson
 from sqlalchemy import func, select
 
 
+def accepts(*mimetypes: str):
+    """Mark a view method that takes a body other than JSON (e.g. text/csv); every other write takes JSON."""
+
+    def mark(fn):
+        fn.body_types = mimetypes
+        return fn
+
+    return mark
+
+
 class PageArgs(ma.Schema):
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=1000))
     offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0))

@@ -15,6 +15,7 @@ command -v slurmctld >/dev/null || need+=(slurm-wlm)
 command -v munged >/dev/null || need+=(munge)
 command -v slurmrestd >/dev/null || need+=(slurmrestd)
 compgen -G '/usr/lib/*/slurm-wlm/auth_jwt.so' >/dev/null || need+=(slurm-wlm-jwt-plugin)  # slurmrestd's tokens
+command -v curl >/dev/null || need+=(curl)  # the README's first five minutes (tests/test_first_minutes.py runs them)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

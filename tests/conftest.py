@@ -22,8 +22,18 @@ from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
 
 # Fixtures that start a real service (here and in test modules); every test needing one is an integration test.
-SERVICE_FIXTURES = {"stack", "node_exporter", "postgres", "mailbox", "prometheus", "gateway", "world", "tiers",
-                    "slurm_cluster"}  # fmt: skip
+SERVICE_FIXTURES = {
+    "stack",
+    "fresh_stack",
+    "node_exporter",
+    "postgres",
+    "mailbox",
+    "prometheus",
+    "gateway",
+    "world",
+    "tiers",
+    "slurm_cluster",
+}
 
 
 def pytest_collection_modifyitems(items):
