@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from fleetwatch import backfill
+from fleetwatch.replicas import Layout
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
 from rules_compiler.catalog import CATALOG
 from rules_compiler.host_ids import DERIVATIONS
@@ -42,6 +43,12 @@ def _days(low: int, high: int):
 def _base_port(value: str) -> int:
     if not value.isdigit() or not 1024 <= int(value) <= 65531:
         raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65531, got {value!r}")
+    return int(value)
+
+
+def _gateways(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 gateways, got {value!r}")
     return int(value)
 
 
@@ -95,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
     )
+    up.add_argument(
+        "--gateways",
+        type=_gateways,
+        default=1,
+        metavar="N",
+        help="N gateway processes behind HAProxy on the gateway's port, on a PostgreSQL in the state dir "
+        "(default 1: one gateway on SQLite; docs/replicas.md)",
+    )
     backfill.add_parser(sub)
     rules = sub.add_parser(
         "rules", help="write the catalog's recording rules for a Prometheus you run yourself (docs/hosts.md)"
@@ -135,6 +150,7 @@ def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackCo
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
         slurm=slurm,
+        gateways=args.gateways,
     )
 
 
@@ -157,7 +173,7 @@ def up(args: argparse.Namespace) -> int:
     print(f"  slurm         {slurm_line}")
     if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
         print(
-            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "
+            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} {_database_env(config)}"
             f"{Path(sys.executable).parent}/fleetwatch-gateway create-user --role admin EMAIL\n"
             "                (or start with FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD set)"
         )
@@ -176,6 +192,13 @@ def up(args: argparse.Namespace) -> int:
     stack.stop()
     print("fleetwatch: stopped", flush=True)
     return rc
+
+
+def _database_env(config: StackConfig) -> str:
+    """DATABASE_URL=… for a shell command on the replicas' PostgreSQL; nothing with one gateway (SQLite)."""
+    if config.gateways < 2:
+        return ""
+    return f"DATABASE_URL={Layout(config.listen_host, config.ports.gateway, config.gateways).database_url()} "
 
 
 def main(argv: list[str] | None = None) -> int:

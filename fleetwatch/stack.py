@@ -67,6 +67,7 @@ class StackConfig:
     longterm_retention: str = "90d"  # the downsampled tier
     exporter_args: list[str] = field(default_factory=list)
     gateway_workers: int = 2
+    gateways: int = 1  # 2+: that many behind HAProxy on PostgreSQL (fleetwatch/replicas.py)
     gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
     slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
@@ -253,7 +254,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
     host, ports = config.listen_host, config.ports
     backend, near, near_backend = config.backend_host, reach(host), reach(config.backend_host)
     logs = state / "logs"
-    return [
+    services = [
         Service(
             # Receives only the downsampled series, by remote_write from the raw tier. Started
             # first and so stopped last: the raw tier flushes its remote-write queue on the
@@ -344,6 +345,11 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             },
         ),
     ]
+    if config.gateways > 1:
+        from fleetwatch.replicas import Layout, replicated
+
+        services = replicated(services, Layout(host, ports.gateway, config.gateways), state)
+    return services
 
 
 class Stack:
@@ -357,7 +363,7 @@ class Stack:
     def start(self) -> Stack:
         try:
             for service in self.services:
-                if service.name == "gateway":
+                if service.name.startswith("gateway"):
                     # What the exporter found, now that it runs: the gateway adds this host on its first start.
                     service.env["FLEETWATCH_LOCAL_HOST"] = json.dumps(self.local_host())
                 service.start()
@@ -401,6 +407,12 @@ class Stack:
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",
             "api docs": f"http://{host}:{ports.gateway}/api/docs",
+            # With --gateways N: the replicas behind HAProxy and their PostgreSQL.
+            **{
+                s.name: s.ready_url.removesuffix("/health")
+                for s in self.services
+                if s.name.startswith(("gateway-", "postgres"))
+            },
         }
 
     def __enter__(self) -> Stack:

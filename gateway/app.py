@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # in the environment (JSON-parsed: 5, 2.5, true; text otherwise), or by ``test_config``.
 DEFAULTS = {
     "STATE_DIR": "state",  # the gateway's files: DB, rule files, file_sd targets, exports
+    "METRICS_DIR": "",  # the workers' request metrics; empty: <STATE_DIR>/gateway-metrics (one per replica)
     "SQLALCHEMY_DATABASE_URI": "",  # empty: $DATABASE_URL, else sqlite:///<STATE_DIR>/gateway.db
     # Serving (fleetwatch-gateway serve; its flags win over these).
     "BIND": "127.0.0.1:8080",
@@ -27,6 +28,9 @@ DEFAULTS = {
     "THREADS": 8,
     "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
     "KEYFILE": "",
+    # Proxies in front that append the client's address to X-Forwarded-For (HAProxy: 1). Trusted for
+    # that many hops, so only set it where clients cannot reach the gateway but through them.
+    "PROXY_HOPS": 0,
     # Prometheus and the tiers of history (rules_compiler/downsampling.py).
     "PROMETHEUS_URL": "http://127.0.0.1:9090",
     "LONGTERM_URL": "",  # the downsampled tier; empty: the raw tier answers every range; `fleetwatch up` sets it
@@ -74,6 +78,7 @@ DEFAULTS = {
     "PUSHER_RECHECK_S": 60,  # how long a worker trusts that a host id is a pushing host's
     # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
     "ALERTMANAGER_URL": "http://127.0.0.1:9093",
+    "ALERTMANAGER_LOG": "",  # its log, read for each channel's last failure; empty: <STATE_DIR>/logs/alertmanager.log
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
@@ -85,6 +90,15 @@ DEFAULTS = {
     "ALERT_EVENTS_GROUP_INTERVAL": "10s",
     "ALERT_ACK_SILENCE_S": 86400,
     "ALERT_DEFAULT_CHANNELS": "",  # comma-separated channels of the starter rules
+    # Silences (gateway/alert_silences.py): how far ahead a recurring window's occurrences become
+    # Alertmanager silences, and how often each worker re-makes what Alertmanager lost (0: never).
+    "ALERT_SILENCE_AHEAD_S": 86400,
+    "ALERT_SILENCE_RECONCILE_S": 60,
+    # Notifications: messages a minute per channel from rules grouped per rule (0: no limit), and the
+    # links they carry: the gateway as people reach it (empty: GATEWAY_URL) and Grafana.
+    "ALERT_CHANNEL_MAX_PER_MIN": 30,
+    "PUBLIC_URL": "",
+    "GRAFANA_URL": "http://127.0.0.1:3000",
     # Webhook/Slack receivers on internal addresses allowed anyway: comma-separated names, IPs, CIDRs.
     "CHANNEL_ALLOW_HOSTS": "",
     "SMTP_SMARTHOST": "",
@@ -143,8 +157,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     # which must come after gateway.cli has set PROMETHEUS_MULTIPROC_DIR (see gateway/cli.py).
     from gateway import (
         agents,
+        alert_deliveries,
         alert_events,
         alert_rules,
+        alert_silences,
         auth,
         cluster,
         compat_alerts,
@@ -153,6 +169,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         hosts,
         ingest,
         jobs,
+        locks,
         metrics,
         observability,
         process_masking,
@@ -185,6 +202,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     state_dir.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
+    sqlite = config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:")
     prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])
     longterm = config["LONGTERM_URL"]
     app.extensions.update(
@@ -203,6 +221,8 @@ def create_app(test_config: dict | None = None) -> Flask:
             alertmanager_url=config["ALERTMANAGER_URL"],
             promtool=config["PROMTOOL"],
             amtool=config["AMTOOL"],
+            # Replicas share the DB, not a lock file: they take turns on an advisory lock.
+            lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(
@@ -213,6 +233,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         targets_writer=TargetsWriter(app),
         key_budgets=KeyBudgets(),
     )
+    if config["PROXY_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # remote_addr is then the client's, not the proxy's: login limits are per client, the audit log true.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(config["PROXY_HOPS"]), x_proto=0, x_host=0)
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
@@ -229,6 +254,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         report_schedules,
         alert_rules,
         alert_events,
+        alert_silences,
+        alert_deliveries,
         ingest,
         agents,
         compat_metrics,
@@ -245,11 +272,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.before_request(_require_json_body)
 
     with app.app_context():
-        migrate(db.engine)
+        with locks.held(db.engine, locks.STARTUP):  # replicas started together migrate in turn
+            migrate(db.engine)
+            _bootstrap_admin(app)
+            if config["LOCAL_HOST"]:
+                register_local_host(config["LOCAL_HOST"])
         request_metrics.watch_db(db.engine)
-        _bootstrap_admin(app)
-        if config["LOCAL_HOST"]:
-            register_local_host(config["LOCAL_HOST"])
         app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)

@@ -35,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
     # create_app, and why this module imports neither at its top).
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
-    metrics_dir = Path(config["STATE_DIR"]) / "gateway-metrics"
+    metrics_dir = Path(config["METRICS_DIR"] or Path(config["STATE_DIR"]) / "gateway-metrics")
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -65,8 +65,7 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("certfile", certfile)
                 self.cfg.set("keyfile", keyfile)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
-            # Report schedules: a thread in each worker, none in the master (the DB decides who runs).
-            self.cfg.set("post_worker_init", lambda _worker: app.extensions["report_scheduler"].start())
+            self.cfg.set("post_worker_init", lambda _worker: _worker_threads(app))
 
         def load(self):
             return app
@@ -78,6 +77,14 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     Gateway().run()
     return 0
+
+
+def _worker_threads(app) -> None:
+    """Each worker's background threads, none in the master (the DB decides who does what)."""
+    from gateway.alert_silences import start_reconciler
+
+    app.extensions["report_scheduler"].start()  # report schedules
+    start_reconciler(app)  # silences kept in force in Alertmanager
 
 
 def _webhook_over_tls(app, certfile: str) -> None:
@@ -96,6 +103,7 @@ def _webhook_over_tls(app, certfile: str) -> None:
 def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
     from gateway.alert_rules import install_rules_on_start
+    from gateway.alert_silences import reconcile_on_start
     from gateway.errors import ApiError
     from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
@@ -106,6 +114,7 @@ def _install_alert_rules(app) -> None:
         except (DeployFailed, ApiError, RuleInvalid) as exc:
             # Serving beats not serving: the rules go in force with the next rule change.
             app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
+        reconcile_on_start()
 
 
 def create_user(args: argparse.Namespace) -> int:

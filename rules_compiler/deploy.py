@@ -5,7 +5,8 @@ amtool, and only then renamed over the live one; Prometheus and Alertmanager
 are reloaded and Prometheus is asked which rule revision it runs. Should any
 step after the rename fail, the previous files go back and are reloaded, so
 what is in force is always a set that passed the checks. One lock file
-serialises deployments from every gateway worker.
+serialises deployments from every gateway worker; gateway replicas on
+PostgreSQL pass a lock of their own (``lock``: an advisory lock in the DB).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import fcntl
 import os
 import subprocess
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import orjson
 import urllib3
 
 from rules_compiler.alerts import GROUP
+from rules_compiler.notify_templates import templates_name
 
 
 class DeployFailed(Exception):
@@ -43,6 +46,7 @@ class AlertDeployer:
     promtool: str = "promtool"
     amtool: str = "amtool"
     timeout_s: float = 10.0
+    lock: Callable[[], AbstractContextManager] | None = None  # None: a lock file beside the rules (one machine)
 
     def __post_init__(self):
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.timeout_s), retries=False)
@@ -50,6 +54,10 @@ class AlertDeployer:
     @contextmanager
     def locked(self):
         """Held across read-compile-install, so concurrent writers install complete sets in turn."""
+        if self.lock is not None:
+            with self.lock():
+                yield
+            return
         self.rules_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.rules_path.parent / ".alerts.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -58,12 +66,27 @@ class AlertDeployer:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def deploy(self, rules_text: str, alertmanager_text: str, revision: str, rule_count: int) -> None:
+    def templates_path(self, templates_text: str) -> Path:
+        """Where the notification templates ``templates_text`` go: named by content, beside the config."""
+        return self.alertmanager_path.parent / "templates" / templates_name(templates_text)
+
+    def deploy(
+        self, rules_text: str, alertmanager_text: str, revision: str, rule_count: int, templates_text: str = ""
+    ) -> None:
         """Check, install, reload and confirm; call inside ``locked()``.
+
+        ``templates_text`` goes to ``templates_path(templates_text)``, which the config
+        names: a new file beside the live one, so amtool checks the config with it and
+        the config in force never points at templates it was not checked with.
 
         Raises:
             DeployFailed: nothing installed (400: a check refused it; 503: a service did not reload).
         """
+        templates = self.templates_path(templates_text) if templates_text else None
+        if templates is not None and not templates.exists():
+            templates.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(templates.with_name(f".{templates.name}.staged"), templates_text.encode())
+            os.replace(templates.with_name(f".{templates.name}.staged"), templates)
         staged = [
             (self._stage(self.rules_path, rules_text), self.rules_path, [self.promtool, "check", "rules"]),
             (
@@ -89,6 +112,10 @@ class AlertDeployer:
         except DeployFailed:
             self._restore(previous)
             raise
+        if templates is not None:  # the previous config's templates are needed no more
+            for old in templates.parent.glob("fleetwatch-*.tmpl"):
+                if old != templates:
+                    old.unlink(missing_ok=True)
 
     def _stage(self, target: Path, text: str) -> Path:
         # Beside the target (same filesystem, so the rename is atomic) and not

@@ -9,6 +9,8 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 # PostgreSQL: the tests run the gateway on it too (DATABASE_URL); nothing starts it but them.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# fleetwatch up --gateways N puts HAProxy in front of the gateway replicas (docs/replicas.md).
+command -v haproxy >/dev/null || need+=(haproxy)
 command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certificate
 # A one-node Slurm the tests start themselves (tests/slurm_cluster.py); nothing else runs it.
 command -v slurmctld >/dev/null || need+=(slurm-wlm)
