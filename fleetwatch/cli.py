@@ -14,6 +14,7 @@ from pathlib import Path
 from fleetwatch import backfill
 from fleetwatch.replicas import Layout
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
+from fleetwatch.victoria import BACKENDS
 from rules_compiler.catalog import CATALOG
 from rules_compiler.host_ids import DERIVATIONS
 from rules_compiler.promql import seconds
@@ -41,8 +42,8 @@ def _days(low: int, high: int):
 
 
 def _base_port(value: str) -> int:
-    if not value.isdigit() or not 1024 <= int(value) <= 65531:
-        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65531, got {value!r}")
+    if not value.isdigit() or not 1024 <= int(value) <= 65529:  # N+6: --backend victoriametrics
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65529, got {value!r}")
     return int(value)
 
 
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
     up.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="prometheus",
+        help="storage and rule evaluation: Prometheus, or VictoriaMetrics with vmagent and vmalert "
+        "(their ports N+5, N+6; docs/backends.md)",
+    )
+    up.add_argument(
         "--no-slurm",
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
@@ -151,6 +159,7 @@ def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackCo
         exporter_args=args.exporter_arg,
         slurm=slurm,
         gateways=args.gateways,
+        backend=args.backend,
     )
 
 

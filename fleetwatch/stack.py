@@ -45,11 +45,13 @@ class Ports(NamedTuple):
     exporter: int = 9101
     gateway: int = 8080
     longterm: int = 9091  # the long-term Prometheus (downsampled tier)
+    vmagent: int = 8429  # --backend victoriametrics only
+    vmalert: int = 8880
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
         """N, N+1, … in the order documented in the README."""
-        return cls(base, base + 1, base + 2, base + 3, base + 4)
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class StackConfig:
     gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
     slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
+    backend: str = "prometheus"  # or "victoriametrics" (fleetwatch/victoria.py)
 
 
 class ServiceFailed(RuntimeError):
@@ -245,6 +248,10 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     ]
     paths["local_target"] = state / "file_sd" / "local.json"
     _write_atomic(paths["local_target"], json.dumps(local, indent=2) + "\n")
+    if config.backend == "victoriametrics":
+        from fleetwatch.victoria import render_vm_configs
+
+        paths.update(render_vm_configs(config, paths))
     return paths
 
 
@@ -345,6 +352,10 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             },
         ),
     ]
+    if config.backend == "victoriametrics":
+        from fleetwatch.victoria import vm_services
+
+        services = vm_services(config, paths, services)
     if config.gateways > 1:
         from fleetwatch.replicas import Layout, replicated
 
@@ -413,6 +424,11 @@ class Stack:
                 for s in self.services
                 if s.name.startswith(("gateway-", "postgres"))
             },
+            **(
+                {"vmagent": f"http://{host}:{ports.vmagent}", "vmalert": f"http://{host}:{ports.vmalert}"}
+                if self.config.backend == "victoriametrics"
+                else {}
+            ),
         }
 
     def __enter__(self) -> Stack:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,6 +83,12 @@ DEFAULTS = {
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
+    # Another backend (docs/backends.md): who evaluates the alert rules, where its rules API answers, what
+    # a deploy reloads (comma-separated base URLs; /-/reload is appended). Empty: PROMETHEUS_URL's.
+    "RULES_DIALECT": "prometheus",  # "vmalert": files without keep_firing_for, checked by `vmalert -dryRun`
+    "VMALERT": "vmalert",
+    "RULES_URL": "",
+    "RELOAD_URLS": "",
     "AMTOOL": "amtool",
     "ALERT_EVALUATION_INTERVAL_S": 30,
     "ALERT_GROUP_WAIT": "5s",
@@ -110,6 +117,13 @@ DEFAULTS = {
     "JOBS_SYNC_S": 15.0,
     "JOBS_SYNC_LOOKBACK_S": 86400,
     "JOBS_METRICS_MAX": 1000,
+    # Live updates (gateway/stream.py, docs/live-updates.md).
+    "STREAM_MAX_PER_WORKER": 250,  # open streams one worker holds (each a thread beyond THREADS); then 503
+    "STREAM_POLL_S": 1.0,  # how often a worker reads new events from the log for its streams
+    "STREAM_STATUS_POLL_S": 5.0,  # how often the lease holder compares host statuses
+    "STREAM_HEARTBEAT_S": 15.0,
+    "STREAM_EVENTS_KEEP_S": 86400,  # purge older events; a Last-Event-ID older than that gets `reset`
+    "STREAM_EVENTS_KEEP_ROWS": 100_000,
     # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
     "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
     "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
@@ -176,6 +190,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         processes,
         report_schedules,
         reports,
+        stream,
         users,
     )
     from gateway.alert_channels import WEBHOOK_SECRET
@@ -191,6 +206,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
+    from gateway.status_watch import StatusWatch
     from rules_compiler.deploy import AlertDeployer
 
     app = Flask(__name__)
@@ -223,6 +239,10 @@ def create_app(test_config: dict | None = None) -> Flask:
             amtool=config["AMTOOL"],
             # Replicas share the DB, not a lock file: they take turns on an advisory lock.
             lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
+            dialect=config["RULES_DIALECT"],
+            vmalert=config["VMALERT"],
+            rules_url=config["RULES_URL"],
+            reload_urls=tuple(u.strip() for u in str(config["RELOAD_URLS"]).split(",") if u.strip()),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(
@@ -231,8 +251,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         last_seen=LastSeen(),
         series_budgets={},
         targets_writer=TargetsWriter(app),
+        # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
+        # (started in each gunicorn worker: gateway/cli.py).
+        stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
         key_budgets=KeyBudgets(),
     )
+    app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
     if config["PROXY_HOPS"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -258,6 +282,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_deliveries,
         ingest,
         agents,
+        stream,
         compat_metrics,
         compat_alerts,
         cluster,

@@ -122,7 +122,7 @@ def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(tmp_path):
 
 
 def test_keys_from_before_binding_are_fleet_wide_relay_keys(tmp_path):
-    """Revision 0008: a key made before keys were bound keeps working for every host, discovery included."""
+    """Revision 0009: a key made before keys were bound keeps working for every host, discovery included."""
     from alembic import command
     from alembic.script import ScriptDirectory
 
@@ -131,7 +131,7 @@ def test_keys_from_before_binding_are_fleet_wide_relay_keys(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'gateway-old.db'}")
     with engine.begin() as connection:
         config = alembic_config(connection)
-        before = ScriptDirectory.from_config(config).get_revision("0008").down_revision
+        before = ScriptDirectory.from_config(config).get_revision("0009").down_revision
         command.upgrade(config, before)
         connection.execute(
             sa.text(

@@ -1,7 +1,7 @@
 """api_keys bound to hosts (host_pattern, allow_discovery, budgets); api_key_hosts, api_key_series
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30 06:30:00
 
 A key made before keys were bound spoke for every host and added the hosts it
@@ -13,8 +13,8 @@ the old (docs/security-ingest.md).
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
