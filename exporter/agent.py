@@ -11,8 +11,10 @@ unanswered request is safe: the gateway stores a point once.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -24,6 +26,7 @@ import yaml
 
 from exporter import __version__
 from exporter.catalog_points import Translator, rfc3339
+from exporter.masking import ProcessMasking
 from exporter.push_buffer import PushBuffer
 
 log = logging.getLogger("fleetwatch.agent")
@@ -44,6 +47,43 @@ class AgentConfig:
     buffer_max_points: int = 50_000  # ≈ 40 min of a 100-point sample every 5 s
     ca_file: str | None = None  # None: the system's CAs; verification is never off
     timeout_s: float = 10.0
+    insecure: bool = False  # may send the key over plain http:// to another machine
+
+    def __post_init__(self):
+        url = urllib3.util.parse_url(self.push)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"push: {self.push!r} is not an http(s):// URL")
+        if url.scheme == "http" and not self.insecure and not _loopback(url.host):
+            raise ValueError(
+                f"refusing to send the API key over plain {self.push}: anyone on the path could read it "
+                "and push as this host; use https://, or --insecure (insecure: true) on a network you trust"
+            )
+        if not self.api_key:
+            raise ValueError("no API key: --api-key-file FILE (mode 0600), FLEETWATCH_API_KEY, or api_key_file:")
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: plain http to it crosses no network."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_key_file(path: str) -> str:
+    """The API key in ``path``, which only its owner may read.
+
+    Raises:
+        ValueError: the file is readable or writable by others, or empty.
+    """
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{path}: mode {mode:04o} lets other users read the API key; chmod 600 {path}")
+    with open(path) as f:
+        key = f.read().strip()
+    if not key:
+        raise ValueError(f"{path}: empty; it should hold the API key")
+    return key
 
 
 # What the gateway may set (REQ-AGENT-003), and the bounds an agent accepts it within. At most
@@ -70,6 +110,8 @@ def load_yaml(path: str) -> dict:
     for key in ("interval", "heartbeat"):
         if key in data:
             data[f"{key}_s"] = parse_duration(data.pop(key))
+    if "api_key_file" in data:
+        data["api_key"] = read_key_file(str(data.pop("api_key_file")))
     unknown = set(data) - set(AgentConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
@@ -79,8 +121,11 @@ def load_yaml(path: str) -> dict:
 class Agent:
     """Samples ``registry`` every interval into ``buffer``; sends the buffer in order; beats every 30 s."""
 
-    def __init__(self, config: AgentConfig, registry, buffer: PushBuffer, clock=time.time):
+    def __init__(
+        self, config: AgentConfig, registry, buffer: PushBuffer, masking: ProcessMasking | None = None, clock=time.time
+    ):
         self.config = config
+        self._masking = masking  # the registry's: the gateway's policy is added to it
         self._registry = registry
         self._buffer = buffer
         self._clock = clock
@@ -160,6 +205,7 @@ class Agent:
     def apply(self, pushed: object) -> None:
         """The gateway's settings (REQ-AGENT-003) over this agent's own; one it leaves unset is the agent's own."""
         pushed = pushed if isinstance(pushed, dict) else {}
+        self._apply_masking(pushed.get("process_masking"))
         for key, (low, high) in PUSHED_SETTINGS.items():
             value = pushed.get(key)
             valid = type(value) in (int, float) and low <= value <= high
@@ -171,6 +217,17 @@ class Agent:
                 setattr(self.config, key, wanted)
                 if key == "interval_s":
                     self._retimed.set()
+
+    def _apply_masking(self, policy: object) -> None:
+        """The gateway's process-masking policy (PRIV-002) beside this host's own flags; absent: the own only."""
+        if self._masking is None:
+            return
+        policy = policy if isinstance(policy, dict) else {}
+        try:
+            self._masking.set_pushed(policy.get("names") or (), policy.get("users") or ())
+        except (ValueError, TypeError) as exc:
+            # Keep masking what was masked: a policy this agent cannot read must not unmask anything.
+            log.warning("ignoring the gateway's process masking: %s", exc)
 
     def _post(self, url: str, body: bytes) -> tuple[int | None, dict]:
         try:
@@ -239,12 +296,14 @@ class Agent:
                 self._stop.wait(max(self._retry_after, backoff * random.uniform(0.5, 1.0)))
 
 
-def run(config: AgentConfig, registry, background: list, stop: threading.Event) -> int:
+def run(
+    config: AgentConfig, registry, background: list, stop: threading.Event, masking: ProcessMasking | None = None
+) -> int:
     """Push until ``stop`` is set; the points still queued stay in the buffer for the next start."""
     buffer = PushBuffer(config.buffer, config.buffer_max_points)
     for collector in background:
         collector.start()
-    agent = Agent(config, registry, buffer).start()
+    agent = Agent(config, registry, buffer, masking).start()
     log.info(
         "pushing to %s every %gs as host %s (%d points queued)",
         config.push,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 
 from prometheus_client import ProcessCollector
 
 from exporter import __version__
 from exporter.exposition import serve
+from exporter.masking import MASKED, ProcessMasking
 from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
 
@@ -126,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="Hostname",
         help="key of that label: dcgm-exporter releases use Hostname, newer builds hostname",
     )
+    for flag, what in (("--mask-process", "process names"), ("--mask-user", "process users")):
+        p.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="REGEX",
+            help=f'top-N {what} matching REGEX (the whole value) are shown as "{MASKED}" (repeatable)',
+        )
     slurm = p.add_argument_group("Slurm (docs/slurm.md)")
     slurm.add_argument(
         "--slurm",
@@ -182,7 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push = p.add_argument_group("push mode (agent): send to the gateway instead of serving /metrics")
     push.add_argument("--push", metavar="URL", help="the gateway, e.g. https://fleet.example.com")
-    push.add_argument("--api-key", help="an API key made by an admin (POST /api/v1/api-keys)")
+    push.add_argument(
+        "--api-key",
+        help="an API key made by an admin (POST /api/v1/api-keys); other users see it in `ps`: "
+        "prefer --api-key-file or FLEETWATCH_API_KEY",
+    )
+    push.add_argument("--api-key-file", metavar="FILE", help="file holding the API key; must be mode 0600")
+    push.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plain http:// to another machine (the API key travels in clear)",
+    )
     push.add_argument("--config", metavar="FILE", help="YAML file of these settings; flags win over it")
     push.add_argument("--interval", help="sampling interval, e.g. 5s (default 5s)")
     push.add_argument("--host-id", help="this host's id at the gateway (default: --hostname)")
@@ -200,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.slurmrestd_url and not args.slurmrestd_token_file:
         parser.error("--slurmrestd-url needs --slurmrestd-token-file")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        masking = ProcessMasking(args.mask_process, args.mask_user)
+    except ValueError as exc:
+        parser.error(f"--mask-process/--mask-user: {exc}")
     config = ExporterConfig(
         host=args.host,
         gpu=args.gpu,
@@ -223,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         jobs_interval_s=args.jobs_interval,
         cgroup_root=args.cgroup_root,
+        masking=masking,
     )
     # Handlers first: a signal that arrives once /metrics answers must stop us cleanly.
     stop = threading.Event()
@@ -230,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     registry, background = build_registry(config)
     if args.push or args.config:
-        return _push(args, registry, background, stop)
+        return _push(args, registry, background, stop, masking)
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
     registry.register(AddressSpaceLimitCollector())
     host, port = args.listen
@@ -251,28 +278,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _push(args, registry, background, stop: threading.Event) -> int:
+def agent_config(args: argparse.Namespace, env: Mapping[str, str]):
+    """The agent's settings: flags over the YAML file; the key from a flag, a 0600 file, or FLEETWATCH_API_KEY.
+
+    Raises:
+        ValueError, OSError, TypeError: settings that are missing, malformed or unsafe.
+    """
+    from exporter import agent
+
+    settings = agent.load_yaml(args.config) if args.config else {}
+    flags = {
+        "push": args.push,
+        "api_key": args.api_key or (args.api_key_file and agent.read_key_file(args.api_key_file)),
+        "interval_s": args.interval and agent.parse_duration(args.interval),
+        "host_id": args.host_id,
+        "ca_file": args.ca_file,
+        "buffer": args.buffer,
+        "buffer_max_points": args.buffer_max_points,
+        "insecure": args.insecure,
+    }
+    settings |= {k: v for k, v in flags.items() if v}
+    if not settings.get("api_key") and env.get("FLEETWATCH_API_KEY"):
+        settings["api_key"] = env["FLEETWATCH_API_KEY"].strip()
+    settings.setdefault("api_key", "")
+    settings.setdefault("host_id", args.hostname)
+    settings.setdefault("hostname", args.hostname)
+    return agent.AgentConfig(**settings)
+
+
+def _push(args, registry, background, stop: threading.Event, masking: ProcessMasking) -> int:
     from exporter import agent
 
     try:
-        settings = agent.load_yaml(args.config) if args.config else {}
-        flags = {
-            "push": args.push,
-            "api_key": args.api_key,
-            "interval_s": args.interval and agent.parse_duration(args.interval),
-            "host_id": args.host_id,
-            "ca_file": args.ca_file,
-            "buffer": args.buffer,
-            "buffer_max_points": args.buffer_max_points,
-        }
-        settings |= {k: v for k, v in flags.items() if v}
-        settings.setdefault("host_id", args.hostname)
-        settings.setdefault("hostname", args.hostname)
-        config = agent.AgentConfig(**settings)
+        config = agent_config(args, os.environ)
     except (OSError, ValueError, TypeError) as exc:
         print(f"fleetwatch-exporter: {exc}", file=sys.stderr)
         return 2
-    return agent.run(config, registry, background, stop)
+    return agent.run(config, registry, background, stop, masking)
 
 
 if __name__ == "__main__":

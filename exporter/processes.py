@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.masking import ProcessMasking
 from exporter.sampling import SampledCollector, Sampler
 
 # cgroup v1 (".../slurm/uid_0/job_5/step_batch") and v2 (".../job_5/step_0").
@@ -176,8 +177,9 @@ class TopProcessCollector(SampledCollector):
         fleet_top_process_cpu_percent{name="python3",pid="7151",slurm_job_id="5",user="root"} 98.2
     """
 
-    def __init__(self, scanner: ProcessScanner, interval: float = 5.0):
+    def __init__(self, scanner: ProcessScanner, interval: float = 5.0, masking: ProcessMasking | None = None):
         self._sampler = Sampler("processes", scanner.scan, interval)
+        self._masking = masking or ProcessMasking()
 
     def start(self) -> TopProcessCollector:
         # Two scans: CPU % is a difference, so the first scrape already has one.
@@ -194,20 +196,21 @@ class TopProcessCollector(SampledCollector):
         cpu = GaugeMetricFamily(
             "fleet_top_process_cpu_percent", "CPU use of a top-N process, in % of one core.", labels=LABELS
         )
+        mask = self._masking
         for p in ranking.by_cpu:
-            cpu.add_metric(_labels(p), round(p.cpu_percent, 2))
+            cpu.add_metric(_labels(p, mask), round(p.cpu_percent, 2))
         mem = GaugeMetricFamily(
             "fleet_top_process_resident_memory_bytes", "Resident memory of a top-N process.", labels=LABELS
         )
         for p in ranking.by_memory:
-            mem.add_metric(_labels(p), p.rss_bytes)
+            mem.add_metric(_labels(p, mask), p.rss_bytes)
         gpu = GaugeMetricFamily(
             "fleet_top_process_gpu_memory_bytes",
             "GPU memory used by a top-N process on one GPU.",
             labels=[*LABELS, "gpu", "UUID"],
         )
         for p, g in ranking.by_gpu_memory:
-            gpu.add_metric([*_labels(p), g.gpu, g.uuid], g.used_bytes)
+            gpu.add_metric([*_labels(p, mask), g.gpu, g.uuid], g.used_bytes)
         yield cpu
         yield mem
         yield gpu
@@ -218,5 +221,5 @@ class TopProcessCollector(SampledCollector):
         )
 
 
-def _labels(p: RankedProcess) -> list[str]:
-    return [str(p.pid), p.name, p.user, p.slurm_job_id]
+def _labels(p: RankedProcess, mask: ProcessMasking) -> list[str]:
+    return [str(p.pid), mask.name(p.name), mask.user(p.user), p.slurm_job_id]

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter import __version__
 from exporter.exposition import RENDERED, ExporterRegistry
+from exporter.masking import ProcessMasking
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class ExporterConfig:
     jobs_interval_s: float = 5.0
     cgroup_root: str = "/sys/fs/cgroup"
     extra_collectors: dict = field(default_factory=dict)  # name -> collector, for tests
+    masking: ProcessMasking = field(default_factory=ProcessMasking)  # top-N names and users hidden (PRIV-002)
 
 
 class InstrumentedCollectors:
@@ -143,7 +145,7 @@ def build_registry(config: ExporterConfig) -> tuple[ExporterRegistry, list]:
             proc_root=config.proc_root,
             gpu_processes=gpu.processes if gpu is not None else list,
         )
-        top = TopProcessCollector(scanner, interval=config.process_interval_s)
+        top = TopProcessCollector(scanner, interval=config.process_interval_s, masking=config.masking)
         collectors["processes"] = top
         background.append(top)
     if config.slurm:

@@ -70,7 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--listen-host",
         default="127.0.0.1",
-        help="address every service binds (default 127.0.0.1; 0.0.0.0 to expose them)",
+        help="address the gateway and the exporter bind (default 127.0.0.1; 0.0.0.0 to expose them); "
+        "Prometheus and Alertmanager stay on 127.0.0.1 unless --expose-backends",
+    )
+    up.add_argument(
+        "--expose-backends",
+        action="store_true",
+        help="bind Prometheus (both tiers) and Alertmanager to --listen-host too: their APIs have no "
+        "authentication, and whoever reaches them can stop them, write series and silence alerts "
+        "(docs/security-ingest.md)",
     )
     up.add_argument("--scrape-interval", type=_duration, default="5s")
     up.add_argument("--evaluation-interval", type=_duration, default="30s")
@@ -137,22 +145,27 @@ def write_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def up(args: argparse.Namespace) -> int:
-    ports = Ports.from_base(args.base_port) if args.base_port else Ports()
-    slurm, slurm_line = (False, "off (--no-slurm)") if args.no_slurm else slurm_answers()
-    config = StackConfig(
+def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackConfig:
+    """The stack `fleetwatch up ARGS` runs; ``slurm`` as StackConfig's (None: the exporter decides)."""
+    return StackConfig(
         state_dir=args.state_dir,
-        ports=ports,
+        ports=Ports.from_base(args.base_port) if args.base_port else Ports(),
         listen_host=args.listen_host,
+        backend_host=args.listen_host if args.expose_backends else "127.0.0.1",
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         raw_retention=args.retention,
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
-        slurm=slurm if slurm or args.no_slurm else None,
+        slurm=slurm,
         gateways=args.gateways,
         backend=args.backend,
     )
+
+
+def up(args: argparse.Namespace) -> int:
+    slurm, slurm_line = (False, "off (--no-slurm)") if args.no_slurm else slurm_answers()
+    config = stack_config(args, slurm if slurm or args.no_slurm else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

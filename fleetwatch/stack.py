@@ -58,7 +58,10 @@ class Ports(NamedTuple):
 class StackConfig:
     state_dir: Path
     ports: Ports = Ports()
-    listen_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"  # the gateway and the exporter: what faces the network
+    # Prometheus (both tiers) and Alertmanager: their APIs have no authentication (anyone who
+    # reaches them can /-/quit, write series, silence alerts), so loopback unless asked.
+    backend_host: str = "127.0.0.1"
     scrape_interval: str = "5s"
     evaluation_interval: str = "30s"
     out_of_order_window: str = "1h"
@@ -209,7 +212,8 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     values = {
         "state_dir": str(state),
         "ports": config.ports,
-        "listen_host": config.listen_host,
+        "gateway_host": reach(config.listen_host),
+        "backend_host": reach(config.backend_host),
         "scrape_interval": config.scrape_interval,
         "scrape_timeout": f"{max(1, int(interval_s * 0.8))}s" if interval_s < 10 else "10s",
         "evaluation_interval": config.evaluation_interval,
@@ -238,7 +242,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     # The local exporter is one more target beside the hosts the gateway will add.
     local = [
         {
-            "targets": [f"{config.listen_host}:{config.ports.exporter}"],
+            "targets": [f"{reach(config.listen_host)}:{config.ports.exporter}"],
             "labels": {"host_id": socket.gethostname()},
         }
     ]
@@ -255,6 +259,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
     """The services in start order."""
     state = config.state_dir.resolve()
     host, ports = config.listen_host, config.ports
+    backend, near, near_backend = config.backend_host, reach(host), reach(config.backend_host)
     logs = state / "logs"
     services = [
         Service(
@@ -267,11 +272,11 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 f"--config.file={paths['longterm']}",
                 f"--storage.tsdb.path={state / 'longterm' / 'data'}",
                 f"--storage.tsdb.retention.time={config.longterm_retention}",
-                f"--web.listen-address={host}:{ports.longterm}",
+                f"--web.listen-address={backend}:{ports.longterm}",
                 "--web.enable-lifecycle",
                 "--web.enable-remote-write-receiver",
             ],
-            f"http://{host}:{ports.longterm}/-/ready",
+            f"http://{near_backend}:{ports.longterm}/-/ready",
             logs / "longterm.log",
         ),
         Service(
@@ -281,7 +286,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 f"--config.file={paths['prometheus']}",
                 f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
                 f"--storage.tsdb.retention.time={config.raw_retention}",
-                f"--web.listen-address={host}:{ports.prometheus}",
+                f"--web.listen-address={backend}:{ports.prometheus}",
                 "--web.enable-lifecycle",
                 "--web.enable-remote-write-receiver",
                 # Prometheus 2.42 forgets its Alertmanagers for up to 5 s on every reload
@@ -290,7 +295,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 # to one interval instead of the default minute.
                 f"--rules.alert.resend-delay={config.evaluation_interval}",
             ],
-            f"http://{host}:{ports.prometheus}/-/ready",
+            f"http://{near_backend}:{ports.prometheus}/-/ready",
             logs / "prometheus.log",
         ),
         Service(
@@ -300,10 +305,10 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 find_binary("prometheus-alertmanager", "alertmanager"),
                 f"--config.file={paths['alertmanager']}",
                 f"--storage.path={state / 'alertmanager' / 'data'}",
-                f"--web.listen-address={host}:{ports.alertmanager}",
+                f"--web.listen-address={backend}:{ports.alertmanager}",
                 "--cluster.listen-address=",  # one instance: no gossip port to collide with
             ],
-            f"http://{host}:{ports.alertmanager}/-/ready",
+            f"http://{near_backend}:{ports.alertmanager}/-/ready",
             logs / "alertmanager.log",
         ),
         Service(
@@ -316,7 +321,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 *_slurm_flags(config.slurm),
                 *config.exporter_args,
             ],  # fmt: skip
-            f"http://{host}:{ports.exporter}/metrics",
+            f"http://{near}:{ports.exporter}/metrics",
             logs / "exporter.log",
         ),
         Service(
@@ -329,17 +334,17 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 f"--bind={host}:{ports.gateway}",
                 f"--workers={config.gateway_workers}",
             ],
-            f"http://{host}:{ports.gateway}/health",
+            f"http://{near}:{ports.gateway}/health",
             logs / "gateway.log",
             env={
                 "FLEETWATCH_STATE_DIR": str(state),
-                "FLEETWATCH_PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
-                "FLEETWATCH_LONGTERM_URL": f"http://{host}:{ports.longterm}",
+                "FLEETWATCH_PROMETHEUS_URL": f"http://{near_backend}:{ports.prometheus}",
+                "FLEETWATCH_LONGTERM_URL": f"http://{near_backend}:{ports.longterm}",
                 "FLEETWATCH_SCRAPE_INTERVAL": str(max(1, round(seconds(config.scrape_interval)))),
                 "FLEETWATCH_RAW_RETENTION": config.raw_retention,
                 "FLEETWATCH_LONGTERM_RETENTION": config.longterm_retention,
-                "FLEETWATCH_ALERTMANAGER_URL": f"http://{host}:{ports.alertmanager}",
-                "FLEETWATCH_GATEWAY_URL": f"http://{host}:{ports.gateway}",
+                "FLEETWATCH_ALERTMANAGER_URL": f"http://{near_backend}:{ports.alertmanager}",
+                "FLEETWATCH_GATEWAY_URL": f"http://{near}:{ports.gateway}",
                 "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(seconds(config.evaluation_interval)))),
                 "FLEETWATCH_PROMTOOL": find_binary("promtool"),
                 "FLEETWATCH_AMTOOL": find_binary("amtool"),
@@ -405,11 +410,11 @@ class Stack:
         return next((s for s in self.services if s.process and s.process.poll() is not None), None)
 
     def urls(self) -> dict[str, str]:
-        host, ports = self.config.listen_host, self.config.ports
+        host, ports, backend = reach(self.config.listen_host), self.config.ports, reach(self.config.backend_host)
         return {
-            "prometheus": f"http://{host}:{ports.prometheus}",
-            "longterm": f"http://{host}:{ports.longterm}",
-            "alertmanager": f"http://{host}:{ports.alertmanager}",
+            "prometheus": f"http://{backend}:{ports.prometheus}",
+            "longterm": f"http://{backend}:{ports.longterm}",
+            "alertmanager": f"http://{backend}:{ports.alertmanager}",
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",
             "api docs": f"http://{host}:{ports.gateway}/api/docs",
@@ -431,6 +436,11 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def reach(bind: str) -> str:
+    """The address to connect to a service bound to ``bind``: loopback for a wildcard bind."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bind, bind)
 
 
 def _addresses() -> list[str]:

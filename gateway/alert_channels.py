@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from gateway.channel_policy import check_receiver
 from gateway.db import secret
 from rules_compiler.alertmanager import Delivery, undeliverable
 from rules_compiler.alerts import parse_channel
@@ -51,9 +52,13 @@ def normalise_channels(texts: list[str]) -> list[str]:
     """A rule's channels as they will be stored.
 
     Raises:
-        RuleInvalid: a malformed channel.
+        RuleInvalid: a malformed channel, or one that points into the gateway's own network
+            (gateway/channel_policy.py).
     """
-    return [str(parse_channel(text)) for text in texts]
+    channels = [parse_channel(text) for text in texts]
+    for channel in channels:
+        check_receiver(channel, current_app.config["CHANNEL_ALLOW_HOSTS"])
+    return [str(c) for c in channels]
 
 
 def channel_warnings(texts: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 
 import marshmallow as ma
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 
 from gateway.alert_channels import (
@@ -22,6 +22,7 @@ from gateway.alert_channels import (
 )
 from gateway.alert_events import open_events, resolve
 from gateway.auth import audit
+from gateway.channel_policy import mask_channel
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
 from gateway.errors import Blueprint, NotFound
 from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, page
@@ -77,6 +78,14 @@ class RuleSchema(ma.Schema):
         dump_only=True,
         metadata={"description": "channels this configuration cannot deliver to (e.g. email without SMTP)"},
     )
+
+    @ma.post_dump
+    def _mask_for_viewers(self, data: dict, **_) -> dict:
+        # A Slack URL is its own credential: only admins, who may change it, see it whole.
+        principal = g.get("principal")
+        if "channels" in data and (principal is None or principal.role != "admin"):
+            data["channels"] = [mask_channel(c) for c in data["channels"]]
+        return data
 
 
 class RuleChangeSchema(ChangeSchema):
@@ -185,7 +194,11 @@ def update_rule(rule_id: str, body: dict) -> AlertRuleRow:
             setattr(row, key, value)
         row.updated_at = utcnow()
         publish()
-        audit("alert_rule_update", row.id, **fields)
+        # A Slack URL is its own credential: the audit log keeps channels masked.
+        masked = (
+            {**fields, "channels": [mask_channel(c) for c in fields["channels"]]} if "channels" in fields else fields
+        )
+        audit("alert_rule_update", row.id, **masked)
         db.session.commit()
     return row
 

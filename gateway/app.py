@@ -48,6 +48,9 @@ DEFAULTS = {
     "REFRESH_TOKEN_TTL": timedelta(days=7),  # from the environment: seconds
     "BCRYPT_ROUNDS": 12,
     "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
+    "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
+    "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
+    "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
@@ -69,6 +72,7 @@ DEFAULTS = {
     "INGEST_SERIES_PER_HOST": 5_000,  # label budget: distinct series one host may create
     "INGEST_WRITE_BATCH": 5_000,  # samples per remote-write request
     "INGEST_WRITE_TIMEOUT_S": 5.0,
+    "INGEST_MAX_SPLIT_WRITES": 32,  # remote writes a request may spend finding the points Prometheus refuses
     "INGEST_PAST_S": 3600,  # ts window [now - past, now + future] (§11.2)
     "INGEST_FUTURE_S": 300,
     "HEARTBEAT_EVERY_S": 15,  # how often a worker writes its pushing hosts' last_seen_at, all in one go
@@ -102,6 +106,8 @@ DEFAULTS = {
     "ALERT_CHANNEL_MAX_PER_MIN": 30,
     "PUBLIC_URL": "",
     "GRAFANA_URL": "http://127.0.0.1:3000",
+    # Webhook/Slack receivers on internal addresses allowed anyway: comma-separated names, IPs, CIDRs.
+    "CHANNEL_ALLOW_HOSTS": "",
     "SMTP_SMARTHOST": "",
     "SMTP_FROM": "fleetwatch@localhost",
     "SMTP_AUTH_USERNAME": "",
@@ -180,6 +186,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         locks,
         metrics,
         observability,
+        process_masking,
         processes,
         report_schedules,
         reports,
@@ -191,6 +198,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.db import db, secret
     from gateway.errors import Api
     from gateway.inventory import TargetsWriter, register_local_host
+    from gateway.key_scope import KeyBudgets
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
@@ -246,6 +254,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
         # (started in each gunicorn worker: gateway/cli.py).
         stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
+        key_budgets=KeyBudgets(),
     )
     app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
     if config["PROXY_HOPS"]:
@@ -278,6 +287,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         compat_alerts,
         cluster,
         jobs,
+        process_masking,
     ):
         api.register_blueprint(module.blp)
     init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py

@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from gateway.db import AuditEvent, LoginSession, User, db, secret, utcnow
 from gateway.errors import Blueprint, Forbidden, Unauthorized
+from gateway.key_scope import KeyScope
 from gateway.ratelimit import count_request
 from gateway.schemas import utc_text
 
@@ -42,6 +43,7 @@ class Principal:
     role: str  # "viewer" | "admin" | "agent"
     email: str | None = None
     session_id: str | None = None
+    scope: object = None  # an API key's KeyScope (gateway/key_scope.py): the hosts it speaks for
 
 
 def access(policy: str):
@@ -165,11 +167,16 @@ def _api_key_principal() -> Principal:
     if hit is not None and now < hit[0] and hit[1] is not None:
         return hit[1]
     row = db.session.execute(
-        text("SELECT id, revoked_at FROM api_keys WHERE key_hash = :digest"), {"digest": digest}
+        text(
+            "SELECT pk, id, revoked_at, host_pattern, allow_discovery, max_hosts, max_series "
+            "FROM api_keys WHERE key_hash = :digest"
+        ),
+        {"digest": digest},
     ).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked API key")
-    principal = Principal("api_key", row.id, AGENT)
+    scope = KeyScope(row.pk, row.host_pattern, bool(row.allow_discovery), row.max_hosts, row.max_series)
+    principal = Principal("api_key", row.id, AGENT, scope=scope)
     if hit is None or now >= hit[0]:  # not while a revocation is fresh: this read may predate its commit
         if len(known) > 10_000:  # keys, not agents: a fleet has a handful
             known.clear()

@@ -77,6 +77,32 @@ class ApiKey(Stamped, db.Model):
     created_by: Mapped[str | None] = mapped_column(String(64))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The host ids it speaks for (gateway/key_scope.py): one id, a pattern with * (gpu-*), or * for every host.
+    host_pattern: Mapped[str] = mapped_column(String(64))
+    allow_discovery: Mapped[bool] = mapped_column(Boolean, default=False)  # may add hosts not in the inventory
+    max_hosts: Mapped[int | None] = mapped_column(Integer)  # None: API_KEY_MAX_HOSTS
+    max_series: Mapped[int | None] = mapped_column(Integer)  # None: API_KEY_MAX_SERIES
+
+    @property
+    def host_id(self) -> str | None:
+        """The one host a key is bound to; None for a pattern."""
+        return None if "*" in self.host_pattern else self.host_pattern
+
+
+class KeyHost(db.Model):
+    """A host an API key has pushed or beaten for: its host budget, shared by every worker."""
+
+    __tablename__ = "api_key_hosts"
+    key_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class KeySeries(db.Model):
+    """A series an API key has created (a digest of its labels): its series budget, shared by every worker."""
+
+    __tablename__ = "api_key_series"
+    key_pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 class Host(Stamped, db.Model):

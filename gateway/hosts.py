@@ -87,7 +87,7 @@ class HostSchema(ma.Schema):
     agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
     exporter = ExporterField(
         allow_none=True,
-        validate=ma.validate.Regexp(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
+        validate=ma.validate.Regexp(r"^([A-Za-z0-9.\-\[\]:]+:\d{1,5}|push)$", error='expected HOST:PORT or "push"'),
         metadata={
             "description": 'where Prometheus scrapes its exporter; default <first ip or hostname>:9101; "push" for '
             "a host whose agent pushes its points (setting an address makes it a scraped host)"
@@ -303,7 +303,10 @@ class Hosts(MethodView):
         """Add a host (admin); its exporter becomes a scrape target."""
         if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
             raise Conflict(f"host {body['id']} exists", {"id": body["id"]})
-        host = add_with_id(Host(**{k: v for k, v in body.items() if k != "id"}), body.get("id"))
+        fields = {k: v for k, v in body.items() if k != "id"}
+        if fields.get("exporter") == PUSH:  # declared for an agent whose API key may not discover hosts
+            fields.update(exporter=None, pushes=True)
+        host = add_with_id(Host(**fields), body.get("id"))
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
         targets_changed()
@@ -344,7 +347,9 @@ class HostById(MethodView):
         for key, value in body.items():
             setattr(host, key, value)
         if "exporter" in body:
-            host.pushes = False  # an address to scrape: Prometheus scrapes it from now on
+            # An address to scrape: Prometheus scrapes it from now on; "push": its agent pushes.
+            host.pushes = body["exporter"] == PUSH
+            host.exporter = None if host.pushes else body["exporter"]
         audit("host_update", host.id, **body)
         db.session.commit()
         targets_changed()

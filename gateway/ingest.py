@@ -13,14 +13,16 @@ import time
 
 import marshmallow as ma
 import orjson
-from flask import current_app, request
+from flask import current_app, g, request
 from flask.views import MethodView
 
 from gateway.agents import AgentSettingsSchema, agent_settings
 from gateway.auth import AGENT, access
+from gateway.db import db
 from gateway.errors import ApiError, Blueprint
 from gateway.hosts import HOST_ID
 from gateway.point_checks import check_points, in_order
+from gateway.process_masking import PolicySchema, masking, policy
 from gateway.schemas import fast_json
 
 blp = Blueprint("ingest", __name__, url_prefix="/api/v1/ingest", description="Metric points pushed by agents")
@@ -49,8 +51,12 @@ class HeartbeatSchema(ma.Schema):
     has_gpu = ma.fields.Boolean()
 
 
+class AgentAnswerSchema(AgentSettingsSchema):
+    process_masking = ma.fields.Nested(PolicySchema, metadata={"description": "names the agent must mask"})
+
+
 class HeartbeatAnswer(HeartbeatSchema):
-    config = ma.fields.Nested(AgentSettingsSchema, metadata={"description": "settings the agent must apply"})
+    config = ma.fields.Nested(AgentAnswerSchema, metadata={"description": "settings the agent must apply"})
 
 
 class PointError(ma.Schema):
@@ -102,7 +108,8 @@ class IngestMetrics(MethodView):
         if len(points) > limit:
             raise ApiError(f"at most {limit} points per request", {"points": len(points)}, status=413)
         host_id = body["host_id"]
-        current_app.extensions["last_seen"].note(body)
+        budgets = current_app.extensions["key_budgets"]
+        budgets.admit_host(g.principal.scope, host_id)
         valid, errors = check_points(
             host_id,
             points,
@@ -111,12 +118,26 @@ class IngestMetrics(MethodView):
             int(time.time() * 1000),
             config["INGEST_PAST_S"] * 1000,
             config["INGEST_FUTURE_S"] * 1000,
+            masking(),
         )
+        for labels in budgets.admit_series(g.principal.scope, list(valid)):
+            reason = (
+                f"series budget: this API key has {g.principal.scope.max_series or config['API_KEY_MAX_SERIES']} series"
+            )
+            errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
+        budgets.record()
+        current_app.extensions["last_seen"].note(body)
+        db.session.commit()  # the key's new hosts and series, if noting the push wrote nothing
         series, conflicts = in_order(valid)
         errors += conflicts
         if series:
             current_app.extensions["point_store"].store(
-                series, errors, counters, config["INGEST_MAX_INFLIGHT_POINTS"], config["INGEST_WRITE_BATCH"]
+                series,
+                errors,
+                counters,
+                config["INGEST_MAX_INFLIGHT_POINTS"],
+                config["INGEST_WRITE_BATCH"],
+                config["INGEST_MAX_SPLIT_WRITES"],
             )
         rejected = len(errors)
         counters.ingest_points.labels("accepted").inc(len(points) - rejected)
@@ -141,6 +162,9 @@ class Heartbeat(MethodView):
         The answer's ``config`` is what admins set at /api/v1/agents/config (REQ-AGENT-003).
         """
         body = _body()
-        current_app.extensions["last_seen"].note(body, force=True)
+        budgets = current_app.extensions["key_budgets"]
+        budgets.admit_host(g.principal.scope, body["host_id"])
+        budgets.record()
+        current_app.extensions["last_seen"].note(body, force=True)  # commits the key's new host with it
         echo = {k: body[k] for k in ("host_id", "hostname", "agent_version") if isinstance(body.get(k), str)}
-        return {**echo, "config": agent_settings()}
+        return {**echo, "config": {**agent_settings(), "process_masking": policy()}}

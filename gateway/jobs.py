@@ -204,7 +204,12 @@ class JobMetrics(MethodView):
         config, counters = current_app.config, current_app.extensions["request_metrics"]
         errors: list = []
         current_app.extensions["point_store"].store(
-            series, errors, counters, config["INGEST_MAX_INFLIGHT_POINTS"], config["INGEST_WRITE_BATCH"]
+            series,
+            errors,
+            counters,
+            config["INGEST_MAX_INFLIGHT_POINTS"],
+            config["INGEST_WRITE_BATCH"],
+            config["INGEST_MAX_SPLIT_WRITES"],
         )
         if errors:
             raise ApiError(f"refused by the store: {errors[0]['reason']}", {"errors": errors})

@@ -13,6 +13,7 @@ import math
 import re
 from datetime import datetime
 
+from exporter.masking import ProcessMasking
 from gateway.remote_write import encode_labels
 from rules_compiler.catalog import UnknownMetric, resolve
 
@@ -63,8 +64,20 @@ def _labels_of(point: dict, implied: tuple) -> tuple:
     return tuple(sorted({**{k: v for k, v in labels.items() if v}, **dict(implied)}.items()))
 
 
-def check_points(host_id: str, points: list, budget: set, max_series: int, now_ms: int, past_ms: int, future_ms: int):
-    """Valid points grouped by series, ``{labels: [(ts_ms, value, index), …]}``, and the others' ``{index, reason}``."""
+def check_points(
+    host_id: str,
+    points: list,
+    budget: set,
+    max_series: int,
+    now_ms: int,
+    past_ms: int,
+    future_ms: int,
+    mask: ProcessMasking | None = None,
+):
+    """Valid points grouped by series, ``{labels: [(ts_ms, value, index), …]}``, and the others' ``{index, reason}``.
+
+    With ``mask`` (the process-masking policy), process names and users it names are stored masked.
+    """
     valid, errors = {}, []
     low, high = now_ms - past_ms, now_ms + future_ms
     for index, point in enumerate(points):
@@ -95,7 +108,12 @@ def check_points(host_id: str, points: list, budget: set, max_series: int, now_m
                 raise ValueError(f"ts: older than {past_ms // 60_000} min")
             if ts_ms > high:
                 raise ValueError(f"ts: more than {future_ms // 60_000} min in the future")
-            labels = _series_labels(host_id, record, _labels_of(point, implied) if "labels" in point else implied)
+            labels = _labels_of(point, implied) if "labels" in point else implied
+            if mask and labels:
+                labels = tuple(
+                    (k, mask.name(v) if k == "name" else mask.user(v) if k == "user" else v) for k, v in labels
+                )
+            labels = _series_labels(host_id, record, labels)
             if labels not in budget:
                 if len(budget) >= max_series:
                     raise ValueError(f"label budget: host {host_id} has {max_series} series already")

@@ -1,4 +1,4 @@
-"""Checked series into Prometheus by remote write: batches, group commit, backpressure, refusals halved.
+"""Checked series into Prometheus by remote write: batches, group commit, backpressure, refusals halved (bounded).
 
 A request is answered 2xx only after Prometheus took its valid points, and
 503 + Retry-After when Prometheus does not answer, so the agent keeps them and
@@ -28,8 +28,11 @@ class PointStore:
         self._lock = threading.Lock()
         self._in_flight = 0  # points of this worker's requests not yet stored
 
-    def store(self, series: list, errors: list, counters, max_in_flight: int, batch: int) -> None:
+    def store(self, series: list, errors: list, counters, max_in_flight: int, batch: int, split_writes: int) -> None:
         """Store ``series`` of ``(labels, samples)``; samples Prometheus refuses for good go to ``errors``.
+
+        Finding the refused samples of a refused batch takes at most ``split_writes`` more
+        remote writes; the points still unsent then are refused with their batch's reason.
 
         Raises:
             Unavailable: this worker already has ``max_in_flight`` points in flight (Retry-After: 1),
@@ -46,18 +49,18 @@ class PointStore:
             raise Unavailable(
                 "ingest is at capacity; send again later", {"points": total}, headers={"Retry-After": "1"}
             )
-        stored = 0
+        stored, culprits = 0, Culprits(self.writer, split_writes)
         try:
             for part in batches(series, batch):
                 size = sum(len(samples) for _, samples in part)
                 try:
                     self.group.write(_encoded(part), size)
-                except Refused:
-                    store_alone(self.writer, part, errors)  # refused with others' points: alone, then halved
+                except Refused as exc:
+                    culprits.store_alone(part, errors, exc)  # refused with others' points: alone, then halved
                 except WriteFailed as exc:
                     if exc.retry:
                         raise
-                    halve(self.writer, part, errors, exc)  # refused, alone: its own points are to blame
+                    culprits.halve(part, errors, exc)  # refused, alone: its own points are to blame
                 stored += size
         except WriteFailed as exc:
             counters.ingest_points.labels("failed").inc(total - stored)
@@ -92,28 +95,41 @@ def _encoded(batch: list) -> list[bytes]:
     return [encode_timeseries(labels, samples) for labels, samples in batch]
 
 
-def store_alone(writer: RemoteWriter, batch: list, errors: list) -> None:
-    """Remote-write ``batch`` of ``(labels, samples)`` alone; samples Prometheus refuses (4xx) go to ``errors``.
+class Culprits:
+    """Finds the samples Prometheus refuses in a refused batch, in at most ``budget`` more remote writes."""
 
-    Raises:
-        WriteFailed: Prometheus did not answer or failed (5xx): nothing may be acknowledged.
-    """
-    try:
-        writer.write(_encoded(batch))
-    except WriteFailed as exc:
-        if exc.retry:
-            raise
-        halve(writer, batch, errors, exc)
+    def __init__(self, writer: RemoteWriter, budget: int):
+        self.writer = writer
+        self.left = budget  # halving 2,000 refused points to single samples would take ~4,000 writes
 
+    def store_alone(self, batch: list, errors: list, refusal: WriteFailed | None = None) -> None:
+        """Remote-write ``batch`` of ``(labels, samples)`` alone; samples refused for good go to ``errors``.
 
-def halve(writer: RemoteWriter, batch: list, errors: list, refusal: WriteFailed) -> None:
-    """``batch`` was refused (4xx): store it in halves until the culprits are alone, and report those."""
-    # Prometheus 2.x refuses a whole request for one bad sample (e.g. older than its
-    # out-of-order window): halve until the culprits are alone, store the rest.
-    single = [(labels, [s]) for labels, samples in batch for s in samples]
-    if len(single) == 1:
-        errors.append({"index": single[0][1][0][2], "reason": f"refused by the store: {refusal}"[:300]})
-        return
-    middle = len(single) // 2
-    store_alone(writer, single[:middle], errors)
-    store_alone(writer, single[middle:], errors)
+        Raises:
+            WriteFailed: Prometheus did not answer or failed (5xx): nothing may be acknowledged.
+        """
+        if self.left <= 0:
+            # Out of writes: the batch's points are refused with the reason their batch was, unsent.
+            why = f"refused by the store with others in its batch ({refusal}); not tried alone"
+            for _, samples in batch:
+                errors.extend({"index": s[2], "reason": why[:300]} for s in samples)
+            return
+        self.left -= 1
+        try:
+            self.writer.write(_encoded(batch))
+        except WriteFailed as exc:
+            if exc.retry:
+                raise
+            self.halve(batch, errors, exc)
+
+    def halve(self, batch: list, errors: list, refusal: WriteFailed) -> None:
+        """``batch`` was refused: store it in halves until the culprits are alone, and report those."""
+        # Prometheus 2.x refuses a whole request for one bad sample (e.g. a second value at a
+        # series' newest timestamp): halve until the culprits are alone, store the rest.
+        single = [(labels, [s]) for labels, samples in batch for s in samples]
+        if len(single) == 1:
+            errors.append({"index": single[0][1][0][2], "reason": f"refused by the store: {refusal}"[:300]})
+            return
+        middle = len(single) // 2
+        self.store_alone(single[:middle], errors, refusal)
+        self.store_alone(single[middle:], errors, refusal)

@@ -7,6 +7,7 @@ from flask import current_app
 from flask.views import MethodView
 
 from gateway.errors import Blueprint
+from gateway.process_masking import masking
 from gateway.promql import selector
 
 blp = Blueprint("processes", __name__, url_prefix="/api/v1/processes", description="Top processes")
@@ -55,8 +56,9 @@ class Top(MethodView):
             for series, field in RANKINGS.values()
         )
         processes: dict[tuple[str, str], dict] = {}
+        mask = masking()
         for s in prom.query(expr):
-            m = s["metric"]
+            m = mask.labels(s["metric"])  # series stored before the policy, or from an exporter without it
             key = (m.get("pid", ""), m.get("gpu_index", ""))
             p = processes.setdefault(
                 key,

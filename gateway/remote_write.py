@@ -21,7 +21,9 @@ import cramjam
 import urllib3
 
 _DOUBLE = struct.Struct("<d")
+# Prometheus's refusals of samples themselves: the same bytes will never be taken.
 REFUSED_FOR_GOOD = ("too old sample", "out of bounds", "out of order sample", "duplicate sample for timestamp")
+SAMPLE_REFUSALS = (*REFUSED_FOR_GOOD, "invalid sample", "invalid labels", "repeated labels", "not unique")
 
 
 class WriteFailed(Exception):
@@ -112,7 +114,7 @@ class RemoteWriter:
         """Send encoded series in one request; return once the receiver stored them.
 
         Raises:
-            WriteFailed: not stored; ``retry`` is False when the receiver refused the data itself (4xx).
+            WriteFailed: not stored; ``retry`` is False when the receiver refused the samples themselves.
         """
         body = cramjam.snappy.compress_raw(b"".join(series))
         try:
@@ -131,10 +133,18 @@ class RemoteWriter:
         if r.status < 300:
             return
         reason = r.data.decode(errors="replace").strip()[:300]
-        # Prometheus 2.x answers 500 for some samples it will never take ("too old sample"):
-        # retrying those would jam an agent's queue forever.
-        retry = (r.status >= 500 or r.status == 429) and not any(m in reason for m in REFUSED_FOR_GOOD)
-        raise WriteFailed(reason or f"HTTP {r.status}", retry=retry, status=r.status)
+        raise WriteFailed(reason or f"HTTP {r.status}", retry=not refused_for_good(r.status, reason), status=r.status)
+
+
+def refused_for_good(status: int, reason: str) -> bool:
+    """Whether an answer refuses the samples themselves, so that sending them again is pointless."""
+    # Only Prometheus's own per-sample refusals: 400, or 500 for some it will never take
+    # ("too old sample"; retrying those would jam an agent's queue forever). Any other
+    # answer (404: the receiver is off; 401/403; 413 from a proxy; 429; 5xx) says nothing
+    # about the points, and calling them bad would delete them from the agents' buffers.
+    if status == 400:
+        return any(m in reason for m in SAMPLE_REFUSALS)
+    return status == 500 and any(m in reason for m in REFUSED_FOR_GOOD)
 
 
 class Refused(WriteFailed):

@@ -25,6 +25,7 @@ from reportlab.lib.units import cm
 from reportlab.platypus import LongTable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from gateway.report_data import ReportData
+from gateway.spreadsheet import as_text
 from rules_compiler.catalog import CATALOG
 
 MARGIN = 1.0 * cm
@@ -99,7 +100,7 @@ def render_csv(report: Report) -> bytes:
         alerts = report.host_alerts.get(host, HostAlerts(0, 0, 0))
         gpu = data.gpu_hours.get(host)
         writer.writerow(
-            [host, hostname, *("" if v is None else f"{v:.3f}" for v in values)]
+            [host, as_text(hostname), *("" if v is None else f"{v:.3f}" for v in values)]
             + ["" if gpu is None else f"{gpu:.3f}", alerts.fired, alerts.unacknowledged]
         )
     return out.getvalue().encode()

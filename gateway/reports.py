@@ -18,8 +18,10 @@ from gateway.auth import PUBLIC, access, audit
 from gateway.db import Host, db, secret
 from gateway.errors import ApiError, Blueprint, NotFound
 from gateway.metrics import QueryArgs
+from gateway.process_masking import masking
 from gateway.schemas import utc_text
 from gateway.series import RANGES, fetch_series
+from gateway.spreadsheet import as_text
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1/reports", description="Exports and reports")
 
@@ -82,6 +84,9 @@ class Export(MethodView):
         series, resolution, _ = fetch_series(
             current_app.extensions["tiers"], body["metric"], body["host_id"], body["range"], body["labels"]
         )
+        mask = masking()  # series stored before the policy, or scraped from an exporter without it
+        for s in series:
+            s["labels"] = mask.labels(s["labels"])
         label_names = sorted({k for s in series for k in s["labels"]})
         out = io.StringIO()
         writer = csv.writer(out)
@@ -94,7 +99,7 @@ class Export(MethodView):
                         p["ts"],
                         body["host_id"],
                         body["metric"],
-                        *(s["labels"].get(k, "") for k in label_names),
+                        *(as_text(s["labels"].get(k, "")) for k in label_names),
                         p["value"],
                     ]
                 )

@@ -11,6 +11,8 @@ from flask.views import MethodView
 from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, forget_api_key, hash_api_key, hash_password
 from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.hosts import HOST_ID
+from gateway.key_scope import PATTERN
 from gateway.schemas import Page, PageArgs, UtcDateTime, page
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="Users, API keys, audit log (admins)")
@@ -53,11 +55,35 @@ class UserListSchema(Page):
 class ApiKeySchema(ma.Schema):
     id = ma.fields.String(dump_only=True)
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    host_id = ma.fields.String(
+        allow_none=True,
+        validate=ma.validate.Regexp(HOST_ID),
+        metadata={"description": "the one host the key speaks for (or host_pattern)"},
+    )
+    host_pattern = ma.fields.String(
+        validate=ma.validate.Regexp(PATTERN, error="host ids' characters and *, e.g. gpu-* (or * for every host)"),
+        metadata={"description": 'hosts the key speaks for, e.g. "gpu-*"; "*": a fleet-wide relay key'},
+    )
+    allow_discovery = ma.fields.Boolean(
+        load_default=False, metadata={"description": "may add hosts not in the inventory (a key for one host_id may)"}
+    )
+    max_hosts = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=1_000_000))
+    max_series = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=1, max=100_000_000))
     key = ma.fields.String(dump_only=True, metadata={"description": "shown once, on creation"})
     key_prefix = ma.fields.String(dump_only=True)
     created_by = ma.fields.String(dump_only=True)
     created_at = UtcDateTime(dump_only=True)
     revoked_at = UtcDateTime(dump_only=True, allow_none=True)
+
+    @ma.validates_schema
+    def _bound(self, data: dict, **_) -> None:
+        # No default binding: a key for every host is a choice an admin makes by writing "*".
+        if ("host_id" in data) == ("host_pattern" in data):
+            raise ma.ValidationError(
+                'give host_id (one host) or host_pattern ("gpu-*"; "*" for a fleet-wide relay key), not both',
+                "host_pattern",
+            )
+
     last_used_at = UtcDateTime(dump_only=True, allow_none=True)
 
 
@@ -158,9 +184,26 @@ class ApiKeys(MethodView):
         """Create an API key for agents; the key is in this answer only."""
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         row = add_with_id(
-            ApiKey(name=body["name"], key_hash=hash_api_key(key), key_prefix=key[:12], created_by=g.principal.id)
+            ApiKey(
+                name=body["name"],
+                key_hash=hash_api_key(key),
+                key_prefix=key[:12],
+                created_by=g.principal.id,
+                host_pattern=body.get("host_id") or body["host_pattern"],
+                allow_discovery=body["allow_discovery"],
+                max_hosts=body.get("max_hosts"),
+                max_series=body.get("max_series"),
+            )
         )
-        audit("api_key_create", row.id, name=row.name)
+        audit(
+            "api_key_create",
+            row.id,
+            name=row.name,
+            host_pattern=row.host_pattern,
+            allow_discovery=row.allow_discovery,
+            max_hosts=row.max_hosts,
+            max_series=row.max_series,
+        )
         db.session.commit()
         row.key = key  # not a column: this answer is the only place the key ever appears
         return row

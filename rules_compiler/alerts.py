@@ -29,7 +29,7 @@ _HEARTBEAT = re.compile(r"^no\s+heartbeat\s+for\s+(\S+)$", re.IGNORECASE)
 _OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 _CHANNEL = re.compile(r"^(email|webhook|slack):(.+)$", re.DOTALL)
-_EMAIL = re.compile(r"^[^@\s,<>\"]+@[^@\s,<>\"]+\.[^@\s,<>\"]+$")
+_EMAIL = re.compile(r"^[^@\s,<>\"{}]+@[^@\s,<>\"{}]+\.[^@\s,<>\"{}]+$")  # no {}: `to:` is a Go template
 _URL = re.compile(r"^https?://[^\s\"]+$")
 
 

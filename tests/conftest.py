@@ -93,6 +93,7 @@ def stack(tmp_path_factory, node_exporter, mailbox):
             "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000",
             "FLEETWATCH_SMTP_SMARTHOST": f"127.0.0.1:{mailbox.port}",
             "FLEETWATCH_SMTP_REQUIRE_TLS": "false",
+            "FLEETWATCH_CHANNEL_ALLOW_HOSTS": "127.0.0.1",  # the tests' webhook receivers listen on loopback
             "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
             "FLEETWATCH_ALERT_GROUP_INTERVAL": "1s",
             "FLEETWATCH_ALERT_REPEAT_INTERVAL": "2s",

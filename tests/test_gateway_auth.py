@@ -27,7 +27,7 @@ ENDPOINTS = [
     ),
     ("PATCH", "/api/v1/users/{viewer}", {"role": "viewer"}, "admin"),
     ("GET", "/api/v1/api-keys", None, "admin"),
-    ("POST", "/api/v1/api-keys", {"name": "agents"}, "admin"),
+    ("POST", "/api/v1/api-keys", {"name": "agents", "host_pattern": "*", "allow_discovery": True}, "admin"),
     ("DELETE", "/api/v1/api-keys/{key}", None, "admin"),
     ("GET", "/api/v1/audit", None, "admin"),
     ("GET", "/api/v1/alerts/rules", None, "viewer"),
@@ -80,7 +80,12 @@ def fill(client, text: str, admin_headers: dict) -> str:
         text = text.replace("{viewer}", next(u["id"] for u in users if u["email"] == VIEWER[0]))
     if "{key}" in text:
         text = text.replace(
-            "{key}", client.post("/api/v1/api-keys", json={"name": "k"}, headers=admin_headers).get_json()["id"]
+            "{key}",
+            client.post(
+                "/api/v1/api-keys",
+                json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+                headers=admin_headers,
+            ).get_json()["id"],
         )
     return text.replace("{n}", str(n))
 
@@ -172,7 +177,9 @@ def test_api_key_is_shown_once_and_stored_hashed(client):
     from gateway.db import ApiKey, db
 
     admin = bearer(login(client, ADMIN)["access_token"])
-    created = client.post("/api/v1/api-keys", json={"name": "rack-7"}, headers=admin).get_json()
+    created = client.post(
+        "/api/v1/api-keys", json={"name": "rack-7", "host_pattern": "*", "allow_discovery": True}, headers=admin
+    ).get_json()
     assert created["key"].startswith("fwk_") and len(created["key"]) > 40
     listed = client.get("/api/v1/api-keys?limit=1000", headers=admin).get_json()["api_keys"]
     assert all("key" not in k for k in listed)
@@ -183,7 +190,9 @@ def test_api_key_is_shown_once_and_stored_hashed(client):
 
 def test_api_key_is_not_a_user_token(client):
     admin = bearer(login(client, ADMIN)["access_token"])
-    key = client.post("/api/v1/api-keys", json={"name": "agent"}, headers=admin).get_json()["key"]
+    key = client.post(
+        "/api/v1/api-keys", json={"name": "agent", "host_pattern": "*", "allow_discovery": True}, headers=admin
+    ).get_json()["key"]
     assert client.get("/api/v1/hosts", headers={"X-API-Key": key}).status_code == 401
     assert client.get("/api/v1/hosts", headers=bearer(key)).status_code == 401
 

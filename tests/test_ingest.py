@@ -44,7 +44,9 @@ def ingest_app(prometheus, tmp_path_factory):
 def api_key(ingest_app):
     client = ingest_app.test_client()
     admin = bearer(login(client, ADMIN)["access_token"])
-    r = client.post("/api/v1/api-keys", json={"name": "agents"}, headers=admin)
+    r = client.post(
+        "/api/v1/api-keys", json={"name": "agents", "host_pattern": "*", "allow_discovery": True}, headers=admin
+    )
     assert r.status_code == 201, r.get_json()
     return {"X-API-Key": r.get_json()["key"]}
 
@@ -147,7 +149,9 @@ def test_label_budget_per_host(prometheus, tmp_path, api_key):
     app = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=3, db_name="budget")
     client = app.test_client()
     key = client.post(
-        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+        "/api/v1/api-keys",
+        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+        headers=bearer(login(client, ADMIN)["access_token"]),
     ).get_json()["key"]
     now = rfc3339(datetime.now(UTC))
     points = [{"metric": "disk.used_pct", "ts": now, "value": 1, "labels": {"mountpoint": f"/m{i}"}} for i in range(5)]
@@ -162,7 +166,9 @@ def test_store_down_or_full_is_503_with_retry_after(tmp_path):
     dead = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", db_name="dead")
     client = dead.test_client()
     key = client.post(
-        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+        "/api/v1/api-keys",
+        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+        headers=bearer(login(client, ADMIN)["access_token"]),
     ).get_json()["key"]
     point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC)), "value": 1}
     r = client.post("/api/v1/ingest/metrics", json={"host_id": "h-503", "metrics": [point]}, headers={"X-API-Key": key})
@@ -253,7 +259,9 @@ def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
         app = make_app(tmp_path, prom.url, db_name="old")
         client = app.test_client()
         key = client.post(
-            "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+            "/api/v1/api-keys",
+            json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+            headers=bearer(login(client, ADMIN)["access_token"]),
         ).get_json()["key"]
         point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC) - timedelta(minutes=10)), "value": 1}
         r = client.post(
@@ -381,7 +389,9 @@ def test_pushes_note_last_seen_and_write_it_for_all_hosts_at_once(prometheus, tm
     app = make_app(tmp_path, prometheus.url, HEARTBEAT_EVERY_S=3600)
     client = app.test_client()
     key = client.post(
-        "/api/v1/api-keys", json={"name": "k"}, headers=bearer(login(client, ADMIN)["access_token"])
+        "/api/v1/api-keys",
+        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
+        headers=bearer(login(client, ADMIN)["access_token"]),
     ).get_json()["key"]
 
     def push(host_id: str) -> None:
@@ -411,7 +421,9 @@ def test_pushes_note_last_seen_and_write_it_for_all_hosts_at_once(prometheus, tm
 def test_a_revoked_key_is_refused_at_once_though_workers_remember_valid_keys(ingest_app):
     client = ingest_app.test_client()
     admin = bearer(login(client, ADMIN)["access_token"])
-    created = client.post("/api/v1/api-keys", json={"name": "short-lived"}, headers=admin).get_json()
+    created = client.post(
+        "/api/v1/api-keys", json={"name": "short-lived", "host_pattern": "*", "allow_discovery": True}, headers=admin
+    ).get_json()
     beat = {"host_id": "h-revoked"}
     assert client.post("/api/v1/ingest/heartbeat", json=beat, headers={"X-API-Key": created["key"]}).status_code == 200
     assert client.delete(f"/api/v1/api-keys/{created['id']}", headers=admin).status_code == 200

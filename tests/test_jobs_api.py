@@ -48,7 +48,9 @@ def world(tmp_path_factory, new_db):
         )
         assert r.status_code == 201, r.get_json()
         viewer = bearer(login(client, VIEWER)["access_token"])
-        key = client.post("/api/v1/api-keys", json={"name": "scheduler"}, headers=admin).get_json()["key"]
+        key = client.post(
+            "/api/v1/api-keys", json={"name": "scheduler", "host_pattern": "*", "allow_discovery": True}, headers=admin
+        ).get_json()["key"]
         yield client, {"admin": admin, "viewer": viewer, "agent": {"X-API-Key": key}}, prom
 
 

@@ -152,7 +152,15 @@ def test_a_logout_or_a_revoked_key_holds_on_the_other_replica(replicas):
     assert requests.post(f"{two}/api/v1/auth/logout", headers=token, timeout=30).status_code == 200
     assert requests.get(f"{one}/api/v1/alerts/rules", headers=token, timeout=30).status_code == 401
     # API keys are trusted for API_KEY_CACHE_S (1 s here) by each worker, then checked again.
-    made = api_session(one).post(f"{one}/api/v1/api-keys", json={"name": "replicas"}, timeout=30).json()
+    made = (
+        api_session(one)
+        .post(
+            f"{one}/api/v1/api-keys",
+            json={"name": "replicas", "host_pattern": "*", "allow_discovery": True},
+            timeout=30,
+        )
+        .json()
+    )
     key, key_id = made["key"], made["id"]
 
     def push(base: str) -> int:

@@ -68,7 +68,12 @@ def api_session(url: str, creds: tuple[str, str] = ADMIN, verify: bool | str = T
 def api_key(session: requests.Session, name: str = "agents") -> str:
     """A new API key for agents, made by an admin's session."""
     # verify given again: requests lets REQUESTS_CA_BUNDLE override a session's own (psf/requests#3829).
-    r = session.post(f"{session.base}/api/v1/api-keys", json={"name": name}, timeout=30, verify=session.verify)
+    r = session.post(
+        f"{session.base}/api/v1/api-keys",
+        json={"name": name, "host_pattern": "*", "allow_discovery": True},
+        timeout=30,
+        verify=session.verify,
+    )
     assert r.status_code == 201, r.text
     return r.json()["key"]
 
