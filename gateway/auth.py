@@ -90,6 +90,10 @@ def _policy(method: str) -> str | None:
         return None  # no such route: Flask answers 404/405 in our error shape
     if request.blueprint == "api-docs":
         return PUBLIC  # flask-smorest's OpenAPI document and Swagger UI
+    if method == "HEAD":
+        # Flask answers HEAD with the GET view: it must pass GET's check, or its status
+        # and Content-Length tell a viewer what an admin-only list holds.
+        method = "GET"
     fn = getattr(getattr(view, "view_class", None), method.lower(), view)
     default = ADMIN if method in WRITES else VIEWER
     return getattr(fn, "access_policy", getattr(view, "access_policy", default))

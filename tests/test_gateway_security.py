@@ -1,0 +1,121 @@
+"""Security review findings (issue 13): access policy on every route × method, bad input never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ADMIN, VIEWER, bearer, free_port, login, make_app
+
+# What each route may be called by; HEAD is judged as GET. Anything not listed is
+# VIEWER for reads and ADMIN for writes (the gateway's deny-by-default rule).
+PUBLIC = {
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),  # a scrape token, not a user: tested on its own below
+    ("POST", "/api/v1/alerts/webhook"),  # Alertmanager's bearer token, checked in the view
+    ("GET", "/api/v1/reports/download/<name>"),  # the link's signature is the permission
+}
+AGENT = {("POST", "/api/v1/ingest/metrics"), ("POST", "/api/v1/ingest/heartbeat")}
+ADMIN_READS = {("GET", "/api/v1/users"), ("GET", "/api/v1/api-keys"), ("GET", "/api/v1/audit")}
+VIEWER_WRITES = {("POST", "/api/v1/auth/logout")}
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@pytest.fixture(scope="module")
+def sec_app(tmp_path_factory):
+    """The gateway in-process with no Prometheus behind it: these tests are about the gateway's own rules."""
+    app = make_app(
+        tmp_path_factory.mktemp("gateway-sec"),
+        f"http://127.0.0.1:{free_port()}",
+        RATE_LIMIT_READS_PER_MIN=100_000,
+        RATE_LIMIT_WRITES_PER_MIN=100_000,
+        LOGIN_ATTEMPTS_PER_MIN=100_000,
+    )
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post("/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, headers=admin)
+    assert r.status_code == 201, r.get_json()
+    return app
+
+
+@pytest.fixture
+def client(sec_app):
+    return sec_app.test_client()
+
+
+def expected_policy(method: str, rule: str) -> str:
+    method = "GET" if method == "HEAD" else method
+    if rule.startswith("/api/docs") or rule == "/api/openapi.json" or (method, rule) in PUBLIC:
+        return "public"
+    if (method, rule) in AGENT:
+        return "agent"
+    if (method, rule) in ADMIN_READS:
+        return "admin"
+    if (method, rule) in VIEWER_WRITES:
+        return "viewer"
+    return "admin" if method in WRITES else "viewer"
+
+
+def callers(client) -> dict[str, dict]:
+    admin = bearer(login(client, ADMIN)["access_token"])
+    key = client.post("/api/v1/api-keys", json={"name": "policy-walk"}, headers=admin).get_json()["key"]
+    return {
+        "anonymous": {},
+        "viewer": bearer(login(client, VIEWER)["access_token"]),
+        "admin": admin,
+        "agent": {"X-API-Key": key},
+    }
+
+
+def allowed(policy: str, caller: str) -> bool:
+    return {
+        "viewer": caller in ("viewer", "admin"),
+        "admin": caller == "admin",
+        "agent": caller == "agent",
+    }[policy]
+
+
+def test_every_route_and_method_is_judged_by_its_policy(client, sec_app):
+    """Finding 1: HEAD is GET for the policy (no admin-only answer, nor its size, to a viewer)."""
+    who = callers(client)
+    checked = 0
+    for rule in sec_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<path:filename>", "swagger-ui.css")
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", "no-such-id")
+        for method in sorted(rule.methods - {"OPTIONS"}):
+            policy = expected_policy(method, rule.rule)
+            for caller, headers in who.items():
+                # logout ends the session: a fresh token each time keeps the others valid
+                if rule.rule == "/api/v1/auth/logout" and caller in ("viewer", "admin"):
+                    headers = bearer(login(client, VIEWER if caller == "viewer" else ADMIN)["access_token"])
+                r = client.open(path, method=method, headers=headers)
+                where = f"{caller} {method} {rule.rule} -> {r.status_code} {r.get_data(as_text=True)[:200]}"
+                checked += 1
+                if method == "HEAD":
+                    get = client.open(path, method="GET", headers=headers)
+                    assert r.status_code == get.status_code, where
+                    assert r.get_data() == b"", where
+                    if r.status_code in (401, 403):
+                        assert r.headers.get("Content-Length") in (None, get.headers.get("Content-Length")), where
+                assert r.status_code != 500, where  # 503: no Prometheus here
+                if policy == "public":
+                    continue  # the view itself checks its token or signature, if any
+                if allowed(policy, caller):
+                    assert r.status_code not in (401, 403), where
+                elif caller in ("anonymous", "agent") or policy == "agent":
+                    assert r.status_code == 401, where
+                else:
+                    assert r.status_code == 403, where
+    assert checked > 200
+
+
+def test_a_viewer_gets_no_admin_list_by_head(client):
+    viewer = bearer(login(client, VIEWER)["access_token"])
+    for path in ("/api/v1/users", "/api/v1/api-keys", "/api/v1/audit"):
+        r = client.head(path, headers=viewer)
+        assert r.status_code == 403, path
