@@ -22,7 +22,7 @@ from flask.views import MethodView
 from sqlalchemy import text
 
 from gateway.db import AuditEvent, LoginSession, User, db, secret, utcnow
-from gateway.errors import Blueprint, Forbidden, Unauthorized
+from gateway.errors import ApiError, Blueprint, Forbidden, Unauthorized
 from gateway.ratelimit import count_request
 from gateway.schemas import utc_text
 
@@ -54,7 +54,27 @@ def access(policy: str):
     return mark
 
 
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores (bcrypt>=4.1: refuses) what lies past them
+
+
+def _fits_bcrypt(password: str) -> None:
+    if len(password.encode()) > BCRYPT_MAX_BYTES:
+        raise ma.ValidationError(f"at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)")
+
+
+def password_field(min_chars: int, **kwargs) -> ma.fields.String:
+    """A password as every schema takes it: ``min_chars`` characters, at most 72 bytes (bcrypt's)."""
+    rule = f"{min_chars} characters or more, at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)"
+    return ma.fields.String(
+        validate=[ma.validate.Length(min=min_chars, max=BCRYPT_MAX_BYTES, error=rule), _fits_bcrypt],
+        metadata={"description": rule},
+        **kwargs,
+    )
+
+
 def hash_password(password: str) -> str:
+    if len(password.encode()) > BCRYPT_MAX_BYTES:  # the CLI and the first admin come here without a schema
+        raise ApiError(f"the password is longer than {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)")
     rounds = current_app.config["BCRYPT_ROUNDS"]
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
@@ -202,7 +222,7 @@ def decode_token(token: str, kind: str) -> dict:
 
 class LoginSchema(ma.Schema):
     email = ma.fields.Email(required=True)
-    password = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1024))
+    password = password_field(1, required=True)
 
 
 class RefreshSchema(ma.Schema):

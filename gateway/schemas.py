@@ -10,10 +10,12 @@ import marshmallow as ma
 import orjson
 from sqlalchemy import func, select
 
+MAX_OFFSET = 10**9  # far past any list here, far below SQLite's 2**63 (past it: OverflowError, a 500)
+
 
 class PageArgs(ma.Schema):
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=1000))
-    offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0))
+    offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0, max=MAX_OFFSET))
 
 
 class Page(ma.Schema):

@@ -8,7 +8,16 @@ import marshmallow as ma
 from flask import g
 from flask.views import MethodView
 
-from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, forget_api_key, hash_api_key, hash_password
+from gateway.auth import (
+    ADMIN,
+    API_KEY_PREFIX,
+    access,
+    audit,
+    forget_api_key,
+    hash_api_key,
+    hash_password,
+    password_field,
+)
 from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.schemas import Page, PageArgs, UtcDateTime, page
@@ -34,7 +43,7 @@ class Role(ma.fields.String):
 class UserSchema(ma.Schema):
     id = ma.fields.String(dump_only=True)
     email = ma.fields.Email(required=True)
-    password = ma.fields.String(load_only=True, required=True, validate=ma.validate.Length(min=12, max=1024))
+    password = password_field(12, load_only=True, required=True)
     role = Role(required=True)
     status = ma.fields.String(dump_only=True)
     created_at = UtcDateTime(dump_only=True)
@@ -43,7 +52,7 @@ class UserSchema(ma.Schema):
 class UserPatchSchema(ma.Schema):
     role = Role()
     status = ma.fields.String(validate=ma.validate.OneOf(["active", "disabled"]))
-    password = ma.fields.String(load_only=True, validate=ma.validate.Length(min=12, max=1024))
+    password = password_field(12, load_only=True)
 
 
 class UserListSchema(Page):

@@ -119,3 +119,52 @@ def test_a_viewer_gets_no_admin_list_by_head(client):
     for path in ("/api/v1/users", "/api/v1/api-keys", "/api/v1/audit"):
         r = client.head(path, headers=viewer)
         assert r.status_code == 403, path
+
+
+def error_of(r, status: int) -> dict:
+    """The answer's error, after checking its status and the spec's error shape."""
+    body = r.get_json()
+    assert r.status_code == status, (r.status_code, body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    return body["error"]
+
+
+LONG = "pässwörd-" * 8  # 80 characters, 96 bytes in UTF-8: past bcrypt's 72
+
+
+def test_a_password_past_72_bytes_is_refused_not_a_500(client):
+    """Finding 11: bcrypt raised ValueError (500) at login, user creation and password change."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post("/api/v1/auth/login", json={"email": ADMIN[0], "password": "x" * 100})
+    assert "72 bytes" in error_of(r, 400)["message"]
+    r = client.post("/api/v1/auth/login", json={"email": "nobody@example.com", "password": LONG})
+    error_of(r, 400)
+    r = client.post(
+        "/api/v1/users", json={"email": "long@example.com", "password": LONG, "role": "viewer"}, headers=admin
+    )
+    assert "72 bytes" in error_of(r, 400)["message"]
+    viewer_id = next(
+        u["id"] for u in client.get("/api/v1/users", headers=admin).get_json()["users"] if u["email"] == VIEWER[0]
+    )
+    r = client.patch(f"/api/v1/users/{viewer_id}", json={"password": LONG}, headers=admin)
+    error_of(r, 400)
+    login(client, VIEWER)  # unchanged
+    # 72 bytes exactly is a password like any other
+    exact = "ä" * 36
+    r = client.post(
+        "/api/v1/users", json={"email": "exact@example.com", "password": exact, "role": "viewer"}, headers=admin
+    )
+    assert r.status_code == 201, r.get_json()
+    login(client, ("exact@example.com", exact))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/api-keys", "/api/v1/audit", "/api/v1/alerts/events", "/api/v1/users",
+                                  "/api/v1/hosts", "/api/v1/alerts/rules", "/api/v1/alerts/history"])  # fmt: skip
+@pytest.mark.parametrize("field", ["offset", "limit"])
+def test_paging_past_sqlite_integers_is_400(client, path, field):
+    """Finding 11: an offset of 2**63 and more was an OverflowError (500) in SQLite's driver."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    for value in (2**63, 2**64 + 5, 10**30):
+        r = client.get(f"{path}?{field}={value}", headers=admin)
+        error = error_of(r, 400)
+        assert field in error["details"].get("query", {}), error
