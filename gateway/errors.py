@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import flask_smorest
 import marshmallow as ma
 from flask import jsonify
+from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
@@ -87,6 +89,10 @@ class Api(flask_smorest.Api):
 
     ERROR_SCHEMA = ErrorSchema
 
+    def init_app(self, app, *, spec_kwargs=None):
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        app.json = JsonProvider(app)
+
     def _register_error_handlers(self):
         super()._register_error_handlers()
         self._app.register_error_handler(ApiError, self.handle_api_error)
@@ -121,9 +127,30 @@ class Api(flask_smorest.Api):
         return error_response(500, "internal error; it has been logged")
 
 
+def _too_deep(data) -> json.JSONDecodeError:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    return json.JSONDecodeError("JSON nested too deeply", text or " ", 0)
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, where a body nested past Python's recursion limit is bad JSON (400), not a 500."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise _too_deep(s) from None
+
+
 class Parser(FlaskParser):
     # webargs answers 422 by default; the spec's clients expect 400 for bad input.
     DEFAULT_VALIDATION_STATUS = 400
+
+    def _raw_load_json(self, req):
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:  # webargs parses with the json module itself, not Flask's provider
+            raise _too_deep(req.get_data(cache=True)) from None
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -43,10 +43,11 @@ def shown_exporter(host) -> str | None:
 
 
 def _tag_key(key: str) -> None:
-    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}", key) or key in RESERVED_TAGS:
+    # Names starting with __ are Prometheus's own (__name__, __meta_*): never a host's tag.
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}", key) or key in RESERVED_TAGS or key.startswith("__"):
         raise ma.ValidationError(
-            f"tag name {key!r} must be a Prometheus label name (letters, digits, _) "
-            f"and not one of {', '.join(sorted(RESERVED_TAGS))}"
+            f"tag name {key!r} must be a Prometheus label name (letters, digits, _), not start with __, "
+            f"and not be one of {', '.join(sorted(RESERVED_TAGS))}"
         )
 
 

@@ -75,7 +75,7 @@ def _body() -> dict:
             # NaN and Infinity are not JSON, yet some clients write them: read them, so the
             # points that hold them are refused one by one and their neighbours still stored.
             body = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # orjson stops at 1,024 levels, json at Python's stack
             raise ApiError(f"malformed JSON: {exc}", {"body": "malformed"}) from None
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", {"body": type(body).__name__})

@@ -168,3 +168,40 @@ def test_paging_past_sqlite_integers_is_400(client, path, field):
         r = client.get(f"{path}?{field}={value}", headers=admin)
         error = error_of(r, 400)
         assert field in error["details"].get("query", {}), error
+
+
+def test_tag_names_starting_with_two_underscores_are_refused(client):
+    """Finding 12: `__` names are Prometheus's own and reached fleet_host_info."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post("/api/v1/hosts", json={"hostname": "tags.example.com", "tags": {"__name__": "x"}}, headers=admin)
+    assert "tags" in error_of(r, 400)["details"]["json"]
+    r = client.post("/api/v1/hosts", json={"hostname": "tags.example.com", "tags": {"__meta": "x"}}, headers=admin)
+    error_of(r, 400)
+    hosts = client.get("/api/v1/hosts?limit=1000", headers=admin).get_json()["hosts"]
+    assert "tags.example.com" not in {h["hostname"] for h in hosts}
+    r = client.post("/api/v1/hosts", json={"hostname": "tags.example.com", "tags": {"_rack": "7"}}, headers=admin)
+    assert r.status_code == 201, r.get_json()
+
+
+@pytest.mark.parametrize(
+    "method,path,caller",
+    [
+        ("POST", "/api/v1/hosts", "admin"),
+        ("POST", "/api/v1/auth/login", "anonymous"),
+        ("POST", "/api/v1/alerts/rules", "admin"),
+        ("POST", "/api/v1/ingest/metrics", "agent"),
+        ("POST", "/api/v1/alerts/webhook", "alertmanager"),
+    ],
+)
+def test_deeply_nested_json_is_a_400(client, method, path, caller):
+    """Finding 12: 100,000 nested lists blew Python's recursion limit in the JSON parser: a 500."""
+    from gateway.db import secret
+
+    if caller == "alertmanager":
+        with client.application.app_context():
+            headers = bearer(secret("alertmanager-webhook"))
+    else:
+        headers = callers(client)[caller]
+    body = "[" * 100_000 + "]" * 100_000
+    r = client.open(path, method=method, data=body, content_type="application/json", headers=headers)
+    error_of(r, 400)
