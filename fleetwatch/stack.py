@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -207,6 +208,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         "evaluation_interval": config.evaluation_interval,
         "out_of_order_window": config.out_of_order_window,
         "downsampled_series": SERIES_PATTERN,
+        "metrics_token_file": str(_metrics_token(state)),
     }
     paths = {
         "prometheus": state / "prometheus" / "prometheus.yml",
@@ -322,6 +324,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 "FLEETWATCH_ALERTMANAGER_URL": f"http://{host}:{ports.alertmanager}",
                 "FLEETWATCH_GATEWAY_URL": f"http://{host}:{ports.gateway}",
                 "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(seconds(config.evaluation_interval)))),
+                "FLEETWATCH_METRICS_TOKEN_FILE": str(_metrics_token(state)),
                 "FLEETWATCH_PROMTOOL": find_binary("promtool"),
                 "FLEETWATCH_AMTOOL": find_binary("amtool"),
                 **config.gateway_env,
@@ -373,6 +376,17 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _metrics_token(state: Path) -> Path:
+    """The gateway's scrape token, made once: Prometheus sends it, the gateway's /metrics wants it."""
+    path = state / "secrets" / "metrics-token"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def _write_atomic(path: Path, text: str) -> None:

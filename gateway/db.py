@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
@@ -166,12 +167,21 @@ def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:
     return row
 
 
+def configured_secret(name: str) -> str:
+    """A secret setting: FLEETWATCH_<NAME> itself, or what the file FLEETWATCH_<NAME>_FILE names holds; else ''."""
+    config = current_app.config
+    if config.get(name):
+        return str(config[name])
+    path = config.get(f"{name}_FILE")
+    return Path(path).read_text().strip() if path else ""
+
+
 def secret(name: str) -> str:
-    """The named secret, created on first use; concurrent first uses agree on one value."""
-    # Secrets never change once made: read each from the DB once per process and app.
+    """The named secret: from the settings if given (e.g. JWT_SECRET), else made on first use and kept in the DB."""
+    # Secrets never change once made: read each once per process and app.
     cache = current_app.extensions.setdefault("secrets", {})
     if name not in cache:
-        cache[name] = _stored_secret(name)
+        cache[name] = configured_secret(f"{name.upper().replace('-', '_')}_SECRET") or _stored_secret(name)
     return cache[name]
 
 

@@ -7,6 +7,8 @@ prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -21,8 +23,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from gateway.auth import PUBLIC, access
-from gateway.db import Host, db
-from gateway.errors import Blueprint
+from gateway.db import Host, configured_secret, db
+from gateway.errors import Blueprint, Forbidden, Unauthorized
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
 
@@ -170,11 +172,26 @@ class Ready(MethodView):
         return {"status": "ready" if ready else "not ready", **checks}, 200 if ready else 503
 
 
+def _check_scraper() -> None:
+    """/metrics lists every host and tag: a bearer scrape token when one is set, else loopback callers only."""
+    token = configured_secret("METRICS_TOKEN")
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("/metrics wants the scrape token", {"header": "Authorization: Bearer <token>"})
+    elif not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
+        raise Forbidden(
+            "/metrics answers only loopback callers unless FLEETWATCH_METRICS_TOKEN is set",
+            {"remote_addr": request.remote_addr},
+        )
+
+
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @access(PUBLIC)
+    @access(PUBLIC)  # Prometheus is no user: it proves itself with the scrape token
     def get(self):
-        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus to scrape."""
+        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus (scrape token) to scrape."""
+        _check_scraper()
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             MultiProcessCollector(registry)

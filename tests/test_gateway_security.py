@@ -205,3 +205,28 @@ def test_deeply_nested_json_is_a_400(client, method, path, caller):
     body = "[" * 100_000 + "]" * 100_000
     r = client.open(path, method=method, data=body, content_type="application/json", headers=headers)
     error_of(r, 400)
+
+
+def test_metrics_without_a_token_answer_only_loopback(client):
+    """Finding 12: /metrics lists every host and tag; with no scrape token set, only loopback may read it."""
+    r = client.get("/metrics")
+    assert r.status_code == 200 and b"fleet_host_info" in r.data
+    r = client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert "FLEETWATCH_METRICS_TOKEN" in error_of(r, 403)["message"]
+    assert b"fleet_host_info" not in r.data
+
+
+@pytest.mark.parametrize("how", ["setting", "file"])
+def test_metrics_with_a_token_want_it_from_everyone(tmp_path, how):
+    token = "scrape-" + "x" * 40
+    if how == "file":
+        (tmp_path / "metrics-token").write_text(token + "\n")
+        setting = {"METRICS_TOKEN_FILE": str(tmp_path / "metrics-token")}
+    else:
+        setting = {"METRICS_TOKEN": token}
+    client = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", **setting).test_client()
+    for headers in ({}, bearer("wrong"), {"Authorization": token}):
+        error_of(client.get("/metrics", headers=headers), 401)
+    for addr in ("127.0.0.1", "10.1.2.3"):
+        r = client.get("/metrics", headers=bearer(token), environ_base={"REMOTE_ADDR": addr})
+        assert r.status_code == 200 and b"api_requests_total" in r.data
