@@ -82,7 +82,10 @@ class Service:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        # Logs name users, hosts and addresses: the owner's only, whatever the umask.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv,
                 stdout=out,
@@ -191,6 +194,8 @@ def find_binary(*names: str) -> str:
 def render_configs(config: StackConfig) -> dict[str, Path]:
     """Write every config the stack reads into the state directory; return their paths by name."""
     state = config.state_dir.resolve()
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state.chmod(0o700)  # the gateway's DB, the scrape token and the logs lie here
     for sub in ("prometheus/data", "longterm/data", "alertmanager/data", "rules", "file_sd", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(

@@ -129,7 +129,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     from gateway.alert_channels import WEBHOOK_SECRET
     from gateway.alertmanager import Alertmanager
-    from gateway.db import db, secret
+    from gateway.db import db, make_state_private, secret
     from gateway.errors import Api
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
@@ -145,7 +145,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if config["LOG_JSON"]:
         observability.setup_logging(config["LOG_LEVEL"])
     state_dir = Path(config["STATE_DIR"])
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_state_private(state_dir, config["SQLALCHEMY_DATABASE_URI"])
 
     db.init_app(app)
     prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint, event, false
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -157,6 +158,31 @@ class AlertEvent(Stamped, db.Model):
     acknowledged_by: Mapped[str | None] = mapped_column(String(254))
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     silence_id: Mapped[str | None] = mapped_column(String(64))
+
+
+def private_file(path: Path) -> Path:
+    """``path``, made empty if missing, mode 0600 whatever the umask: the gateway's files hold secrets."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, made if missing, mode 0700 whatever the umask."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def make_state_private(state_dir: Path, database_uri: str) -> None:
+    """The state dir 0700 and a SQLite DB 0600 (SQLite gives its -wal and -shm the DB file's mode)."""
+    private_dir(state_dir)
+    url = make_url(database_uri)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_path = Path(url.database)
+        for path in (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
+            if path == db_path or path.exists():  # a DB made before this release has them 0644
+                private_file(path)
 
 
 def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:

@@ -19,7 +19,7 @@ from pathlib import Path
 from flask import current_app, g
 from sqlalchemy import text
 
-from gateway.db import db
+from gateway.db import db, private_file
 from gateway.errors import ApiError
 
 UPSERT = (
@@ -42,7 +42,7 @@ class LocalCounters:
     def hit(self, key: str, now: float, window_s: float) -> tuple[int, float]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn = sqlite3.connect(private_file(self.path), timeout=10, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # Counters, not records: a power cut may forget the last few, never corrupt the file.
             conn.execute("PRAGMA synchronous=OFF")

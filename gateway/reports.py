@@ -15,7 +15,7 @@ from flask import current_app, request, send_file
 from flask.views import MethodView
 
 from gateway.auth import PUBLIC, access, audit
-from gateway.db import Host, db, secret
+from gateway.db import Host, db, private_dir, private_file, secret
 from gateway.errors import ApiError, Blueprint, NotFound
 from gateway.metrics import QueryArgs
 from gateway.schemas import utc_text
@@ -39,9 +39,7 @@ class ExportResult(ma.Schema):
 
 
 def _exports_dir() -> Path:
-    path = Path(current_app.config["STATE_DIR"]) / "exports"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(current_app.config["STATE_DIR"]) / "exports")
 
 
 def _signature(name: str, expires: int) -> str:
@@ -87,7 +85,7 @@ class Export(MethodView):
         _purge_expired(directory)
         safe_metric = "".join(c if c.isalnum() else "-" for c in body["metric"])
         name = f"{safe_metric}-{secrets.token_hex(8)}.csv"
-        (directory / name).write_text(out.getvalue())
+        private_file(directory / name).write_text(out.getvalue())
         expires = int(time.time()) + LINK_TTL_S
         audit("export", body["host_id"], metric=body["metric"], range=body["range"], rows=rows)
         db.session.commit()

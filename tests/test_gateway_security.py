@@ -230,3 +230,57 @@ def test_metrics_with_a_token_want_it_from_everyone(tmp_path, how):
     for addr in ("127.0.0.1", "10.1.2.3"):
         r = client.get("/metrics", headers=bearer(token), environ_base={"REMOTE_ADDR": addr})
         assert r.status_code == 200 and b"api_requests_total" in r.data
+
+
+def mode(path) -> int:
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_is_private_whatever_the_umask(tmp_path, stack):
+    """Finding 2: gateway.db (signing key, sessions), ratelimit.db, their -wal/-shm and exports were 0644."""
+    import os
+
+    state = tmp_path / "state"
+    old = os.umask(0o022)
+    try:
+        app = make_app(state, stack.urls()["prometheus"])
+        client = app.test_client()
+        admin = bearer(login(client, ADMIN)["access_token"])  # the rate-limit store is made by a login
+        host = client.post("/api/v1/hosts", json={"hostname": "perm.example.com"}, headers=admin).get_json()["id"]
+        r = client.post("/api/v1/reports/export", json={"host_id": host, "metric": "cpu.load1", "range": "15m"},
+                        headers=admin)  # fmt: skip
+        assert r.status_code == 200, r.get_json()
+    finally:
+        os.umask(old)
+    assert mode(state) == 0o700
+    made = [p for p in state.rglob("*") if p.is_file()]
+    names = {p.name for p in made}
+    assert {"gateway-test.db", "gateway-test.db-wal", "ratelimit.db", "ratelimit.db-wal"} <= names, names
+    assert any(p.suffix == ".csv" for p in made), names
+    for p in made:
+        if p.suffix in (".db", ".csv") or p.name.endswith(("-wal", "-shm")):
+            assert mode(p) == 0o600, (p, oct(mode(p)))
+    for d in (state / "exports",):
+        assert mode(d) == 0o700, d
+
+
+def test_fleetwatch_up_keeps_its_logs_and_state_private(stack):
+    state = stack.config.state_dir
+    assert mode(state) == 0o700
+    logs = list((state / "logs").glob("*.log"))
+    assert logs and all(mode(p) == 0o600 for p in logs), [(p.name, oct(mode(p))) for p in logs]
+    assert mode(state / "secrets" / "metrics-token") == 0o600
+    assert mode(state / "gateway.db") == 0o600
+
+
+def test_the_jwt_key_may_come_from_a_file(tmp_path):
+    import jwt
+
+    (tmp_path / "jwt-key").write_text("k" * 64 + "\n")
+    client = make_app(
+        tmp_path, f"http://127.0.0.1:{free_port()}", JWT_SECRET_FILE=str(tmp_path / "jwt-key")
+    ).test_client()
+    token = login(client, ADMIN)["access_token"]
+    assert jwt.decode(token, "k" * 64, algorithms=["HS256"])["typ"] == "access"
