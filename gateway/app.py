@@ -125,6 +125,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         observability,
         processes,
         reports,
+        sessions,
         users,
     )
     from gateway.alert_channels import WEBHOOK_SECRET
@@ -180,7 +181,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     api = Api(app)
     for module in (
         observability,
-        auth,
+        sessions,
         users,
         hosts,
         metrics,

@@ -1,4 +1,4 @@
-"""Who is calling and may they: JWT login/refresh/logout, API keys, roles, per-user rate limits.
+"""Who is calling and may they: JWTs, API keys, roles, per-user rate limits (logging in: sessions.py).
 
 Access is decided for every request in one ``before_request`` hook, deny by
 default: a view is readable by viewers and writable by admins unless it says
@@ -18,17 +18,13 @@ import bcrypt
 import jwt
 import marshmallow as ma
 from flask import current_app, g, request
-from flask.views import MethodView
 from sqlalchemy import text
 
-from gateway.db import AuditEvent, LoginSession, User, db, secret, utcnow
-from gateway.errors import ApiError, Blueprint, Forbidden, Unauthorized
+from gateway.db import AuditEvent, db, secret
+from gateway.errors import ApiError, Forbidden, Unauthorized
 from gateway.ratelimit import count_request
-from gateway.schemas import utc_text
 
 log = logging.getLogger(__name__)
-
-blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login, token refresh, logout")
 
 PUBLIC, VIEWER, ADMIN, AGENT = "public", "viewer", "admin", "agent"
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -197,11 +193,11 @@ def forget_api_key(key_hash: str) -> None:
     current_app.extensions.setdefault("api_keys", {})[key_hash] = (time.monotonic() + ttl, None)
 
 
-def issue_token(user: Principal, kind: str, ttl: timedelta) -> tuple[str, int]:
+def issue_token(user: Principal, kind: str, ttl: timedelta, **extra) -> tuple[str, int]:
     """A signed token for ``user``'s login session; returns it with its expiry (Unix seconds)."""
     now = int(time.time())
     exp = now + int(ttl.total_seconds())
-    claims = {"sub": user.id, "sid": user.session_id, "typ": kind, "role": user.role, "iat": now, "exp": exp}
+    claims = {"sub": user.id, "sid": user.session_id, "typ": kind, "role": user.role, "iat": now, "exp": exp, **extra}
     return jwt.encode(claims, secret("jwt"), algorithm="HS256"), exp
 
 
@@ -218,85 +214,3 @@ def decode_token(token: str, kind: str) -> dict:
     if claims["typ"] != kind:
         raise Unauthorized(f"expected an {kind} token")
     return claims
-
-
-class LoginSchema(ma.Schema):
-    email = ma.fields.Email(required=True)
-    password = password_field(1, required=True)
-
-
-class RefreshSchema(ma.Schema):
-    refresh_token = ma.fields.String(required=True)
-
-
-class TokenSchema(ma.Schema):
-    token = ma.fields.String(metadata={"description": '"Bearer <access token>", as the spec shows it'})
-    access_token = ma.fields.String()
-    token_type = ma.fields.String()
-    role = ma.fields.String(metadata={"example": "Admin"})
-    expires_at = ma.fields.String()
-    refresh_token = ma.fields.String()
-    refresh_expires_at = ma.fields.String()
-
-
-class StatusSchema(ma.Schema):
-    status = ma.fields.String()
-
-
-def _tokens(user: Principal, with_refresh: bool) -> dict:
-    access_token, exp = issue_token(user, "access", current_app.config["ACCESS_TOKEN_TTL"])
-    out = {
-        "token": f"Bearer {access_token}",
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "role": user.role.capitalize(),
-        "expires_at": utc_text(exp),
-    }
-    if with_refresh:
-        refresh, rexp = issue_token(user, "refresh", current_app.config["REFRESH_TOKEN_TTL"])
-        out |= {"refresh_token": refresh, "refresh_expires_at": utc_text(rexp)}
-    return out
-
-
-@blp.route("/login")
-class Login(MethodView):
-    @access(PUBLIC)
-    @blp.arguments(LoginSchema)
-    @blp.response(200, TokenSchema)
-    def post(self, body):
-        """Log in with email and password: an access token (15 min) and a refresh token (7 d)."""
-        count_request(f"login:{request.remote_addr}", current_app.config["LOGIN_ATTEMPTS_PER_MIN"])
-        user = db.session.execute(db.select(User).filter_by(email=body["email"].lower())).scalar_one_or_none()
-        if not check_password(body["password"], user.password_hash if user else None) or user.status != "active":
-            audit("login_failed", body["email"].lower(), user_id=user.id if user else None)
-            db.session.commit()
-            raise Unauthorized("wrong email or password")
-        session = LoginSession(user_pk=user.pk, expires_at=utcnow() + current_app.config["REFRESH_TOKEN_TTL"])
-        db.session.add(session)
-        db.session.flush()
-        audit("login", user.email, user_id=user.id)
-        db.session.commit()
-        return _tokens(Principal("user", user.id, user.role, user.email, session.id), with_refresh=True)
-
-
-@blp.route("/refresh")
-class Refresh(MethodView):
-    @access(PUBLIC)
-    @blp.arguments(RefreshSchema)
-    @blp.response(200, TokenSchema)
-    def post(self, body):
-        """Trade a refresh token for a new access token (same session)."""
-        return _tokens(live_session(decode_token(body["refresh_token"], "refresh")), with_refresh=False)
-
-
-@blp.route("/logout")
-class Logout(MethodView):
-    @access(VIEWER)
-    @blp.response(200, StatusSchema)
-    def post(self):
-        """End this login: its access and refresh tokens stop working at once."""
-        session = db.session.get(LoginSession, g.principal.session_id)
-        session.revoked_at = utcnow()
-        audit("logout", g.principal.email)
-        db.session.commit()
-        return {"status": "ok"}

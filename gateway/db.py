@@ -47,7 +47,12 @@ class User(Stamped, db.Model):
 
 
 class LoginSession(db.Model):
-    """One login: its access and refresh tokens carry the id; logout revokes both at once."""
+    """One login: its access and refresh tokens carry the id; logout revokes both at once.
+
+    Each refresh hands out a new refresh token and only the newest is honoured
+    (``refresh_id``): an older one coming back means a copy is in other hands,
+    and the session ends.
+    """
 
     __tablename__ = "login_sessions"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: secrets.token_hex(16))
@@ -55,6 +60,7 @@ class LoginSession(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class ApiKey(Stamped, db.Model):

@@ -21,6 +21,7 @@ from gateway.auth import (
 from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.schemas import Page, PageArgs, UtcDateTime, page
+from gateway.sessions import end_sessions
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="Users, API keys, audit log (admins)")
 
@@ -141,6 +142,8 @@ class UserById(MethodView):
                 setattr(user, field, body[field])
         if "password" in body:
             user.password_hash = hash_password(body["password"])
+        if "password" in body or body.get("status") == "disabled":
+            end_sessions(user.pk)  # a password set by an admin, or a disabled user: no old token lives on
         audit(
             "user_update",
             user.id,

@@ -19,7 +19,7 @@ PUBLIC = {
 }
 AGENT = {("POST", "/api/v1/ingest/metrics"), ("POST", "/api/v1/ingest/heartbeat")}
 ADMIN_READS = {("GET", "/api/v1/users"), ("GET", "/api/v1/api-keys"), ("GET", "/api/v1/audit")}
-VIEWER_WRITES = {("POST", "/api/v1/auth/logout")}
+VIEWER_WRITES = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/password")}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
