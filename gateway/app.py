@@ -43,6 +43,11 @@ DEFAULTS = {
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
+    # Security (docs/security.md): proxies believed, login backoff per account, the scrape token.
+    "TRUSTED_PROXIES": 0,  # reverse-proxy hops whose X-Forwarded-For/-Proto/-Host are believed
+    "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S
+    "LOGIN_BACKOFF_MAX_S": 900,
+    "METRICS_TOKEN": "",  # or METRICS_TOKEN_FILE; neither: /metrics answers loopback callers only
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "ADMIN_EMAIL": None,  # the first admin, made on a start that finds none
     "ADMIN_PASSWORD": None,
@@ -120,6 +125,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_rules,
         auth,
         hosts,
+        http_security,
         ingest,
         metrics,
         observability,
@@ -195,6 +201,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         api.register_blueprint(module.blp)
     _serve_swagger_assets(app)
 
+    http_security.init_app(app)
     app.before_request(auth.authorize)
     app.before_request(_require_json_body)
 

@@ -24,7 +24,7 @@ from gateway.auth import (
 )
 from gateway.db import LoginSession, User, db, utcnow
 from gateway.errors import Blueprint, Forbidden, Unauthorized
-from gateway.ratelimit import count_request
+from gateway.ratelimit import check_backoff, count_failure, count_request, forget
 from gateway.schemas import utc_text
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login, token refresh, logout")
@@ -124,12 +124,19 @@ class Login(MethodView):
     @blp.response(200, TokenSchema)
     def post(self, body):
         """Log in with email and password: an access token (15 min) and a refresh token (7 d)."""
-        count_request(f"login:{request.remote_addr}", current_app.config["LOGIN_ATTEMPTS_PER_MIN"])
-        user = db.session.execute(db.select(User).filter_by(email=body["email"].lower())).scalar_one_or_none()
+        config = current_app.config
+        count_request(f"login:{request.remote_addr}", config["LOGIN_ATTEMPTS_PER_MIN"])
+        email = body["email"].lower()
+        # Per account too (known or not, alike): guessing one password from many addresses backs off.
+        account = f"login-failed:{email}"
+        check_backoff(account, config["LOGIN_FAILURES_BEFORE_BACKOFF"], config["LOGIN_BACKOFF_MAX_S"])
+        user = db.session.execute(db.select(User).filter_by(email=email)).scalar_one_or_none()
         if not check_password(body["password"], user.password_hash if user else None) or user.status != "active":
-            audit("login_failed", body["email"].lower(), user_id=user.id if user else None)
+            count_failure(account)
+            audit("login_failed", email, user_id=user.id if user else None)
             db.session.commit()
             raise Unauthorized("wrong email or password")
+        forget(account)
         tokens = _start_session(user)
         audit("login", user.email, user_id=user.id)
         db.session.commit()

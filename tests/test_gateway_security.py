@@ -284,3 +284,21 @@ def test_the_jwt_key_may_come_from_a_file(tmp_path):
     ).test_client()
     token = login(client, ADMIN)["access_token"]
     assert jwt.decode(token, "k" * 64, algorithms=["HS256"])["typ"] == "access"
+
+
+@pytest.mark.parametrize("proxies", [0, 1])
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path, proxies):
+    """Finding 10: behind a proxy every client shared one login bucket; without one, XFF is a free pass."""
+    client = make_app(
+        tmp_path, f"http://127.0.0.1:{free_port()}", LOGIN_ATTEMPTS_PER_MIN=3, TRUSTED_PROXIES=proxies
+    ).test_client()
+    wrong = {"email": "who@example.com", "password": "wrong"}
+    codes = [
+        client.post("/api/v1/auth/login", json=wrong, headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+        for i in range(4)
+    ]
+    assert codes == ([401] * 4 if proxies else [401, 401, 401, 429])
+    admin = bearer(login(client, ADMIN)["access_token"]) if proxies else None
+    if proxies:  # the address the audit log keeps is the client's, not the proxy's
+        events = client.get("/api/v1/audit?action=login_failed", headers=admin).get_json()["events"]
+        assert events[0]["ip"] == "198.51.100.3"
