@@ -302,3 +302,108 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path, proxies):
     if proxies:  # the address the audit log keeps is the client's, not the proxy's
         events = client.get("/api/v1/audit?action=login_failed", headers=admin).get_json()["events"]
         assert events[0]["ip"] == "198.51.100.3"
+
+
+def test_security_headers_on_every_answer(client):
+    """nosniff everywhere; no-store on what the API answers (tokens, lists); HSTS only over HTTPS."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    answers = {
+        "health": client.get("/health"),
+        "unauthenticated": client.get("/api/v1/hosts"),
+        "not found": client.get("/no/such/page"),
+        "hosts": client.get("/api/v1/hosts", headers=admin),
+        "login": client.post("/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}),
+        "docs": client.get("/api/docs"),
+        "spec": client.get("/api/openapi.json"),
+    }
+    for name, r in answers.items():
+        assert r.headers["X-Content-Type-Options"] == "nosniff", name
+        assert r.headers["X-Frame-Options"] == "DENY", name
+        assert "Strict-Transport-Security" not in r.headers, name  # plain HTTP: HSTS would be ignored
+    for name in ("unauthenticated", "hosts", "login"):
+        assert answers[name].headers["Cache-Control"] == "no-store", name
+    https = client.get("/health", base_url="https://localhost")
+    assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_hsts_behind_a_trusted_tls_proxy(tmp_path):
+    client = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", TRUSTED_PROXIES=1).test_client()
+    r = client.get("/health", headers={"X-Forwarded-Proto": "https"})
+    assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_the_docs_page_has_a_csp_its_own_scripts_pass(client):
+    """Swagger UI still works under the policy: its scripts are same-origin, its one inline script is hashed."""
+    import base64
+    import hashlib
+    import re
+
+    r = client.get("/api/docs")
+    policy = dict(part.strip().split(" ", 1) for part in r.headers["Content-Security-Policy"].split(";"))
+    page = r.get_data()
+    inline = re.findall(rb"<script>(.*?)</script>", page, re.DOTALL)
+    assert inline
+    for body in inline:
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert f"'sha256-{digest}'" in policy["script-src"]
+    for src in re.findall(rb'<script src="([^"]+)"', page) + re.findall(rb'<link href="([^"]+)"', page):
+        assert src.startswith(b"/") and not src.startswith(b"//"), src  # 'self'
+        assert client.get(src.decode()).status_code == 200, src
+    assert "'unsafe-eval'" not in policy["script-src"] and "'unsafe-inline'" not in policy["script-src"]
+    assert policy["connect-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+
+
+def test_the_gateway_serves_tls_12_and_up_with_modern_ciphers_only(tmp_path):
+    """TLS-001/002 with `fleetwatch-gateway serve --certfile`: old protocols and weak suites are refused."""
+    import os
+    import socket
+    import ssl
+    import subprocess
+    import sys
+    import time
+    import warnings
+
+    from tests.conftest import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    env = {**os.environ, "FLEETWATCH_STATE_DIR": str(tmp_path / "state"), "FLEETWATCH_BCRYPT_ROUNDS": "4",
+           "FLEETWATCH_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}", "--workers=1",
+            f"--certfile={cert}", f"--keyfile={key}"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def handshake(**settings) -> str | None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cert)
+        context.set_ciphers(settings.pop("ciphers", "DEFAULT") + ":@SECLEVEL=0")  # let the client offer old things
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name, value in settings.items():
+                setattr(context, name, value)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    answer = b""
+                    while chunk := tls.recv(65536):
+                        answer += chunk
+                    return answer.decode()
+        except (ssl.SSLError, ConnectionError):
+            return None
+
+    try:
+        deadline = time.monotonic() + 30
+        while (modern := handshake()) is None:  # refused until gunicorn listens
+            assert proc.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        assert modern and " 200 " in modern.splitlines()[0]
+        assert "Strict-Transport-Security: max-age=31536000" in modern
+        assert handshake(maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+        assert handshake(maximum_version=ssl.TLSVersion.TLSv1_1, minimum_version=ssl.TLSVersion.TLSv1_1) is None
+        # no forward secrecy, or CBC (Python's default server list still takes ECDHE-RSA-AES*-SHA256/384)
+        for weak in ("AES128-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA384"):
+            assert handshake(maximum_version=ssl.TLSVersion.TLSv1_2, ciphers=weak) is None, weak
+    finally:
+        proc.terminate()
+        proc.wait(20)
