@@ -18,9 +18,9 @@ import bcrypt
 import jwt
 import marshmallow as ma
 from flask import current_app, g, request
-from sqlalchemy import text
+from sqlalchemy import delete, text
 
-from gateway.db import AuditEvent, db, secret
+from gateway.db import AuditEvent, db, secret, utcnow
 from gateway.errors import ApiError, Forbidden, Unauthorized
 from gateway.ratelimit import count_request
 
@@ -95,6 +95,11 @@ def audit(action: str, target: str | None = None, **details) -> None:
     principal = g.get("principal")
     user_id = details.pop("user_id", None) or (principal.id if principal else None)
     db.session.add(AuditEvent(user_id=user_id, action=action, target=target, ip=request.remote_addr, details=details))
+    # AUDIT-002: each write drops what is past retention, in the same transaction. A condition
+    # the DB checks, not a timer in one worker: it holds for any number of workers and replicas,
+    # and on the `at` index it costs next to nothing when there is nothing to drop.
+    cutoff = utcnow() - timedelta(days=float(current_app.config["AUDIT_RETENTION_DAYS"]))
+    db.session.execute(delete(AuditEvent).where(AuditEvent.at < cutoff))
     log.info(
         "audit %s", action, extra={"user_id": user_id, "action": action, "target": target, "ip": request.remote_addr}
     )

@@ -123,3 +123,24 @@ def test_logout_all_ends_every_session_of_the_caller_only(client):
     c, d = login(client, creds), login(client, creds)
     assert client.post("/api/v1/auth/logout", headers=bearer(c["access_token"])).status_code == 200
     assert not works(client, c) and works(client, d)  # without all=true: this session only
+
+
+@pytest.mark.parametrize("days", [90, 30])
+def test_the_audit_log_keeps_its_retention_and_purges_itself(tmp_path, days):
+    """AUDIT-002: 90 days by default (FLEETWATCH_AUDIT_RETENTION_DAYS); any worker's next audit write purges."""
+    from datetime import timedelta
+
+    from gateway.db import AuditEvent, db, utcnow
+
+    app = make_app(
+        tmp_path, f"http://127.0.0.1:{free_port()}", **({} if days == 90 else {"AUDIT_RETENTION_DAYS": days})
+    )
+    client = app.test_client()
+    with app.app_context():
+        for age, action in ((days + 1, "too_old"), (days - 1, "kept")):
+            db.session.add(AuditEvent(at=utcnow() - timedelta(days=age), action=action, details={}))
+        db.session.commit()
+    admin = bearer(login(client, ADMIN)["access_token"])  # a login is audited
+    actions = {e["action"] for e in client.get("/api/v1/audit?limit=1000", headers=admin).get_json()["events"]}
+    assert "kept" in actions and "login" in actions
+    assert "too_old" not in actions
