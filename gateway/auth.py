@@ -45,9 +45,44 @@ def access(policy: str):
 
     def mark(fn):
         fn.access_policy = policy
+        fn._apidoc = {**getattr(fn, "_apidoc", {}), "access": policy}  # for the OpenAPI document
         return fn
 
     return mark
+
+
+# How the OpenAPI document shows each policy: the scheme Swagger UI's Authorize button fills, and who.
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_SECURITY = {PUBLIC: [], VIEWER: [{"bearerAuth": []}], ADMIN: [{"bearerAuth": []}], AGENT: [{"apiKey": []}]}
+_WHO = {
+    PUBLIC: "none (no login)",
+    VIEWER: "Viewer (a bearer access token of a Viewer or an Admin)",
+    ADMIN: "Admin (a bearer access token of an Admin)",
+    AGENT: "an agent's API key (X-API-Key, or Authorization: Bearer fwk_…)",
+}
+
+
+def default_policy(method: str) -> str:
+    return ADMIN if method in WRITES else VIEWER
+
+
+def document_access(doc: dict, doc_info: dict, method: str) -> dict:
+    """Put an operation's security and required role in its OpenAPI ``doc``, from its access policy."""
+    policy = doc_info.get("access") or default_policy(method.upper())
+    doc["security"] = _SECURITY[policy]
+    docstring = doc_info["docstring"]
+    docstring["description"] = f"Access: {_WHO[policy]}." + (
+        f"\n\n{docstring['description']}" if docstring.get("description") else ""
+    )
+    if policy != PUBLIC:
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        responses = doc.setdefault("responses", {})
+        responses.setdefault("401", {"description": "no or a bad token/key", **error})
+        responses.setdefault("403", {"description": "the caller's role may not do this", **error})
+    return doc
 
 
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores (bcrypt>=4.1: refuses) what lies past them
@@ -116,8 +151,7 @@ def _policy(method: str) -> str | None:
         # and Content-Length tell a viewer what an admin-only list holds.
         method = "GET"
     fn = getattr(getattr(view, "view_class", None), method.lower(), view)
-    default = ADMIN if method in WRITES else VIEWER
-    return getattr(fn, "access_policy", getattr(view, "access_policy", default))
+    return getattr(fn, "access_policy", getattr(view, "access_policy", default_policy(method)))
 
 
 def authorize() -> None:

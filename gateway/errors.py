@@ -90,8 +90,12 @@ class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorSchema
 
     def init_app(self, app, *, spec_kwargs=None):
+        from gateway.auth import SECURITY_SCHEMES
+
         super().init_app(app, spec_kwargs=spec_kwargs)
         app.json = JsonProvider(app)
+        for name, scheme in SECURITY_SCHEMES.items():
+            self.spec.components.security_scheme(name, scheme)
 
     def _register_error_handlers(self):
         super()._register_error_handlers()
@@ -155,6 +159,16 @@ class Parser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_access_doc)
+
+    @staticmethod
+    def _prepare_access_doc(doc, doc_info, *, method, **_kwargs):
+        from gateway.auth import document_access  # auth imports this module
+
+        return document_access(doc, doc_info, method)
 
 
 def _plain(details) -> dict:

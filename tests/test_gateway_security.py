@@ -407,3 +407,27 @@ def test_the_gateway_serves_tls_12_and_up_with_modern_ciphers_only(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_openapi_document_declares_who_may_call_what(client):
+    """Swagger UI gets an Authorize button; each operation says its security and the role it needs."""
+    spec = client.get("/api/openapi.json").get_json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    wanted = {"public": [], "viewer": [{"bearerAuth": []}], "admin": [{"bearerAuth": []}], "agent": [{"apiKey": []}]}
+    seen = set()
+    for path, operations in spec["paths"].items():
+        rule = path.replace("{", "<").replace("}", ">")
+        for method, operation in operations.items():
+            if method == "parameters":  # the path's, not an operation
+                continue
+            policy = expected_policy(method.upper(), rule)
+            seen.add(policy)
+            where = f"{method} {path}"
+            assert operation["security"] == wanted[policy], where
+            role = {"public": "none", "viewer": "Viewer", "admin": "Admin", "agent": "an agent's API key"}[policy]
+            assert f"Access: {role}" in operation["description"], where
+            if policy != "public":
+                assert {"401", "403"} <= set(operation["responses"]), where
+    assert seen == set(wanted)
