@@ -112,7 +112,9 @@ class Api(flask_smorest.Api):
             message = "invalid request: " + _summarise(details)
         else:
             message = data.get("message") or error.description or error.name
-        return error_response(error.code or 500, message, _plain(details), data.get("headers"))
+        # werkzeug's own headers too: a 405's Allow (RFC 9110), a 401's WWW-Authenticate…
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"} | (data.get("headers") or {})
+        return error_response(error.code or 500, message, _plain(details), headers)
 
     def handle_api_error(self, error: ApiError):
         return error_response(error.status, error.message, error.details, error.headers)

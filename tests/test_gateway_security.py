@@ -431,3 +431,10 @@ def test_the_openapi_document_declares_who_may_call_what(client):
             if policy != "public":
                 assert {"401", "403"} <= set(operation["responses"]), where
     assert seen == set(wanted)
+
+
+def test_a_405_says_what_is_allowed(client):
+    """Found by schemathesis: the error handler dropped werkzeug's Allow header (RFC 9110 wants it)."""
+    r = client.open("/health", method="TRACE")
+    error_of(r, 405)
+    assert set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
