@@ -7,6 +7,7 @@ otherwise with ``@access(...)``, so a forgotten decorator cannot open a hole.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import logging
@@ -21,7 +22,7 @@ from flask import current_app, g, request
 from sqlalchemy import delete, text
 
 from gateway.db import AuditEvent, db, secret, utcnow
-from gateway.errors import ApiError, Forbidden, Unauthorized
+from gateway.errors import Forbidden, Unauthorized
 from gateway.ratelimit import count_request
 
 log = logging.getLogger(__name__)
@@ -85,39 +86,41 @@ def document_access(doc: dict, doc_info: dict, method: str) -> dict:
     return doc
 
 
-BCRYPT_MAX_BYTES = 72  # bcrypt ignores (bcrypt>=4.1: refuses) what lies past them
+# bcrypt reads at most 72 bytes (and bcrypt>=4.1 raises past them: a 500 at login). New hashes are
+# bcrypt over base64(SHA-256(password)), marked so: every byte counts, whatever the length. Hashes
+# without the mark (made before) are plain bcrypt, checked as they were made.
+PREHASHED = "$fws$"
+BCRYPT_MAX_BYTES = 72
+PASSWORD_MAX_CHARS = 1024
 
 
-def _fits_bcrypt(password: str) -> None:
-    if len(password.encode()) > BCRYPT_MAX_BYTES:
-        raise ma.ValidationError(f"at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)")
+def _prehash(password: str) -> bytes:
+    return base64.b64encode(hashlib.sha256(password.encode()).digest())  # 44 bytes, no NUL
 
 
 def password_field(min_chars: int, **kwargs) -> ma.fields.String:
-    """A password as every schema takes it: ``min_chars`` characters, at most 72 bytes (bcrypt's)."""
-    rule = f"{min_chars} characters or more, at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)"
-    return ma.fields.String(
-        validate=[ma.validate.Length(min=min_chars, max=BCRYPT_MAX_BYTES, error=rule), _fits_bcrypt],
-        metadata={"description": rule},
-        **kwargs,
-    )
+    """A password as every schema takes it: ``min_chars`` to 1,024 characters."""
+    return ma.fields.String(validate=ma.validate.Length(min=min_chars, max=PASSWORD_MAX_CHARS), **kwargs)
 
 
 def hash_password(password: str) -> str:
-    if len(password.encode()) > BCRYPT_MAX_BYTES:  # the CLI and the first admin come here without a schema
-        raise ApiError(f"the password is longer than {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)")
     rounds = current_app.config["BCRYPT_ROUNDS"]
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    return PREHASHED + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(rounds)).decode()
 
 
 @functools.lru_cache(maxsize=4)
 def _dummy_hash(rounds: int) -> str:
     # Checked for an unknown email at the same cost as a real hash: no user enumeration by timing.
-    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds)).decode()
+    return PREHASHED + bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds)).decode()
 
 
 def check_password(password: str, hashed: str | None) -> bool:
-    ok = bcrypt.checkpw(password.encode(), (hashed or _dummy_hash(current_app.config["BCRYPT_ROUNDS"])).encode())
+    stored = hashed or _dummy_hash(current_app.config["BCRYPT_ROUNDS"])
+    if stored.startswith(PREHASHED):
+        ok = bcrypt.checkpw(_prehash(password), stored.removeprefix(PREHASHED).encode())
+    else:  # a hash from before PREHASHED: plain bcrypt, which never held more than 72 bytes
+        raw = password.encode()
+        ok = len(raw) <= BCRYPT_MAX_BYTES and bcrypt.checkpw(raw, stored.encode())
     return ok and hashed is not None
 
 
