@@ -22,7 +22,7 @@ from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.promql import selector
-from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, fast_json, utc_text
+from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
 
@@ -54,6 +54,10 @@ def _tag_key(key: str) -> None:
 class IPText(ma.fields.IP):
     """An IPv4/IPv6 address, validated, kept as its text (it is stored as JSON)."""
 
+    def __init__(self, **kwargs):
+        # apispec would say format "ip", which JSON Schema does not know: say which two it means.
+        super().__init__(metadata={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}, **kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         return str(super()._deserialize(value, attr, data, **kwargs))
 
@@ -79,15 +83,15 @@ class ExporterField(ma.fields.String):
 
 
 class HostSchema(ma.Schema):
-    id = ma.fields.String(validate=ma.validate.Regexp(HOST_ID))
-    hostname = ma.fields.String(required=True, validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    id = ma.fields.String(validate=Pattern(HOST_ID))
+    hostname = ma.fields.String(required=True, validate=Pattern(HOSTNAME, error="not a valid hostname"))
     ips = ma.fields.List(IPText(), load_default=list, validate=ma.validate.Length(max=64))
     tags = Tags(load_default=dict)
     has_gpu = ma.fields.Boolean(load_default=False)
     agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
     exporter = ExporterField(
         allow_none=True,
-        validate=ma.validate.Regexp(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
+        validate=Pattern(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
         metadata={
             "description": 'where Prometheus scrapes its exporter; default <first ip or hostname>:9101; "push" for '
             "a host whose agent pushes its points (setting an address makes it a scraped host)"
@@ -103,14 +107,21 @@ class HostPatchSchema(HostSchema):
     class Meta:
         exclude = ("id",)
 
-    hostname = ma.fields.String(validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    hostname = ma.fields.String(validate=Pattern(HOSTNAME, error="not a valid hostname"))
     ips = ma.fields.List(IPText(), validate=ma.validate.Length(max=64))
     tags = Tags()
     has_gpu = ma.fields.Boolean()
 
 
+# key:value pairs, commas between; the keys are tag names. Spaces, not \s: Python's and JSON Schema's differ.
+TAG_FILTER = r"^ *(?:[A-Za-z_][A-Za-z0-9_]*:[^,]*)?(?: *, *(?:[A-Za-z_][A-Za-z0-9_]*:[^,]*)?)* *$"
+
+
 class HostListArgs(PageArgs):
-    tags = ma.fields.String(metadata={"description": "role:web,zone:us-west (all must match)"})
+    tags = ma.fields.String(
+        validate=Pattern(TAG_FILTER, error="expected key:value pairs separated by commas, e.g. role:web,zone:us-west"),
+        metadata={"description": "role:web,zone:us-west (all must match)"},
+    )
     status = ma.fields.String(validate=ma.validate.OneOf(["ok", "warn", "crit"]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import marshmallow as ma
 from flask import current_app
@@ -10,7 +11,8 @@ from flask.views import MethodView
 
 from gateway.db import Host, db
 from gateway.errors import Blueprint, NotFound
-from gateway.schemas import fast_json
+from gateway.hosts import HOST_ID
+from gateway.schemas import Pattern, fast_json
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.catalog import catalog_listing
 
@@ -30,11 +32,38 @@ class LabelsField(ma.fields.Field):
         return labels
 
 
+# Every friendly name of the catalog, cpu.core.N for any core: the document lists what the API takes.
+METRIC_NAME = (
+    "^(?:"
+    + "|".join(
+        r"cpu\.core\.[0-9]{1,4}" if name == "cpu.core.N" else re.escape(name).replace(r"\_", "_")
+        for name in (m["name"] for m in catalog_listing())
+    )
+    + ")$"
+)
+
+
 class QueryArgs(ma.Schema):
-    host_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
-    metric = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    host_id = ma.fields.String(required=True, validate=Pattern(HOST_ID.pattern, error="not a host id"))
+    metric = ma.fields.String(
+        required=True,
+        # Checked by the catalog's resolve(), whose 400 lists the valid names; the pattern says the same.
+        metadata={
+            "pattern": METRIC_NAME,
+            "description": "a friendly name from GET /api/v1/metrics/catalog, e.g. cpu.utilization",
+        },
+    )
     range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
-    labels = LabelsField(load_default=dict)
+    labels = LabelsField(
+        load_default=dict,
+        metadata={
+            "type": "string",
+            # A JSON object of strings; the pattern takes those without escapes, the API any.
+            "pattern": r'^ *\{ *(?:"[^"\\\x00-\x1f]*" *: *"[^"\\\x00-\x1f]*"'
+            r'(?: *, *"[^"\\\x00-\x1f]*" *: *"[^"\\\x00-\x1f]*")*)? *\} *$',
+            "example": '{"gpu_index":"0"}',
+        },
+    )
     resolution = ma.fields.String(
         validate=ma.validate.OneOf(RESOLUTIONS),
         metadata={"description": "raw, 1m, 5m or 1h average; default: raw up to 6h, 1m up to 24h, 5m up to 7d, 1h"},

@@ -15,6 +15,7 @@ import os
 import time
 from datetime import UTC, datetime
 
+import marshmallow as ma
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -148,9 +149,20 @@ class HostInfoCollector:
         yield seen
 
 
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(metadata={"example": "ok"})
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(metadata={"description": "ready or not ready"})
+    db = ma.fields.String(metadata={"description": "ok, or down: <why>"})
+    prometheus = ma.fields.String(metadata={"description": "ok or down"})
+
+
 @blp.route("/health")
 class Health(MethodView):
     @access(PUBLIC)
+    @blp.response(200, HealthSchema)
     def get(self):
         """Liveness: the process answers."""
         return {"status": "ok"}
@@ -159,6 +171,8 @@ class Health(MethodView):
 @blp.route("/ready")
 class Ready(MethodView):
     @access(PUBLIC)
+    @blp.response(200, ReadySchema)
+    @blp.alt_response(503, schema=ReadySchema, description="the DB or Prometheus does not answer")
     def get(self):
         """Readiness: the DB and Prometheus answer; 503 says which does not."""
         checks = {}
@@ -189,8 +203,15 @@ def _check_scraper() -> None:
 @blp.route("/metrics")
 class Metrics(MethodView):
     @access(PUBLIC)  # Prometheus is no user: it proves itself with the scrape token
+    @blp.doc(
+        responses={"200": {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {"schema": {}}}}}
+    )
     def get(self):
-        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus (scrape token) to scrape."""
+        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus to scrape.
+
+        With FLEETWATCH_METRICS_TOKEN set: `Authorization: Bearer <that token>` (401 without); unset: loopback
+        callers only (403 for others).
+        """
         _check_scraper()
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -27,6 +27,7 @@ LINK_TTL_S = 3600
 
 
 class ExportSchema(QueryArgs):
+    labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), load_default=dict)
     format = ma.fields.String(load_default="csv", validate=ma.validate.OneOf(["csv"]))
     range = ma.fields.String(load_default="24h", validate=ma.validate.OneOf(list(RANGES)))
 

@@ -31,6 +31,11 @@ ROLES = ("viewer", "admin")
 class Role(ma.fields.String):
     """Accepts "viewer"/"Viewer"/"ADMIN"…; stored lower-case, shown capitalised as the spec does."""
 
+    def __init__(self, **kwargs):
+        # The document says what _deserialize takes: either role, in any case.
+        pattern = "^(?:" + "|".join("".join(f"[{c.upper()}{c}]" for c in role) for role in ROLES) + ")$"
+        super().__init__(metadata={"pattern": pattern, "example": "Viewer"}, **kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         role = str(super()._deserialize(value, attr, data, **kwargs)).lower()
         if role not in ROLES:

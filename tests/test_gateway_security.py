@@ -451,3 +451,21 @@ def test_a_405_says_what_is_allowed(client):
     r = client.open("/health", method="TRACE")
     error_of(r, 405)
     assert set(r.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "webhook:http://^e/hook",
+        "slack:https://hooks.example.com/a%zz",
+        "email:ops\x02@example.com",
+        "email:a..b@example.com",
+        "email:{{ .x }}@example.com",
+    ],
+)
+def test_a_channel_amtool_would_refuse_is_a_validation_error(client, channel):
+    """Found by schemathesis: these passed validation, then amtool refused the whole Alertmanager file."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    rule = {"name": "bad channel", "expression": "cpu.utilization > 90", "channels": [channel]}
+    error = error_of(client.post("/api/v1/alerts/rules", json=rule, headers=admin), 400)
+    assert "channels" in error["details"]["json"], error
