@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -12,6 +12,10 @@ run: system-deps $(STAMP)
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(ARGS)
+
+# The tests that start no real service: seconds, not minutes (docs/testing.md).
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not integration" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -35,11 +39,17 @@ bench-retention: system-deps $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
+# One file to copy onto every monitored host (docs/exporter-install.md): python3 build/fleetwatch-exporter.pyz
+exporter-zipapp: $(STAMP)
+	$(PY) scripts/build_exporter_zipapp.py build/fleetwatch-exporter.pyz
+
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml exporter/pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# A fleetwatch installed before the exporter had its own distribution owns bin/fleetwatch-exporter.
+	$(PY) -m pip uninstall -q -y fleetwatch 2>/dev/null || true
+	$(PY) -m pip install -q --disable-pip-version-check -e ./exporter -e '.[test]'
 	touch $@
 
 clean:

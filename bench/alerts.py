@@ -27,13 +27,13 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.testing.api import ADMIN, api_session
+from fleetwatch.testing.mail import Mailbox
+from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.waits import free_port, wait_until
+from rules_compiler.alerts import parse_duration
 
-from fleetwatch.stack import Ports, Stack, StackConfig, free_port  # noqa: E402
-from rules_compiler.alerts import parse_duration  # noqa: E402
-from tests.conftest import Mailbox  # noqa: E402
-
-ADMIN = ("bench@example.com", "bench-password-123")
 HOG = "import sys, time; b = bytearray(int(sys.argv[1])); b[::4096] = b'x' * len(b[::4096]); time.sleep(600)"
 
 
@@ -44,10 +44,6 @@ def pct(values: list[float], q: float) -> float:
 def live_alert_names(prom: str) -> set[str]:
     groups = requests.get(f"{prom}/api/v1/rules", params={"type": "alert"}, timeout=30).json()["data"]["groups"]
     return {r["name"] for g in groups for r in g["rules"]}
-
-
-def query(prom: str, promql: str) -> list[dict]:
-    return requests.get(f"{prom}/api/v1/query", params={"query": promql}, timeout=10).json()["data"]["result"]
 
 
 def bench_creates(api: requests.Session, base: str, prom: str, n: int) -> list[float]:
@@ -76,8 +72,8 @@ def bench_batch(api: requests.Session, base: str, prom: str, n: int) -> float:
 
 def bench_breach(api, base: str, prom: str, mailbox: Mailbox, duration: str, margin_pct: float) -> float:
     """Seconds from the allocation that breaches the threshold to the email."""
-    used = query(prom, "fleet:mem_used_pct")
-    total = query(prom, "max(node_memory_MemTotal_bytes)")
+    used = PromClient(prom).query("fleet:mem_used_pct")
+    total = PromClient(prom).query("max(node_memory_MemTotal_bytes)")
     current, total_bytes = float(used[0]["value"][1]), float(total[0]["value"][1])
     threshold = current + margin_pct
     r = api.post(
@@ -97,12 +93,12 @@ def bench_breach(api, base: str, prom: str, mailbox: Mailbox, duration: str, mar
     hog = subprocess.Popen([sys.executable, "-c", HOG, str(int(total_bytes * 2 * margin_pct / 100))])
     t0 = time.monotonic()
     try:
-        deadline = t0 + parse_duration(duration) + 180
-        while time.monotonic() < deadline:
-            if any(rule_id in m.as_string() for _, m in mailbox.messages[seen:]):
-                return time.monotonic() - t0
-            time.sleep(0.2)
-        raise AssertionError("no email within duration + 180 s")
+        wait_until(
+            lambda: any(rule_id in m.as_string() for _, m in mailbox.messages[seen:]),
+            parse_duration(duration) + 180,
+            "the email",
+        )
+        return time.monotonic() - t0
     finally:
         hog.kill()
         hog.wait()
@@ -135,13 +131,9 @@ def main() -> int:
         with Stack(config) as stack:
             urls = stack.urls()
             base, prom = urls["gateway"], urls["prometheus"]
-            api = requests.Session()
-            token = api.post(f"{base}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}).json()
-            api.headers["Authorization"] = f"Bearer {token['access_token']}"
+            api = api_session(base)
             # The catalog's first samples: the breach bench reads mem.used_pct before it starts.
-            deadline = time.monotonic() + 60
-            while not query(prom, "fleet:mem_used_pct") and time.monotonic() < deadline:
-                time.sleep(1)
+            PromClient(prom).wait_for("fleet:mem_used_pct", 60)
 
             creates = bench_creates(api, base, prom, args.creates)
             print(

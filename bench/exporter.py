@@ -33,7 +33,7 @@ from typing import IO
 
 import psutil
 
-from fleetwatch.stack import free_port
+from fleetwatch.testing.waits import free_port
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"

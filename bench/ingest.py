@@ -31,11 +31,10 @@ from pathlib import Path
 import orjson
 import psutil
 import urllib3
-from harness import admin_session, start_gateway, start_prometheus
 
+from fleetwatch.testing import services
+from fleetwatch.testing.api import api_key, api_session
 from gateway.remote_write import encode_labels, encode_sample, encode_series
-
-PROM_CONFIG = "global: {scrape_interval: 1m}\nstorage:\n  tsdb:\n    out_of_order_time_window: 1h\n"
 
 
 def hammer(
@@ -100,11 +99,6 @@ def json_bodies(count: int, series: int, per_series: int, base_s: float, hosts: 
     return bodies
 
 
-def api_key(url: str) -> str:
-    r = admin_session(url).post(f"{url}/api/v1/api-keys", json={"name": "bench"})
-    return r.json()["key"]
-
-
 def agent_usage(gateway: str, key: str, state: Path, seconds: float) -> tuple[float, float]:
     """CPU % of one core and peak RSS (MB) of the agent with its default collectors over ``seconds``."""
     argv = [sys.executable, "-m", "exporter.cli", "--push", gateway, "--api-key", key, "--interval", "5s"]
@@ -132,13 +126,14 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         state = Path(tmp)
-        prom, prom_url = start_prometheus(
-            state / "prom-data", PROM_CONFIG, ("--web.enable-remote-write-receiver", "--log.level=warn")
-        )
-        gateway, gw_url = start_gateway(
+        prom = services.prometheus(state / "prom-data").up()
+        prom_url = prom.url
+        gateway = services.gateway(
             state / "gateway", prom_url, args=(f"--workers={args.workers}", f"--threads={args.threads}")
         )
+        gw_url = gateway.url
         try:
+            gateway.up()
             now = time.time()
             print("preparing request bodies ...", file=sys.stderr)
             rw_headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
@@ -147,7 +142,7 @@ def main() -> int:
             direct = direct_bodies(int(args.duration * 4000), int((now - 3300) * 1000), 100)
             direct_small = hammer(f"{prom_url}/api/v1/write", direct, 100, rw_headers, args.clients, args.duration)
             del direct
-            key = api_key(gw_url)
+            key = api_key(api_session(gw_url), "bench")
             headers = {"X-API-Key": key, "Content-Type": "application/json"}
             small = json_bodies(int(args.duration * 2500), 100, 1, time.time() - 3000, 500)
             small_rate = hammer(f"{gw_url}/api/v1/ingest/metrics", small, 100, headers, args.clients, args.duration)
@@ -164,8 +159,7 @@ def main() -> int:
             cpu, rss = agent_usage(gw_url, key, state, args.agent_seconds)
         finally:
             for proc in (gateway, prom):
-                proc.terminate()
-                proc.wait(20)
+                proc.stop(20)
     per_min = 60 / 1e6
     print(f"cores: {os.cpu_count()}, gateway: {args.workers} workers x {args.threads} threads, clients: {args.clients}")
     print(f"direct remote-write, 1,000 samples/request : {direct_rate * per_min:6.1f} M points/min")

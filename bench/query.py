@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 
 import requests
-from harness import admin_session, start_gateway, start_prometheus
 
+from fleetwatch.testing import services
+from fleetwatch.testing.api import api_session
+from fleetwatch.testing.waits import wait_until
 from rules_compiler.recording import HOST_SUMMARY, JUDGED
 
 STEP_S = 5
@@ -180,22 +182,25 @@ def main() -> int:
     )
     procs = []
     try:
-        prom, prom_url = start_prometheus(tmp / "data")
-        procs.append(prom)
+        prom = services.prometheus(tmp / "data")
+        procs.append(prom.up())
+        prom_url = prom.url
 
         def gateway(name: str, cache_ttl_s: str) -> tuple[str, dict]:
             """A gateway on its own state dir, with the N hosts, logged in; rate limits lifted."""
-            proc, url = start_gateway(
+            proc = services.gateway(
                 tmp / name,
                 prom_url,
-                {
+                args=(),
+                env={
                     "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
                     "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000000",
                     "FLEETWATCH_QUERY_CACHE_TTL_S": cache_ttl_s,
                 },
             )
-            procs.append(proc)
-            with admin_session(url) as admin:
+            procs.append(proc.up())
+            url = proc.url
+            with api_session(url) as admin:
                 for i in range(args.hosts):
                     admin.post(
                         f"{url}/api/v1/hosts",
@@ -229,18 +234,18 @@ def main() -> int:
             (query_url, None),
             n=args.repeat,
         )
-        for _ in range(60):  # the first evaluations of the summary rules
+
+        def summarised() -> dict | None:
             listing = s.get(f"{gw_url}/api/v1/hosts?limit={args.hosts}").json()
-            if all(h["metrics_summary"]["cpu_pct"] is not None for h in listing["hosts"]):
-                break
-            time.sleep(1)
+            return listing if all(h["metrics_summary"]["cpu_pct"] is not None for h in listing["hosts"]) else None
+
+        listing = wait_until(summarised, 60, "the first evaluations of the summary rules", 1.0)
         assert len(listing["hosts"]) == args.hosts and listing["hosts"][-1]["metrics_summary"]["cpu_pct"] is not None
         host_list = timed(s, f"{gw_url}/api/v1/hosts?limit={args.hosts}", max(20, args.repeat // 4))
         concurrent = load(shipped_url, shipped_headers, args.clients, args.duration, args.hosts)
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(20)
+            proc.stop(20)
 
     figures = {
         "hosts": args.hosts,

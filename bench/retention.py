@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import admin_session, start_gateway, start_prometheus
-
+from fleetwatch.testing import services
+from fleetwatch.testing.api import api_session
 from rules_compiler.catalog import CATALOG
 from rules_compiler.downsampling import LEVELS, aggregations_for, record_name
 
@@ -156,20 +156,23 @@ def latency(tmp: Path, hosts: int, repeat: int) -> dict:
     )
     procs = []
     try:
-        lt, lt_url = start_prometheus(tmp / "lt-data", flags=("--storage.tsdb.retention.time=90d",))
-        procs.append(lt)
+        lt = services.prometheus(tmp / "lt-data", flags=("--storage.tsdb.retention.time=90d",))
+        procs.append(lt.up())
+        lt_url = lt.url
         # The raw tier is never asked for these ranges: the long-term one answers them.
-        gw, gw_url = start_gateway(
+        gw = services.gateway(
             tmp / "gateway",
             lt_url,
-            {
+            args=(),
+            env={
                 "FLEETWATCH_LONGTERM_URL": lt_url,
                 "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
                 "FLEETWATCH_QUERY_CACHE_TTL_S": "0",
             },
         )
-        procs.append(gw)
-        s = admin_session(gw_url)
+        procs.append(gw.up())
+        gw_url = gw.url
+        s = api_session(gw_url)
         s.post(f"{gw_url}/api/v1/hosts", json={"id": "bench-0000", "hostname": "bench-0000.invalid"})
         out = {"longterm_samples": lines}
         for range_ in ("30d", "90d"):
@@ -190,8 +193,7 @@ def latency(tmp: Path, hosts: int, repeat: int) -> dict:
         return out
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(20)
+            proc.stop(20)
 
 
 def main() -> int:

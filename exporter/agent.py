@@ -198,7 +198,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 self.sample_once(tick)
-            except Exception:  # noqa: BLE001 - one failed sample must not end sampling
+            except Exception:  # one failed sample must not end sampling
                 log.exception("sampling failed")
             self._wake.set()
             sampled, tick = tick, tick + self.config.interval_s

@@ -1,8 +1,9 @@
 """The catalog's points (``cpu.utilization``, ``disk.used_pct`` …) computed from the exporter's families.
 
-The same arithmetic as the normalisation rules in ``rules_compiler/catalog.py``
-(rates over wall time, iowait counted as idle, GPU memory of MIG instances
-summed), so a pushed host and a scraped host read alike in the ``fleet:`` layer.
+The arithmetic of ``exporter/catalog_table.py`` evaluated in Python, as
+``rules_compiler/catalog.py`` renders it in PromQL for the recording rules:
+rates over wall time, iowait counted as idle, GPU memory of MIG instances
+summed. tests/test_catalog_parity.py holds the two to the same values.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-MiB = 1024 * 1024
+from exporter import catalog_table as T
+from exporter.catalog_table import scaled
+
+Point = tuple[str, float, dict]
 
 
 class Translator:
@@ -20,7 +24,7 @@ class Translator:
         self._prev: dict[tuple, float] = {}
         self._prev_t: float | None = None
 
-    def points(self, families, now: float) -> list[tuple[str, float, dict]]:
+    def points(self, families, now: float) -> list[Point]:
         raw = defaultdict(list)
         for family in families:
             for s in family.samples:
@@ -34,97 +38,88 @@ class Translator:
             new = counters.get(_key(name, labels))
             return None if not dt or old is None or new is None or new < old else (new - old) / dt
 
-        out: list[tuple[str, float, dict]] = []
-        idle = defaultdict(float)
-        for labels, _ in raw["node_cpu_seconds_total"]:
-            if labels["mode"] in ("idle", "iowait"):
-                r = rate("node_cpu_seconds_total", labels)
-                idle[labels["cpu"]] = idle[labels["cpu"]] + r if r is not None and idle[labels["cpu"]] >= 0 else -1
-        busy = {cpu: min(100.0, max(0.0, 100 * (1 - v))) for cpu, v in idle.items() if v >= 0}
-        out += [(f"cpu.core.{cpu}", v, {}) for cpu, v in busy.items()]
-        if busy:
-            out.append(("cpu.utilization", sum(busy.values()) / len(busy), {}))
         one = {n: v[0][1] for n, v in raw.items() if len(v) == 1 and not v[0][0]}
-        out += [(f"cpu.load{m}", one[f"node_load{m}"], {}) for m in (1, 5, 15) if f"node_load{m}" in one]
-        mem = {n.removeprefix("node_memory_").removesuffix("_bytes"): v for n, v in one.items() if "_memory_" in n}
-        if "MemTotal" in mem and "MemAvailable" in mem:
-            out.append(("mem.used_pct", 100 * (1 - mem["MemAvailable"] / mem["MemTotal"]), {}))
-            out.append(("mem.used_mb", (mem["MemTotal"] - mem["MemAvailable"]) / MiB, {}))
-            out.append(("mem.available_mb", mem["MemAvailable"] / MiB, {}))
-        if "Cached" in mem:
-            out.append(("mem.cache_mb", (mem["Cached"] + mem.get("SReclaimable", 0)) / MiB, {}))
-        if "SwapTotal" in mem:
-            out.append(("mem.swap_pct", 100 * (mem["SwapTotal"] - mem["SwapFree"]) / max(mem["SwapTotal"], 1), {}))
-        size = {lab["mountpoint"]: v for lab, v in raw["node_filesystem_size_bytes"] if v > 0}
-        for lab, avail in raw["node_filesystem_avail_bytes"]:
-            if lab["mountpoint"] in size:
-                out.append(("disk.used_pct", 100 * (1 - avail / size[lab["mountpoint"]]), _only(lab, "mountpoint")))
-        for metric, families, scale in RATES:
-            for lab, _ in raw[families[0]]:
-                rates = [rate(f, lab) for f in families]
-                if None not in rates:
-                    out.append((metric, sum(rates) * scale, _only(lab, "device")))
-        if "node_sockstat_TCP_inuse" in one:
-            out.append(
-                ("net.sockets_active", one["node_sockstat_TCP_inuse"] + one.get("node_sockstat_TCP6_inuse", 0), {})
-            )
-        out += _gpu_points(raw)
-        for metric, family, scale, extra in PROCESSES:
-            for lab, v in raw[family]:
-                labels = {k: lab[k] for k in ("pid", "name", "user", "slurm_job_id") if lab.get(k)}
-                labels.update({"gpu_index": lab["gpu"]} if extra else {})
-                out.append((metric, v * scale, labels))
-        return out
+        return [
+            *_cpu_points(raw, rate),
+            *_host_points(one),
+            *_disk_used(raw),
+            *_rate_points(raw, rate),
+            *_gpu_points(raw),
+            *_process_points(raw),
+        ]
 
 
-RATES = (
-    ("disk.iops_read", ("node_disk_reads_completed_total",), 1),
-    ("disk.iops_write", ("node_disk_writes_completed_total",), 1),
-    ("disk.throughput_read_mbps", ("node_disk_read_bytes_total",), 1e-6),
-    ("disk.throughput_write_mbps", ("node_disk_written_bytes_total",), 1e-6),
-    ("net.tx_mbps", ("node_network_transmit_bytes_total",), 8e-6),
-    ("net.rx_mbps", ("node_network_receive_bytes_total",), 8e-6),
-    ("net.errors", ("node_network_receive_errs_total", "node_network_transmit_errs_total"), 1),
-    ("net.drops", ("node_network_receive_drop_total", "node_network_transmit_drop_total"), 1),
-)
-PROCESSES = (
-    ("proc.top.cpu_pct", "fleet_top_process_cpu_percent", 1, False),
-    ("proc.top.mem_mb", "fleet_top_process_resident_memory_bytes", 1 / MiB, False),
-    ("proc.top.gpu_mem_mb", "fleet_top_process_gpu_memory_bytes", 1 / MiB, True),
-)
-GPU_GAUGES = (
-    ("gpu.utilization", "DCGM_FI_DEV_GPU_UTIL"),
-    ("gpu.temperature_c", "DCGM_FI_DEV_GPU_TEMP"),
-    ("gpu.power_w", "DCGM_FI_DEV_POWER_USAGE"),
-)
+def _cpu_points(raw, rate) -> list[Point]:
+    idle: dict[str, float | None] = {}
+    for labels, _ in raw[T.CPU_SECONDS]:
+        if labels["mode"] in T.IDLE_MODES:
+            r, cpu = rate(T.CPU_SECONDS, labels), labels["cpu"]
+            idle[cpu] = None if r is None or idle.get(cpu, 0.0) is None else idle.get(cpu, 0.0) + r
+    known = {cpu: v for cpu, v in idle.items() if v is not None}
+    out: list[Point] = [(f"cpu.core.{cpu}", _busy(v), {}) for cpu, v in known.items()]
+    if known:
+        out.append(("cpu.utilization", _busy(sum(known.values()) / len(known)), {}))
+    return out
 
 
-def _key(name: str, labels: dict) -> tuple:
-    return (name, *sorted(labels.items()))
+def _busy(idle_per_second: float) -> float:
+    # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
+    return min(100.0, max(0.0, 100 * (1 - idle_per_second)))
 
 
-def _only(labels: dict, name: str) -> dict:
-    return {name: labels[name]}
-
-
-def _gpu_points(raw) -> list[tuple[str, float, dict]]:
+def _host_points(one: dict[str, float]) -> list[Point]:
     out = []
-    for metric, family in GPU_GAUGES:
+    for metric, (families, scale) in T.HOST_GAUGES.items():
+        if families[0] in one:
+            out.append((metric, scaled(sum(one.get(f, 0.0) for f in families), scale), {}))
+    if T.MEM_TOTAL in one and T.MEM_AVAILABLE in one:
+        total, available = one[T.MEM_TOTAL], one[T.MEM_AVAILABLE]
+        out.append(("mem.used_pct", 100 * (1 - available / total), {}))
+        out.append(("mem.used_mb", (total - available) / T.MiB, {}))
+    if T.SWAP_TOTAL in one and T.SWAP_FREE in one:
+        swap = one[T.SWAP_TOTAL]
+        out.append(("mem.swap_pct", 100 * (swap - one[T.SWAP_FREE]) / max(swap, 1), {}))
+    return out
+
+
+def _disk_used(raw) -> list[Point]:
+    size = {lab["mountpoint"]: v for lab, v in raw[T.FS_SIZE] if v > 0}
+    return [
+        ("disk.used_pct", 100 * (1 - avail / size[lab["mountpoint"]]), {"mountpoint": lab["mountpoint"]})
+        for lab, avail in raw[T.FS_AVAIL]
+        if lab["mountpoint"] in size
+    ]
+
+
+def _rate_points(raw, rate) -> list[Point]:
+    out = []
+    for metric, (families, scale) in T.RATES.items():
+        for lab, _ in raw[families[0]]:
+            rates = [rate(f, lab) for f in families]
+            if None not in rates:
+                out.append((metric, scaled(sum(rates), scale), {T.RATE_LABEL: lab[T.RATE_LABEL]}))
+    return out
+
+
+def _gpu_points(raw) -> list[Point]:
+    out = []
+    for metric, family in T.GPU_GAUGES.items():
         per_gpu: dict[str, float] = {}
         for lab, v in raw[family]:  # device-wide values repeat on each MIG instance: max folds them
-            per_gpu[lab["gpu"]] = max(v, per_gpu.get(lab["gpu"], v))
+            per_gpu[lab[T.GPU_LABEL]] = max(v, per_gpu.get(lab[T.GPU_LABEL], v))
         out += [(metric, v, {"gpu_index": g}) for g, v in per_gpu.items()]
 
     def mem(family: str) -> dict[str, float]:
         per_instance: dict[tuple, float] = {}
         for lab, v in raw[family]:
-            per_instance[(lab["gpu"], lab.get("GPU_I_ID"))] = v
+            instance = (lab[T.GPU_LABEL], lab.get(T.GPU_INSTANCE_LABEL))
+            per_instance[instance] = max(v, per_instance.get(instance, v))
         summed: dict[str, float] = defaultdict(float)
         for (gpu, _), v in per_instance.items():
             summed[gpu] += v
         return summed
 
-    used, free, reserved = mem("DCGM_FI_DEV_FB_USED"), mem("DCGM_FI_DEV_FB_FREE"), mem("DCGM_FI_DEV_FB_RESERVED")
+    used, free, reserved = mem(T.FB_USED), mem(T.FB_FREE), mem(T.FB_RESERVED)
     for gpu, u in used.items():
         out.append(("gpu.memory_used_mb", u, {"gpu_index": gpu}))
         if gpu in free:
@@ -133,6 +128,20 @@ def _gpu_points(raw) -> list[tuple[str, float, dict]]:
             if total > 0:
                 out.append(("gpu.memory_used_pct", 100 * u / total, {"gpu_index": gpu}))
     return out
+
+
+def _process_points(raw) -> list[Point]:
+    out = []
+    for metric, (family, scale, per_gpu) in T.PROCESSES.items():
+        for lab, v in raw[family]:
+            labels = {k: lab[k] for k in T.PROCESS_LABELS if lab.get(k)}
+            labels.update({"gpu_index": lab[T.GPU_LABEL]} if per_gpu else {})
+            out.append((metric, scaled(v, scale), labels))
+    return out
+
+
+def _key(name: str, labels: dict) -> tuple:
+    return (name, *sorted(labels.items()))
 
 
 def rfc3339(t: float) -> str:

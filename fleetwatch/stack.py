@@ -11,7 +11,6 @@ import ctypes
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -78,6 +77,7 @@ class Service:
     ready_url: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    verify: bool | str = True  # requests' TLS check of ready_url: a CA file for a self-signed one
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -98,7 +98,7 @@ class Service:
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         try:
-            wait_http(self.ready_url, self.process, timeout_s)
+            wait_http(self.ready_url, self.process, timeout_s, self.verify)
         except ServiceFailed as exc:
             raise ServiceFailed(f"{self.name}: {exc}:\n{self.log_tail()}") from None
 
@@ -120,7 +120,9 @@ class Service:
             return "(no log)"
 
 
-def wait_http(url: str, process: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+def wait_http(
+    url: str, process: subprocess.Popen | None = None, timeout_s: float = 60.0, verify: bool | str = True
+) -> None:
     """Wait until ``url`` answers 200; fail at once if ``process`` exits first.
 
     Raises:
@@ -131,44 +133,12 @@ def wait_http(url: str, process: subprocess.Popen | None = None, timeout_s: floa
         if process is not None and process.poll() is not None:
             raise ServiceFailed(f"exited with {process.returncode} before {url} answered")
         try:
-            if requests.get(url, timeout=1).status_code == 200:
+            if requests.get(url, timeout=1, verify=verify).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.1)
     raise ServiceFailed(f"{url} did not answer within {timeout_s:.0f} s")
-
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_range() -> range:
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return range(low, high + 1)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (for tests and benchmarks that start services).
-
-    Chosen outside the kernel's ephemeral range: a port from bind(0) can be
-    taken by any outgoing connection (a scrape, a client) in the moments
-    before the service that was meant to get it binds it. A port is never
-    handed out twice by one process, so five calls give five distinct ports.
-    """
-    ephemeral = _ephemeral_range()
-    candidates = [p for p in range(10000, 32768) if p not in ephemeral and p not in _handed_out]
-    for port in random.sample(candidates, len(candidates)):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise ServiceFailed("no free port between 10000 and 32767")
 
 
 def _die_with_parent() -> None:

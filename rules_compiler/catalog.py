@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-MiB = 1024 * 1024
+from exporter import catalog_table as T
+
+MiB = T.MiB
 
 
 class CatalogMetric(NamedTuple):
@@ -44,47 +46,68 @@ class UnknownMetric(ValueError):
 # Every aggregation keeps host_id (+ the metric's labels) and drops instance/job,
 # so scraped and pushed points share one shape. `max`, not `sum`, where one host
 # may be seen twice (node_exporter beside our exporter under one host_id): a
-# duplicate then counts once.
-def _gpu(family: str) -> str:
+# duplicate then counts once. The families, rates and scales come from
+# exporter/catalog_table.py, which the push agent evaluates too.
+def _gpu_index(family: str) -> str:
     # dcgm-exporter's `gpu` label becomes the spec's `gpu_index`; identity labels
-    # (UUID, pci_bus_id, modelName, Hostname, …) go. Device-wide readings are
-    # repeated on each MIG instance, so `max` also folds those.
-    return f'max by (host_id, gpu_index) (label_replace({family}, "gpu_index", "$1", "gpu", "(.*)"))'
+    # (UUID, pci_bus_id, modelName, Hostname, …) go.
+    return f'label_replace({family}, "gpu_index", "$1", "{T.GPU_LABEL}", "(.*)")'
+
+
+def _gpu(family: str) -> str:
+    # Device-wide readings are repeated on each MIG instance, so `max` also folds those.
+    return f"max by (host_id, gpu_index) ({_gpu_index(family)})"
 
 
 def _gpu_mem(family: str) -> str:
-    # Memory is per GPU instance on a MIG GPU: sum the instances (a GPU without
-    # MIG has no GPU_I_ID and is one group), after `max` folded duplicates.
-    return (
-        f"sum by (host_id, gpu_index) (max by (host_id, gpu_index, GPU_I_ID) "
-        f'(label_replace({family}, "gpu_index", "$1", "gpu", "(.*)")))'
-    )
+    # A GPU without MIG has no GPU_I_ID and is one group; `max` folded duplicates first.
+    return f"sum by (host_id, gpu_index) (max by (host_id, gpu_index, {T.GPU_INSTANCE_LABEL}) ({_gpu_index(family)}))"
 
 
 def _node(family: str, by: str = "host_id") -> str:
     return f"max by ({by}) ({family})"
 
 
-def _rate(family: str, by: str = "host_id, device") -> str:
-    return f"max by ({by}) (rate({family}[$W]))"
+def _rate(family: str) -> str:
+    return f"max by (host_id, {T.RATE_LABEL}) (rate({family}[$W]))"
+
+
+def _scale(expr: str, scale: tuple, compound: bool) -> str:
+    if not scale:
+        return expr
+    return (f"({expr})" if compound else expr) + "".join(f" {op} {literal}" for op, literal in scale)
+
+
+def _host(name: str) -> str:
+    families, scale = T.HOST_GAUGES[name]
+    if len(families) == 1:
+        return _scale(_node(families[0]), scale, False)
+    return _scale(f"({' + '.join(map(_node, families))}) or {_node(families[0])}", scale, True)
+
+
+def _rates(name: str) -> str:
+    families, scale = T.RATES[name]
+    return _scale(" + ".join(map(_rate, families)), scale, len(families) > 1)
+
+
+def _process(name: str) -> str:
+    family, scale, per_gpu = T.PROCESSES[name]
+    if per_gpu:
+        return _scale(f"max by ({_PROC_BY}, gpu_index) ({_gpu_index(family)})", scale, False)
+    return _scale(f"max by ({_PROC_BY}) ({family})", scale, False)
 
 
 _GPU_TOTAL = (
-    f"({_gpu_mem('DCGM_FI_DEV_FB_USED')} + {_gpu_mem('DCGM_FI_DEV_FB_FREE')}"
-    # FB_RESERVED is absent on drivers without the v2 memory call: count it as 0 there.
-    f" + ({_gpu_mem('DCGM_FI_DEV_FB_RESERVED')} or {_gpu_mem('DCGM_FI_DEV_FB_USED')} * 0))"
+    f"({_gpu_mem(T.FB_USED)} + {_gpu_mem(T.FB_FREE)} + ({_gpu_mem(T.FB_RESERVED)} or {_gpu_mem(T.FB_USED)} * 0))"
 )
-_PROC = ("pid", "name", "user", "slurm_job_id")
-_PROC_BY = "host_id, pid, name, user, slurm_job_id"
-# iowait counts as idle, as psutil and top(1) count it: a CPU waiting on the
-# disk could run other work, and "cpu.utilization > 90" should mean CPU-bound.
-_IDLE = 'sum by (host_id, cpu) (max by (host_id, cpu, mode) (rate(node_cpu_seconds_total{mode=~"idle|iowait"}[$W])))'
+_PROC = T.PROCESS_LABELS
+_PROC_BY = "host_id, " + ", ".join(_PROC)
+_IDLE = (
+    "sum by (host_id, cpu) (max by (host_id, cpu, mode) "
+    f'(rate({T.CPU_SECONDS}{{mode=~"{"|".join(T.IDLE_MODES)}"}}[$W])))'
+)
 # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
 _BUSY = "clamp(100 * (1 - {idle}), 0, 100)"
-# IPv4 + IPv6; a host without IPv6 has no sockstat6 and counts IPv4 alone.
-_SOCKETS = (
-    f"({_node('node_sockstat_TCP_inuse')} + {_node('node_sockstat_TCP6_inuse')}) or {_node('node_sockstat_TCP_inuse')}"
-)
 
 CATALOG: dict[str, CatalogMetric] = {
     m.name: m
@@ -103,54 +126,57 @@ CATALOG: dict[str, CatalogMetric] = {
             ("core",),
             f'max by (host_id, core) (label_replace({_BUSY.format(idle=_IDLE)}, "core", "$1", "cpu", "(.*)"))',
         ),
-        CatalogMetric("cpu.load1", "", "load average over 1 minute", (), _node("node_load1")),
-        CatalogMetric("cpu.load5", "", "load average over 5 minutes", (), _node("node_load5")),
-        CatalogMetric("cpu.load15", "", "load average over 15 minutes", (), _node("node_load15")),
+        CatalogMetric("cpu.load1", "", "load average over 1 minute", (), _host("cpu.load1")),
+        CatalogMetric("cpu.load5", "", "load average over 5 minutes", (), _host("cpu.load5")),
+        CatalogMetric("cpu.load15", "", "load average over 15 minutes", (), _host("cpu.load15")),
         CatalogMetric(
             "mem.used_pct",
             "%",
             "memory in use: 1 - MemAvailable / MemTotal",
             (),
-            f"100 * (1 - {_node('node_memory_MemAvailable_bytes')} / {_node('node_memory_MemTotal_bytes')})",
+            f"100 * (1 - {_node(T.MEM_AVAILABLE)} / {_node(T.MEM_TOTAL)})",
         ),
         CatalogMetric(
             "mem.used_mb",
             "MiB",
             "memory in use: MemTotal - MemAvailable",
             (),
-            f"({_node('node_memory_MemTotal_bytes')} - {_node('node_memory_MemAvailable_bytes')}) / {MiB}",
+            f"({_node(T.MEM_TOTAL)} - {_node(T.MEM_AVAILABLE)}) / {MiB}",
         ),
         CatalogMetric(
             "mem.available_mb",
             "MiB",
             "memory available to new work (MemAvailable)",
             (),
-            f"{_node('node_memory_MemAvailable_bytes')} / {MiB}",
+            _host("mem.available_mb"),
         ),
         CatalogMetric(
             "mem.cache_mb",
             "MiB",
             "page cache: Cached + SReclaimable, as free(1) and psutil count it",
             (),
-            f"({_node('node_memory_Cached_bytes')} + {_node('node_memory_SReclaimable_bytes')}) / {MiB}",
+            _host("mem.cache_mb"),
         ),
         CatalogMetric(
             "mem.swap_pct",
             "%",
             "swap in use; 0 without swap",
             (),
-            f"100 * ({_node('node_memory_SwapTotal_bytes')} - {_node('node_memory_SwapFree_bytes')})"
-            f" / clamp_min({_node('node_memory_SwapTotal_bytes')}, 1)",
+            f"100 * ({_node(T.SWAP_TOTAL)} - {_node(T.SWAP_FREE)}) / clamp_min({_node(T.SWAP_TOTAL)}, 1)",
         ),
         CatalogMetric(
-            "gpu.utilization", "%", "GPU busy (NVML utilization.gpu)", ("gpu_index",), _gpu("DCGM_FI_DEV_GPU_UTIL")
+            "gpu.utilization",
+            "%",
+            "GPU busy (NVML utilization.gpu)",
+            ("gpu_index",),
+            _gpu(T.GPU_GAUGES["gpu.utilization"]),
         ),
         CatalogMetric(
             "gpu.memory_used_mb",
             "MiB",
             "GPU framebuffer in use, without driver-reserved; MIG: its instances summed",
             ("gpu_index",),
-            _gpu_mem("DCGM_FI_DEV_FB_USED"),
+            _gpu_mem(T.FB_USED),
         ),
         CatalogMetric(
             "gpu.memory_total_mb",
@@ -164,96 +190,98 @@ CATALOG: dict[str, CatalogMetric] = {
             "%",
             "GPU framebuffer in use, of the total",
             ("gpu_index",),
-            f"100 * {_gpu_mem('DCGM_FI_DEV_FB_USED')} / {_GPU_TOTAL}",
+            f"100 * {_gpu_mem(T.FB_USED)} / {_GPU_TOTAL}",
         ),
-        CatalogMetric("gpu.temperature_c", "°C", "GPU die temperature", ("gpu_index",), _gpu("DCGM_FI_DEV_GPU_TEMP")),
-        CatalogMetric("gpu.power_w", "W", "GPU board power draw", ("gpu_index",), _gpu("DCGM_FI_DEV_POWER_USAGE")),
+        CatalogMetric(
+            "gpu.temperature_c", "°C", "GPU die temperature", ("gpu_index",), _gpu(T.GPU_GAUGES["gpu.temperature_c"])
+        ),
+        CatalogMetric("gpu.power_w", "W", "GPU board power draw", ("gpu_index",), _gpu(T.GPU_GAUGES["gpu.power_w"])),
         CatalogMetric(
             "disk.used_pct",
             "%",
             "filesystem space used, of what non-root users can have",
             ("mountpoint",),
-            f"100 * (1 - {_node('node_filesystem_avail_bytes', 'host_id, mountpoint')}"
-            f" / ({_node('node_filesystem_size_bytes', 'host_id, mountpoint')} > 0))",
+            f"100 * (1 - {_node(T.FS_AVAIL, 'host_id, mountpoint')} / ({_node(T.FS_SIZE, 'host_id, mountpoint')} > 0))",
         ),
         CatalogMetric(
             "disk.iops_read",
             "ops/s",
             "reads completed per second",
             ("device",),
-            _rate("node_disk_reads_completed_total"),
+            _rates("disk.iops_read"),
         ),
         CatalogMetric(
             "disk.iops_write",
             "ops/s",
             "writes completed per second",
             ("device",),
-            _rate("node_disk_writes_completed_total"),
+            _rates("disk.iops_write"),
         ),
         CatalogMetric(
             "disk.throughput_read_mbps",
             "MB/s",
             "megabytes (10^6 bytes) read per second",
             ("device",),
-            f"{_rate('node_disk_read_bytes_total')} / 1e6",
+            _rates("disk.throughput_read_mbps"),
         ),
         CatalogMetric(
             "disk.throughput_write_mbps",
             "MB/s",
             "megabytes (10^6 bytes) written per second",
             ("device",),
-            f"{_rate('node_disk_written_bytes_total')} / 1e6",
+            _rates("disk.throughput_write_mbps"),
         ),
         CatalogMetric(
             "net.tx_mbps",
             "Mbps",
             "megabits (10^6 bits) sent per second",
             ("device",),
-            f"{_rate('node_network_transmit_bytes_total')} * 8 / 1e6",
+            _rates("net.tx_mbps"),
         ),
         CatalogMetric(
             "net.rx_mbps",
             "Mbps",
             "megabits (10^6 bits) received per second",
             ("device",),
-            f"{_rate('node_network_receive_bytes_total')} * 8 / 1e6",
+            _rates("net.rx_mbps"),
         ),
         CatalogMetric(
             "net.errors",
             "errors/s",
             "receive + transmit errors per second",
             ("device",),
-            f"{_rate('node_network_receive_errs_total')} + {_rate('node_network_transmit_errs_total')}",
+            _rates("net.errors"),
         ),
         CatalogMetric(
             "net.drops",
             "drops/s",
             "receive + transmit drops per second",
             ("device",),
-            f"{_rate('node_network_receive_drop_total')} + {_rate('node_network_transmit_drop_total')}",
+            _rates("net.drops"),
         ),
-        CatalogMetric("net.sockets_active", "", "TCP sockets in use (not TIME_WAIT), IPv4 + IPv6", (), _SOCKETS),
+        CatalogMetric(
+            "net.sockets_active", "", "TCP sockets in use (not TIME_WAIT), IPv4 + IPv6", (), _host("net.sockets_active")
+        ),
         CatalogMetric(
             "proc.top.cpu_pct",
             "%",
             "CPU of a top-N process, in % of one core",
             _PROC,
-            f"max by ({_PROC_BY}) (fleet_top_process_cpu_percent)",
+            _process("proc.top.cpu_pct"),
         ),
         CatalogMetric(
             "proc.top.mem_mb",
             "MiB",
             "resident memory of a top-N process",
             _PROC,
-            f"max by ({_PROC_BY}) (fleet_top_process_resident_memory_bytes) / {MiB}",
+            _process("proc.top.mem_mb"),
         ),
         CatalogMetric(
             "proc.top.gpu_mem_mb",
             "MiB",
             "GPU memory of a top-N process on one GPU",
             (*_PROC, "gpu_index"),
-            f"max by ({_PROC_BY}, gpu_index) (label_replace(fleet_top_process_gpu_memory_bytes, "
-            f'"gpu_index", "$1", "gpu", "(.*)")) / {MiB}',
+            _process("proc.top.gpu_mem_mb"),
         ),
         # The spec's `gpu.process.pid` is an identifier, not a measurement: the
         # processes on a GPU are in proc.top.gpu_mem_mb (label pid) instead.

@@ -87,7 +87,7 @@ class FakePynvml:
     def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
         return self.devices[index]
 
-    class c_nvmlGpmMetricsGet_t:  # noqa: N801 - pynvml's name; the real struct takes only real samples
+    class c_nvmlGpmMetricsGet_t:  # pynvml's name; the real struct takes only real samples
         def __init__(self):
             self.metrics = [NS(metricId=0, nvmlReturn=-1, value=0.0) for _ in range(8)]
 
@@ -132,3 +132,40 @@ class FakePynvml:
         if not name.startswith("nvmlDevice"):
             return getattr(pynvml, name)
         return lambda handle, *args, **kwargs: self._answer(handle, name, *args, **kwargs)
+
+
+# An H100 in MIG mode with two GPU instances: memory per instance, utilisation unsupported.
+GI_MIB = {2: (40960, 20000, 100), 9: (10240, 512, 0)}  # GPU instance id: (total, used, reserved) in MiB
+
+
+def _memory(total: int, used: int, reserved: int):
+    v2 = NS(total=total, used=used, reserved=reserved, free=total - used - reserved)
+    return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else NS(total=total, used=used + reserved)
+
+
+def mig_h100(pid: int) -> dict:
+    """The MIG H100 as NVML answers it; ``pid`` runs on its first GPU instance."""
+
+    def instance(gi: int, procs: list) -> dict:
+        total, used, reserved = GI_MIB[gi]
+        return {
+            "nvmlDeviceGetName": "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+            "nvmlDeviceGetGpuInstanceId": gi,
+            "nvmlDeviceGetMemoryInfo": _memory(total * MIB, used * MIB, reserved * MIB),
+            "nvmlDeviceGetComputeRunningProcesses": procs,
+        }
+
+    slots = {0: instance(2, [NS(pid=pid, usedGpuMemory=700 * MIB)]), 3: instance(9, [])}
+
+    def by_index(i: int):
+        return slots.get(i, pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND))
+
+    return h100(
+        UUID1,
+        "00000000:00:07.0",
+        nvmlDeviceGetMigMode=[1, 1],
+        nvmlDeviceGetComputeRunningProcesses=[],  # they are listed per GPU instance
+        nvmlDeviceGetMaxMigDeviceCount=7,
+        nvmlDeviceGetMigDeviceHandleByIndex=by_index,
+        nvmlDeviceGetUtilizationRates=pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
+    )

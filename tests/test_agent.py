@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -17,53 +16,19 @@ from exporter.agent import Agent, AgentConfig, load_yaml, parse_duration
 from exporter.catalog_points import Translator
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
+from fleetwatch.testing import services
+from fleetwatch.testing.api import api_key, api_session
+from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.tls import self_signed_certificate
+from fleetwatch.testing.waits import wait_until
 from rules_compiler.catalog import resolve
-from tests.conftest import ADMIN, PromClient, free_port, self_signed_certificate, wait_http
-from tests.test_ingest import Prometheus
-
-
-class Gateway:
-    """``fleetwatch-gateway serve`` on a fixed port and state directory, so a restart is the same gateway."""
-
-    def __init__(self, state, prometheus_url: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "FLEETWATCH_STATE_DIR": str(state),
-            "FLEETWATCH_PROMETHEUS_URL": prometheus_url,
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-            "FLEETWATCH_BCRYPT_ROUNDS": "4",
-        }
-        self.log = state / "gateway.log"
-
-    def start(self) -> Gateway:
-        argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{self.port}", "--workers=1"]
-        self.proc = subprocess.Popen(argv, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        wait_http(f"{self.url}/health", self.proc)
-        return self
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
 
 
 @pytest.fixture
 def world(tmp_path):
-    (tmp_path / "prom").mkdir()
-    prom = Prometheus(tmp_path / "prom").start()
-    gateway = Gateway(tmp_path, prom.url).start()
-    yield prom, gateway
-    for part in (gateway, prom):
-        if part.proc.poll() is None:
-            part.stop()
-
-
-def api_key(url: str) -> str:
-    token = requests.post(f"{url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-    return requests.post(f"{url}/api/v1/api-keys", json={"name": "agents"}, headers=headers, timeout=10).json()["key"]
+    """A Prometheus and a gateway (gunicorn, one worker) of this test's own; each can be stopped and restarted."""
+    with services.prometheus(tmp_path / "prom" / "data") as prom, services.gateway(tmp_path, prom.url) as gateway:
+        yield prom, gateway
 
 
 def stored_ms(prom: PromClient, promql: str) -> list[int]:
@@ -73,50 +38,49 @@ def stored_ms(prom: PromClient, promql: str) -> list[int]:
 def test_no_point_is_lost_or_doubled_across_gateway_and_prometheus_outages(world, tmp_path):
     prom, gateway = world
     log = tmp_path / "agent.log"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "exporter.cli", "--push", gateway.url, "--api-key", api_key(gateway.url),
-         "--interval", "1s", "--host-id", "h-agent", "--buffer", str(tmp_path / "buffer.db"),
-         "--no-gpu", "--no-processes", "--log-level", "debug"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "wb"),  # noqa: SIM115
-    )  # fmt: skip
+    key = api_key(api_session(gateway.url))
+    with open(log, "wb") as stderr:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "--push", gateway.url, "--api-key", key,
+             "--interval", "1s", "--host-id", "h-agent", "--buffer", str(tmp_path / "buffer.db"),
+             "--no-gpu", "--no-processes", "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
     client = PromClient(prom.url)
+
+    def sampled() -> list[int]:
+        return [_ms(m) for m in re.findall(r"sampled \d+ points at (\S+)", log.read_text())]
+
+    def all_stored_but_the_last_two() -> bool:
+        return set(sampled()[:-2]) <= set(stored_ms(client, 'fleet:mem_used_pct{host_id="h-agent"}[5m]'))
+
+    def an_outage_of(part: services.Server, symptom: str) -> None:
+        """``part`` down until the agent has seen ``symptom`` and sampled four times meanwhile; then back."""
+        part.stop()
+        before = len(sampled())
+        wait_until(lambda: symptom in log.read_text() and len(sampled()) >= before + 4, 30, f"{symptom!r} in the log")
+        part.up()
+        # The agent sends its backlog; then everything it sampled up to a moment ago is stored.
+        wait_until(all_stored_but_the_last_two, 30, "the backlog stored")
+
     try:
         client.wait_for('fleet:mem_used_pct{host_id="h-agent"}', 20)
-        gateway.stop()
-        time.sleep(4)
-        gateway.start()
-        time.sleep(2)
-        prom.stop()
-        time.sleep(4)
-        prom.start()
-        time.sleep(1)
-        # The agent sends its backlog; then everything it sampled up to a moment ago is stored.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            sampled = [_ms(m) for m in re.findall(r"sampled \d+ points at (\S+)", log.read_text())]
-            if set(sampled[:-2]) <= set(stored_ms(client, 'fleet:mem_used_pct{host_id="h-agent"}[5m]')):
-                break
-            time.sleep(0.5)
+        an_outage_of(gateway, "no answer from")
+        an_outage_of(prom, "gateway answered 503")  # Prometheus's outage reaches the agent as 503s
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
     assert agent.returncode == 0, log.read_text()[-2000:]
-    sampled = [_ms(m) for m in re.findall(r"sampled \d+ points at (\S+)", log.read_text())]
-    assert len(sampled) >= 14
+    assert len(sampled()) >= 10  # four in each outage, and more before, between and after
     stored = stored_ms(client, 'fleet:mem_used_pct{host_id="h-agent"}[5m]')
     # Every point of every sample but the last two (maybe still queued at the stop) is there,
     # at the time it was sampled, once.
     assert sorted(set(stored)) == stored
-    assert set(sampled[:-2]) <= set(stored)
-    assert set(stored) <= set(sampled)
-    assert "gateway answered 503" in log.read_text()  # Prometheus's outage reached the agent as 503s
+    assert set(sampled()[:-2]) <= set(stored)
+    assert set(stored) <= set(sampled())
     cpu = client.query('count_over_time(fleet:cpu_utilization{host_id="h-agent"}[5m])')
-    assert int(cpu[0]["value"][1]) >= len(sampled) - 3  # rates need a previous sample: all but the first
-    token = requests.post(
-        f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10
-    )
-    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-    host = requests.get(f"{gateway.url}/api/v1/hosts/h-agent", headers=headers, timeout=10).json()["host"]
+    assert int(cpu[0]["value"][1]) >= len(sampled()) - 3  # rates need a previous sample: all but the first
+    host = api_session(gateway.url).get(f"{gateway.url}/api/v1/hosts/h-agent", timeout=10).json()["host"]
     # Discovered by its first push, kept alive by heartbeats; nothing to scrape.
     assert host["exporter"] == "push" and host["last_seen_at"]
     assert not any("agent" in r for r in host["status_reasons"]), host["status_reasons"]
@@ -168,34 +132,14 @@ def test_config_from_yaml_and_durations(tmp_path):
         load_yaml(str(path))
 
 
+@pytest.mark.integration
 def test_the_agent_pushes_over_tls_only_to_a_certificate_it_trusts(tmp_path, caplog):
     """The gateway serving HTTPS itself; the agent with --ca-file gets through, without it nothing leaves."""
     cert, key = self_signed_certificate(tmp_path)
-    (tmp_path / "prom").mkdir()
-    prom = Prometheus(tmp_path / "prom").start()
-    gateway = Gateway(tmp_path, prom.url)
-    gateway.env |= {"FLEETWATCH_CERTFILE": str(cert), "FLEETWATCH_KEYFILE": str(key)}
-    gateway.url = gateway.url.replace("http://", "https://")
-    argv = [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{gateway.port}", "--workers=1"]
-    gateway.proc = subprocess.Popen(argv, env=gateway.env, stdout=open(gateway.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{gateway.url}/health", verify=str(cert), timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline and gateway.proc.poll() is None, gateway.log.read_text()[-2000:]
-                time.sleep(0.2)
-        token = requests.post(
-            f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, verify=str(cert)
-        ).json()["access_token"]
-        key_text = requests.post(
-            f"{gateway.url}/api/v1/api-keys",
-            json={"name": "tls"},
-            headers={"Authorization": f"Bearer {token}"},
-            verify=str(cert),
-        ).json()["key"]
+    prom = services.prometheus(tmp_path / "prom" / "data")
+    gateway = services.gateway(tmp_path, prom.url, tls=(cert, key))
+    with prom, gateway:
+        key_text = api_key(api_session(gateway.url, verify=str(cert)), "tls")
 
         def agent(ca_file, name):
             config = AgentConfig(push=gateway.url, api_key=key_text, host_id="tls-host", ca_file=ca_file)
@@ -214,18 +158,12 @@ def test_the_agent_pushes_over_tls_only_to_a_certificate_it_trusts(tmp_path, cap
         assert trusting.send_once() is True
         assert sent.oldest(10_000)[1] == []
         PromClient(prom.url).wait_for('fleet:cpu_load1{host_id="tls-host"}', timeout_s=20)
-    finally:
-        gateway.stop()
-        prom.stop()
 
 
 def test_agents_sample_at_the_interval_an_admin_sets_on_the_gateway(world, tmp_path):
     """REQ-AGENT-003: the interval is pushed with the heartbeat's answer; unset, each agent keeps its own."""
     prom, gateway = world
-    token = requests.post(
-        f"{gateway.url}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10
-    ).json()["access_token"]
-    admin = {"Authorization": f"Bearer {token}"}
+    admin = api_session(gateway.url).headers
     url = f"{gateway.url}/api/v1/agents/config"
     assert requests.get(url, headers=admin, timeout=10).json() == {}
     bad = requests.put(url, json={"interval_s": 0.2, "heartbeat_s": 10}, headers=admin, timeout=10)
@@ -234,7 +172,7 @@ def test_agents_sample_at_the_interval_an_admin_sets_on_the_gateway(world, tmp_p
     r = requests.put(url, json={"interval_s": 1, "heartbeat_s": 10}, headers=admin, timeout=10)
     assert r.status_code == 200 and r.json() == {"interval_s": 1.0, "heartbeat_s": 10.0}
 
-    config = AgentConfig(push=gateway.url, api_key=api_key(gateway.url), host_id="h-tuned", interval_s=60)
+    config = AgentConfig(push=gateway.url, api_key=api_key(api_session(gateway.url)), host_id="h-tuned", interval_s=60)
     agent = Agent(config, HostCollector(), PushBuffer(str(tmp_path / "tuned.db"), 10_000)).start()
     try:
         # Its own interval is a minute; the gateway's answer to its first heartbeat makes it a second.

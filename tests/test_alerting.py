@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,6 +21,9 @@ import pytest
 import requests
 import yaml
 
+from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, http_login, login, make_app
+from fleetwatch.testing.tls import self_signed_certificate
+from fleetwatch.testing.waits import free_port, wait_until
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import (
     STARTER_RULES,
@@ -33,7 +35,6 @@ from rules_compiler.alerts import (
     parse_scope,
     render_alert_rules,
 )
-from tests.conftest import ADMIN, VIEWER, free_port
 
 GOLDEN = Path(__file__).parent / "golden"
 NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
@@ -47,7 +48,7 @@ class Receiver:
         received = self.posts
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's hook name
+            def do_POST(self):  # http.server's hook name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append(json.loads(body))
                 self.send_response(200)
@@ -81,18 +82,10 @@ def receiver():
 @pytest.fixture(scope="module")
 def api(stack):
     """A requests session logged in as admin on the stack's gateway; a viewer's token beside it."""
-    base = stack.urls()["gateway"]
-    s = requests.Session()
-    token = s.post(f"{base}/api/v1/auth/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-    assert token.status_code == 200, token.text
-    s.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-    r = s.post(f"{base}/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, timeout=10)
+    s = api_session(stack.urls()["gateway"])
+    r = s.post(f"{s.base}/api/v1/users", json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"}, timeout=10)
     assert r.status_code in (201, 409), r.text
-    viewer = requests.post(
-        f"{base}/api/v1/auth/login", json={"email": VIEWER[0], "password": VIEWER[1]}, timeout=10
-    ).json()
-    s.base = base
-    s.viewer = {"Authorization": f"Bearer {viewer['access_token']}"}
+    s.viewer = http_login(s.base, VIEWER)
     return s
 
 
@@ -104,16 +97,6 @@ def live_rules(stack) -> dict[str, dict]:
     """Prometheus's own view: the alerting rules it evaluates, by alert name."""
     groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", params={"type": "alert"}, timeout=10).json()
     return {r["name"]: r for g in groups["data"]["groups"] if g["name"] == "fleet-alerts" for r in g["rules"]}
-
-
-def wait_until(check, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not seen within {timeout_s:.0f} s")
 
 
 # ---------------------------------------------------------------- the compiler
@@ -320,12 +303,19 @@ def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, r
     silences = requests.get(f"{stack.urls()['alertmanager']}/api/v2/silences", timeout=10).json()
     silence = next(s for s in silences if s["status"]["state"] == "active" and mine["id"] in s["comment"])
     assert {"name": "host_id", "value": host, "isRegex": False, "isEqual": True} in silence["matchers"]
-    time.sleep(3)  # a notification already on its way may still land
+
+    def other_host_repeats(more: int) -> None:
+        """Wait until the other host's alert has been notified ``more`` times again (every 2 s in the test config)."""
+        seen = len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference"))
+        wait_until(
+            lambda: len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference")) >= seen + more,
+            what=f"{more} more notifications for the other host",
+        )
+
+    other_host_repeats(1)  # a notification about this host already on its way has landed by then
     mine_before = len(receiver.alerts(rule_id=rule_id, host_id=host))
-    other_before = len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference"))
-    time.sleep(6)  # three repeat intervals of the test config
+    other_host_repeats(2)  # two repeat intervals on, with the silence in place
     assert len(receiver.alerts(rule_id=rule_id, host_id=host)) == mine_before
-    assert len(receiver.alerts(rule_id=rule_id, host_id="node-exporter-reference")) > other_before
     acked = api.get(url(api, f"/events/{mine['id']}"), timeout=10).json()
     assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == ADMIN[0]
 
@@ -350,12 +340,20 @@ def test_rule_fires_notifies_is_acknowledged_and_resolves(api, stack, mailbox, r
     assert api.delete(url(api, f"/rules/{rule_id}"), timeout=10).json() == {"id": rule_id, "status": "deleted"}
 
 
-def test_acknowledging_a_resolved_event_is_a_conflict(api):
-    resolved = api.get(url(api, "/events"), params={"state": "resolved", "limit": 1}, timeout=10).json()["alerts"]
-    if not resolved:
-        pytest.fail("no resolved event: run with the firing test")
-    r = api.post(url(api, f"/events/{resolved[0]['id']}/acknowledge"), json={}, timeout=10)
-    assert r.status_code == 409 and r.json()["error"]["code"] == "CONFLICT"
+def test_acknowledging_a_resolved_event_is_a_conflict(tmp_path):
+    from gateway.db import AlertEvent, add_with_id, db, utcnow
+
+    app = make_app(tmp_path, f"http://127.0.0.1:{free_port()}")
+    with app.app_context():
+        event = AlertEvent(fingerprint="beef", started_at=utcnow(), ended_at=utcnow(), state="resolved", rule_id="r")
+        event_id = add_with_id(event).id
+        db.session.commit()
+    client = app.test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    r = client.post(f"/api/v1/alerts/events/{event_id}/acknowledge", json={}, headers=admin)
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "CONFLICT"
+    after = client.get(f"/api/v1/alerts/events/{event_id}", headers=admin).get_json()
+    assert after["state"] == "resolved" and after["acknowledged_by"] is None  # refused: nothing changed
 
 
 def test_webhook_refuses_callers_without_alertmanagers_token(api):
@@ -377,7 +375,6 @@ def test_unknown_rule_and_event_are_404(api):
 
 def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
     from gateway.db import AlertEvent, add_with_id, db, utcnow
-    from tests.conftest import bearer, login, make_app
 
     app = make_app(tmp_path, stack.urls()["prometheus"])  # its Alertmanager URL has nobody listening
     with app.app_context():
@@ -392,7 +389,6 @@ def test_events_stay_readable_while_alertmanager_is_down(tmp_path, stack):
 def test_a_gateway_serving_https_has_alertmanager_trust_its_certificate(tmp_path, caplog):
     from gateway.alert_channels import delivery
     from gateway.cli import _webhook_over_tls
-    from tests.conftest import make_app, self_signed_certificate
 
     cert, key = self_signed_certificate(tmp_path)
     app = make_app(tmp_path, "http://127.0.0.1:1", GATEWAY_URL="https://127.0.0.1:8443")

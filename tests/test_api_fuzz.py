@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import seed as hypothesis_seed
 from schemathesis.specs.openapi.checks import allow_header_conformance, positive_data_acceptance
 
-from fleetwatch.stack import Ports, Stack, StackConfig, free_port
-from tests.conftest import ADMIN, make_app
+from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.testing.api import ADMIN, make_app
+from fleetwatch.testing.waits import free_port
 
 FUZZ_EXAMPLES = 25
 SELF = ("fuzz-self@example.com", "fuzz-self-password-1")  # logs out and changes passwords: not the admin

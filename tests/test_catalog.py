@@ -14,13 +14,14 @@ from types import SimpleNamespace as NS
 from typing import NamedTuple
 
 import psutil
-import pynvml
 import pytest
 import requests
 
+from exporter import catalog_table as T
+from fleetwatch.testing.waits import free_port, wait_until
 from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
-from tests.fake_nvml import TOTAL, UUID1, FakePynvml, h100
+from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
 
 GOLDEN = Path(__file__).parent / "golden" / "normalisation.yml"
 MiB = 1024 * 1024
@@ -40,6 +41,15 @@ def test_promtool_accepts_the_rules(tmp_path):
     r = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"SUCCESS: {len(CATALOG) + len(HOST_SUMMARY) + len(JUDGED)} rules found" in r.stdout
+
+
+def test_the_shared_table_names_catalog_metrics_with_their_labels():
+    """exporter/catalog_table.py, which the agent evaluates, holds catalog names only, labelled as the catalog is."""
+    for name in (*T.HOST_GAUGES, *T.RATES, *T.GPU_GAUGES, *T.PROCESSES):
+        assert name in CATALOG, name
+    assert all(CATALOG[name].labels == (T.RATE_LABEL,) for name in T.RATES)
+    assert all(CATALOG[name].labels == ("gpu_index",) for name in T.GPU_GAUGES)
+    assert all(CATALOG[name].labels[:4] == T.PROCESS_LABELS for name in T.PROCESSES)
 
 
 def test_resolve_per_core_and_plain_names():
@@ -177,7 +187,8 @@ def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
         hog.kill()
         busy.wait()
         hog.wait()
-    time.sleep(2)  # the rule evaluation at t1 is written
+    # The rule evaluations at t1 are written once one a second later is (each group evaluates in order).
+    prom.wait_for(f'timestamp(fleet:cpu_utilization{{host_id="{host}"}}) > {t1 + 1}', timeout_s=15)
     busy_s = (busy1.user + busy1.system) - (busy0.user + busy0.system)
     return Window(
         host,
@@ -306,39 +317,7 @@ HOST_CHECKS = {
 
 # A GPU node with NVML faked at the pynvml boundary: an H100 under load (tests/fake_nvml.py) and an H100 in
 # MIG mode with two GPU instances. Our real collectors and HTTP path, scraped by the real Prometheus.
-GI_MIB = {2: (40960, 20000, 100), 9: (10240, 512, 0)}  # GPU instance id: (total, used, reserved) in MiB
 GPU0_USED, GPU0_RESERVED = 13171 * MiB + 12345, 479 * MiB + 1000  # as h100() answers
-
-
-def _memory(total: int, used: int, reserved: int):
-    v2 = NS(total=total, used=used, reserved=reserved, free=total - used - reserved)
-    return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else NS(total=total, used=used + reserved)
-
-
-def _mig_h100(pid: int) -> dict:
-    def instance(gi: int, procs: list) -> dict:
-        total, used, reserved = GI_MIB[gi]
-        return {
-            "nvmlDeviceGetName": "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
-            "nvmlDeviceGetGpuInstanceId": gi,
-            "nvmlDeviceGetMemoryInfo": _memory(total * MiB, used * MiB, reserved * MiB),
-            "nvmlDeviceGetComputeRunningProcesses": procs,
-        }
-
-    slots = {0: instance(2, [NS(pid=pid, usedGpuMemory=700 * MiB)]), 3: instance(9, [])}
-
-    def by_index(i: int):
-        return slots.get(i, pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND))
-
-    return h100(
-        UUID1,
-        "00000000:00:07.0",
-        nvmlDeviceGetMigMode=[1, 1],
-        nvmlDeviceGetComputeRunningProcesses=[],  # they are listed per GPU instance
-        nvmlDeviceGetMaxMigDeviceCount=7,
-        nvmlDeviceGetMigDeviceHandleByIndex=by_index,
-        nvmlDeviceGetUtilizationRates=pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -350,10 +329,9 @@ def gpu_node(stack, prom):
     from exporter.nvml import Nvml
     from exporter.processes import ProcessScanner, TopProcessCollector
     from exporter.registry import ExporterConfig, build_registry
-    from tests.conftest import free_port
 
     h100_procs = [NS(pid=os.getpid(), usedGpuMemory=1234 * MiB)]
-    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), _mig_h100(os.getppid())])
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), mig_h100(os.getppid())])
     gpu = GpuCollector(Nvml(lib), hostname="gpu-node-catalog", interval=1)
     top = TopProcessCollector(ProcessScanner(5, gpu_processes=gpu.processes), interval=1)
     config = ExporterConfig(host=False, gpu=False, processes=False, extra_collectors={"gpu": gpu, "processes": top})
@@ -386,25 +364,24 @@ GPU_CHECKS = {  # metric: {gpu_index: what NVML said, in the metric's unit}
 
 def check_gpu(metric: str):
     def check(prom, host: str) -> None:
-        deadline = time.monotonic() + 15
-        while (got := by(prom, metric, "gpu_index", host)).keys() != GPU_CHECKS[metric].keys():
-            assert time.monotonic() < deadline, got  # both GPUs, once both have been scraped
-            time.sleep(0.5)
+        got = wait_until(  # both GPUs, once both have been scraped
+            lambda: (found := by(prom, metric, "gpu_index", host)).keys() == GPU_CHECKS[metric].keys() and found,
+            15,
+            f"{metric} of both GPUs",
+        )
         assert got == pytest.approx(GPU_CHECKS[metric], rel=1e-9)
 
     return check
 
 
 def check_top_gpu_mem(prom, host: str) -> None:
-    deadline = time.monotonic() + 15
     want = {(str(os.getpid()), "0"): 1234.0, (str(os.getppid()), "1"): 700.0}
-    while True:
+
+    def top_gpu_mem() -> tuple[list[dict], dict]:
         result = prom.wait_for(selector(CATALOG["proc.top.gpu_mem_mb"].record, host_id=host))
-        got = {(s["metric"]["pid"], s["metric"]["gpu_index"]): float(s["value"][1]) for s in result}
-        if got == want or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert got == want
+        return result, {(s["metric"]["pid"], s["metric"]["gpu_index"]): float(s["value"][1]) for s in result}
+
+    result, _ = wait_until(lambda: (found := top_gpu_mem())[1] == want and found, 15, f"GPU processes {want}")
     mine = next(s["metric"] for s in result if s["metric"]["pid"] == str(os.getpid()))
     assert mine["name"] == psutil.Process().name() and mine["user"] == psutil.Process().username()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 
+import pytest
 import requests
 
-from tests.conftest import free_port, wait_http
+from fleetwatch.testing import services
 
 
 def run(exporter_cmd, *args, timeout=20):
@@ -44,36 +44,23 @@ def test_taken_port_is_a_clear_error(exporter_cmd):
     assert "Address already in use" in r.stderr
 
 
-def test_serves_then_stops_cleanly_on_sigterm(exporter_cmd):
-    port = free_port()
-    proc = subprocess.Popen(
-        [*exporter_cmd, f"--listen=127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+@pytest.mark.integration
+def test_serves_then_stops_cleanly_on_sigterm(tmp_path):
+    server = services.exporter(tmp_path).up()
     try:
-        wait_http(f"http://127.0.0.1:{port}/metrics", proc)
-        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        body = requests.get(server.url, timeout=5).text
         assert "node_cpu_seconds_total" in body
         assert 'fleet_exporter_collector_success{collector="host"} 1.0' in body
         assert "process_resident_memory_bytes" in body  # the exporter's own footprint
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 0, out
+        server.stop()  # SIGTERM
+    assert server.process.returncode == 0, server.log_tail()
 
 
-def test_collectors_can_be_switched_off(exporter_cmd):
-    port = free_port()
-    proc = subprocess.Popen(
-        [*exporter_cmd, f"--listen=127.0.0.1:{port}", "--no-host", "--no-gpu"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/metrics", proc)
-        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    finally:
-        proc.terminate()
-        proc.wait(10)
+@pytest.mark.integration
+def test_collectors_can_be_switched_off(tmp_path):
+    with services.exporter(tmp_path, "--no-host", "--no-gpu") as server:
+        body = requests.get(server.url, timeout=5).text
     assert "node_cpu_seconds_total" not in body
     assert 'collector="host"' not in body
     assert 'fleet_exporter_collector_success{collector="processes"} 1.0' in body

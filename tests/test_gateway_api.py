@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN, VIEWER, bearer, free_port, login, make_app, wait_http
+from fleetwatch.testing import services
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from fleetwatch.testing.waits import free_port, wait_until
 
 ERROR_KEYS = {"code", "message", "details"}
 
@@ -26,15 +26,10 @@ def viewer(app):
 
 
 @pytest.fixture(scope="module")
-def local_host(app, admin, prom, stack, exporter_cmd):
+def local_host(app, admin, prom, stack, tmp_path_factory):
     """This machine, added through the API like any host, with an exporter of its own."""
-    port = free_port()
-    exporter = subprocess.Popen(
-        [*exporter_cmd, f"--listen=127.0.0.1:{port}", "--no-gpu", "--process-interval=1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(f"http://127.0.0.1:{port}/metrics", exporter)
+    exporter = services.exporter(tmp_path_factory.mktemp("exporter"), "--no-gpu", "--process-interval=1").up()
+    address = exporter.url.removeprefix("http://").removesuffix("/metrics")
     c = app.test_client()
     r = c.post(
         "/api/v1/hosts",
@@ -44,7 +39,7 @@ def local_host(app, admin, prom, stack, exporter_cmd):
             "hostname": socket.gethostname(),
             "ips": ["127.0.0.1"],
             "tags": {"role": "web", "zone": "us-west"},
-            "exporter": f"127.0.0.1:{port}",
+            "exporter": address,
         },
     )
     assert r.status_code == 201, r.get_json()
@@ -52,16 +47,20 @@ def local_host(app, admin, prom, stack, exporter_cmd):
     # the other hosts tests make are not there to scrape). Prometheus picks the file up by itself.
     written = json.loads((Path(app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
     mine = [t for t in written if t["labels"]["host_id"] == "local-box"]
-    assert mine == [{"targets": [f"127.0.0.1:{port}"], "labels": {"host_id": "local-box"}}]
+    assert mine == [{"targets": [address], "labels": {"host_id": "local-box"}}]
     (stack.config.state_dir / "file_sd" / "gateway-local-box.json").write_text(json.dumps(mine))
     prom.wait_for('fleet:cpu_utilization{host_id="local-box"}', timeout_s=60)
     prom.wait_for('fleet:proc_top_cpu_pct{host_id="local-box"}', timeout_s=30)
     prom.wait_for('fleet:host_summary{host_id="local-box",summary="mem_pct"}', timeout_s=30)
-    # Range queries evaluate at whole multiples of the 5 s step: one step on, the newest has data.
-    time.sleep(5)
+
+    # Range queries evaluate at whole multiples of the 5 s step: wait for the first step with data.
+    def in_range_queries(metric: str) -> list:
+        query = f"/api/v1/metrics/query?host_id=local-box&metric={metric}&range=15m"
+        return c.get(query, headers=admin).get_json().get("datapoints")
+
+    wait_until(lambda: in_range_queries("cpu.utilization") and in_range_queries("mem.used_pct"), 15, "a range step")
     yield "local-box"
-    exporter.terminate()
-    exporter.wait(10)
+    exporter.stop()
 
 
 def assert_error(r, status: int, code: str):
@@ -271,7 +270,8 @@ def test_validation_says_which_field_and_why_and_changes_nothing(client, admin):
 
 
 def test_duplicate_host_id_is_409(client, admin):
-    client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"})
+    first = client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"})
+    assert first.status_code == 201, first.get_json()
     assert_error(
         client.post("/api/v1/hosts", headers=admin, json={"id": "dup-1", "hostname": "dup.example.com"}),
         409,
@@ -290,8 +290,6 @@ def test_pagination(client, admin):
 
 
 def test_prometheus_down_is_503_with_retry_after(tmp_path):
-    from tests.conftest import ADMIN, bearer, free_port, login
-
     app = make_app(tmp_path, f"http://127.0.0.1:{free_port()}")
     c = app.test_client()
     admin = bearer(login(c, ADMIN)["access_token"])

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from tests.conftest import ADMIN, VIEWER, bearer, login
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login
 
 # (method, path, body, who may: "viewer" or "admin")
 ENDPOINTS = [

@@ -2,57 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN, VIEWER, free_port, make_app, wait_http
+from fleetwatch.testing import services
+from fleetwatch.testing.api import ADMIN, VIEWER, http_login, make_app
+from fleetwatch.testing.waits import free_port
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, stack):
     """`fleetwatch-gateway` with 3 workers on a fresh state directory."""
     state = tmp_path_factory.mktemp("gateway-state")
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLEETWATCH_STATE_DIR": str(state),
-        "FLEETWATCH_PROMETHEUS_URL": stack.urls()["prometheus"],
-        "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-        "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-        "FLEETWATCH_BCRYPT_ROUNDS": "4",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", f"--bind=127.0.0.1:{port}", "--workers=3", "--threads=2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = services.gateway(state, stack.urls()["prometheus"], args=("--workers=3", "--threads=2")).up()
     try:
-        wait_http(f"{url}/health", proc)
-        yield url, state
+        yield server.url, state
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out[-2000:]
-
-
-def token(url: str, creds) -> dict:
-    r = requests.post(f"{url}/api/v1/auth/login", json={"email": creds[0], "password": creds[1]}, timeout=10)
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        server.stop(20)
+    assert server.process.returncode == 0, server.log_tail(40)
 
 
 def test_61st_read_in_a_minute_is_429_across_workers(gateway):
     url, state = gateway
-    admin = token(url, ADMIN)
+    admin = http_login(url, ADMIN)
     r = requests.post(
         f"{url}/api/v1/users",
         json={"email": VIEWER[0], "password": VIEWER[1], "role": "viewer"},
@@ -60,7 +34,7 @@ def test_61st_read_in_a_minute_is_429_across_workers(gateway):
         timeout=10,
     )
     assert r.status_code == 201, r.text
-    viewer = token(url, VIEWER)
+    viewer = http_login(url, VIEWER)
     remaining = []
     for _ in range(60):
         # A new connection each time, so the kernel spreads requests over the workers.
@@ -85,11 +59,11 @@ def test_31st_write_in_a_minute_is_429(gateway):
     r = requests.post(
         f"{url}/api/v1/users",
         json={"email": creds[0], "password": creds[1], "role": "admin"},
-        headers=token(url, ADMIN),
+        headers=http_login(url, ADMIN),
         timeout=10,
     )
     assert r.status_code == 201, r.text
-    admin = token(url, creds)
+    admin = http_login(url, creds)
     codes = [
         requests.post(
             f"{url}/api/v1/hosts", json={"hostname": f"w{i}.example.com"}, headers=admin, timeout=10
@@ -136,7 +110,7 @@ def test_failed_logins_back_off_per_account_across_workers(gateway):
     r = requests.post(
         f"{url}/api/v1/users",
         json={"email": creds[0], "password": creds[1], "role": "viewer"},
-        headers=token(url, ADMIN),
+        headers=http_login(url, ADMIN),
         timeout=10,
     )
     assert r.status_code == 201, r.text
@@ -157,7 +131,7 @@ def test_failed_logins_back_off_per_account_across_workers(gateway):
     wait = int(refused.headers["Retry-After"])
     assert 1 <= wait <= 2
     assert attempt(creds[1]).status_code == 429  # the right password too: no guessing during the wait
-    token(url, ADMIN)  # another account is not held back
+    http_login(url, ADMIN)  # another account is not held back
     time.sleep(wait)
     assert attempt(creds[1]).status_code == 200
     assert attempt("wrong-password").status_code == 401  # a success starts the count again

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN, VIEWER, bearer, free_port, login, make_app
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from fleetwatch.testing.waits import free_port
 
 # What each route may be called by; HEAD is judged as GET. Anything not listed is
 # VIEWER for reads and ADMIN for writes (the gateway's deny-by-default rule).
@@ -366,6 +367,7 @@ def test_the_docs_page_has_a_csp_its_own_scripts_pass(client):
     assert policy["connect-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
 
 
+@pytest.mark.integration
 def test_the_gateway_serves_tls_12_and_up_with_modern_ciphers_only(tmp_path):
     """TLS-001/002 with `fleetwatch-gateway serve --certfile`: old protocols and weak suites are refused."""
     import os
@@ -376,7 +378,7 @@ def test_the_gateway_serves_tls_12_and_up_with_modern_ciphers_only(tmp_path):
     import time
     import warnings
 
-    from tests.conftest import self_signed_certificate
+    from fleetwatch.testing.tls import self_signed_certificate
 
     cert, key = self_signed_certificate(tmp_path)
     port = free_port()

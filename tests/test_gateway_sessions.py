@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from tests.conftest import ADMIN, bearer, free_port, login, make_app
+from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.waits import free_port
 
 _n = itertools.count()
 

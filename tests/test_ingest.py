@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetwatch.testing import services
+from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.waits import free_port, wait_until
 from gateway.db import Host, db
 from gateway.remote_write import (
     GroupWriter,
@@ -22,45 +24,6 @@ from gateway.remote_write import (
     encode_sample,
     encode_series,
 )
-from tests.conftest import ADMIN, PromClient, bearer, free_port, login, make_app, wait_http
-
-PROM_CONFIG = """\
-global: {scrape_interval: 1m}
-storage:
-  tsdb:
-    out_of_order_time_window: 1h
-"""
-
-
-class Prometheus:
-    """A real Prometheus that takes remote-write, in ``data_dir``; stop() and start() keep its data."""
-
-    def __init__(self, data_dir, port: int | None = None):
-        self.dir = data_dir
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-        (data_dir / "prometheus.yml").write_text(PROM_CONFIG)
-
-    def start(self) -> Prometheus:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("prometheus"),
-                f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-remote-write-receiver",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "prometheus.log", "ab"),  # noqa: SIM115 - the child holds it
-        )
-        wait_http(f"{self.url}/-/ready", self.proc)
-        return self
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 def rfc3339(when: datetime) -> str:
@@ -69,9 +32,8 @@ def rfc3339(when: datetime) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
-    p = Prometheus(tmp_path_factory.mktemp("prom-ingest")).start()
-    yield p
-    p.stop()
+    with services.prometheus(tmp_path_factory.mktemp("prom-ingest") / "data") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +236,10 @@ def test_point_the_store_refuses_is_reported_and_its_neighbours_stored(ingest_ap
     assert stored == {"fleet:cpu_load1": 1.0, "fleet:cpu_load5": 5.0, "fleet:cpu_load15": 15.0}
 
 
+@pytest.mark.integration
 def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
     """Prometheus 2.x answers 500 "too old sample": a 503 would make agents resend it forever."""
-    (tmp_path / "prom").mkdir()
-    prom = Prometheus(tmp_path / "prom").start()
-    try:
+    with services.prometheus(tmp_path / "prom" / "data") as prom:
         # A sample 2 h ahead moves Prometheus's head, so 10 min ago is now outside its 1 h window.
         ahead = int((time.time() + 7200) * 1000)
         RemoteWriter(f"{prom.url}/api/v1/write").write(
@@ -299,8 +260,6 @@ def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
         )
         assert r.status_code == 400, r.get_json()
         assert "too old" in r.get_json()["error"]["details"]["errors"][0]["reason"]
-    finally:
-        prom.stop()
 
 
 def test_huge_numbers_are_refused_points_and_scraped_hosts_refuse_pushes(ingest_app, api_key):
@@ -362,7 +321,7 @@ def test_concurrent_writers_share_one_remote_write_and_each_waits_for_its_own(pr
     assert writer.sent.wait(10)
     for i in range(1, 6):
         threads.append(writing(group, one_series("fleet:cpu_load1", f"h-group-{i}", i, now_ms), results, i))
-    time.sleep(0.3)
+    wait_until(lambda: len(group._queue) == 5, 10, "five writers queued behind the first")
     assert results == {}  # nobody returns before its series are stored
     writer.release.set()
     for t in threads:
@@ -383,7 +342,7 @@ def test_with_two_requests_in_flight_the_writers_behind_them_still_share_one(pro
         assert writer.sent.wait(10)
     for i in range(2, 5):
         threads.append(writing(group, one_series("fleet:cpu_load15", f"h-slot-{i}", i, now_ms), results, i))
-    time.sleep(0.3)
+    wait_until(lambda: len(group._queue) == 3, 10, "three writers queued behind the two")
     writer.release.set()
     for t in threads:
         t.join(10)
@@ -407,7 +366,7 @@ def test_a_refused_shared_request_is_each_writers_to_send_alone(prometheus):
     assert writer.sent.wait(10)
     threads.append(writing(group, too_old, results, "old"))
     threads.append(writing(group, one_series("fleet:cpu_load5", "h-new", 2, now_ms), results, "new"))
-    time.sleep(0.3)
+    wait_until(lambda: len(group._queue) == 2, 10, "two writers queued behind the head")
     writer.release.set()
     for t in threads:
         t.join(10)

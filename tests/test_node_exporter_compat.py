@@ -7,13 +7,11 @@ fast that metric can move between the two reads.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, wait_http
+from fleetwatch.testing import services
 
 MiB = 1024 * 1024
 
@@ -82,20 +80,9 @@ def families(url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scrapes(node_exporter, exporter_cmd):
-    port = free_port()
-    ours = subprocess.Popen(
-        [*exporter_cmd, f"--listen=127.0.0.1:{port}", "--no-gpu", "--no-processes"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        wait_http(url, ours)
-        yield families(url), families(node_exporter)
-    finally:
-        ours.terminate()
-        ours.wait(10)
+def scrapes(node_exporter, tmp_path_factory):
+    with services.exporter(tmp_path_factory.mktemp("ours"), "--no-gpu", "--no-processes") as ours:
+        yield families(ours.url), families(node_exporter)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -6,9 +6,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
 from gateway.db import db
 from gateway.schema_migrations import migrate
-from tests.conftest import ADMIN, VIEWER, bearer, login, make_app
 
 
 def test_migrations_build_exactly_the_models_schema_on_postgres(postgres):

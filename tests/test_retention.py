@@ -17,17 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from fleetwatch.backfill import backfill
-from fleetwatch.stack import free_port, wait_http
+from fleetwatch.testing import services
+from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.prom import PromClient
 from gateway.promql import Prometheus
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
 from gateway.series import MAX_POINTS, RANGES, Tiers, plan
 from rules_compiler.catalog import CATALOG
 from rules_compiler.downsampling import is_downsampled, render_downsampling_rules
-from tests.conftest import ADMIN, bearer, login, make_app
 
 GOLDEN = Path(__file__).parent / "golden" / "downsampling.yml"
 HOST = "h-ret"
@@ -105,29 +105,6 @@ def expected(samples, end: float, step_s: int) -> tuple[float, int]:
     return (sum(inside) / len(inside) if inside else math.nan), len(inside)
 
 
-def start_prometheus(data: Path, port: int, retention: str, tmp: Path) -> subprocess.Popen:
-    config = tmp / "empty.yml"
-    config.write_text("global: {}\n")
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
-            f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=open(tmp / f"prometheus-{port}.log", "ab"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
-    )
-    wait_http(f"http://127.0.0.1:{port}/-/ready", proc, 60)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(20)
-
-
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory):
     """Raw (3 d retention, old samples gone) and long-term Prometheus, both with the backfilled averages."""
@@ -154,31 +131,20 @@ def tiers(tmp_path_factory):
         capture_output=True,
     )
     longterm_data.mkdir()
-    raw_port, longterm_port = free_port(), free_port()
-    raw = start_prometheus(raw_data, raw_port, "90d", tmp)
-    try:
+    with services.prometheus(raw_data, flags=("--storage.tsdb.retention.time=90d",)) as raw:
         written = backfill(
-            Prometheus(f"http://127.0.0.1:{raw_port}", 60),
+            Prometheus(raw.url, 60),
             ["cpu.utilization"],
             h0 - 30 * DAY,
             h0,
             [raw_data, longterm_data],
         )
         assert written > 0
-    finally:
-        stop(raw)
     # The raw tier as it runs: a short retention, so what is older than 3 d is deleted as it opens.
-    raw = start_prometheus(raw_data, raw_port, "3d", tmp)
-    longterm = start_prometheus(longterm_data, longterm_port, "90d", tmp)
-    yield {
-        "raw": f"http://127.0.0.1:{raw_port}",
-        "longterm": f"http://127.0.0.1:{longterm_port}",
-        "samples": samples,
-        "h0": h0,
-        "tmp": tmp,
-    }
-    stop(longterm)
-    stop(raw)
+    raw = services.prometheus(raw_data, flags=("--storage.tsdb.retention.time=3d",))
+    longterm = services.prometheus(longterm_data, flags=("--storage.tsdb.retention.time=90d",))
+    with raw, longterm:
+        yield {"raw": raw.url, "longterm": longterm.url, "samples": samples, "h0": h0, "tmp": tmp}
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +174,7 @@ def api(tiers):
 
 
 def instant(url: str, promql: str, at: float) -> list[dict]:
-    body = requests.get(f"{url}/api/v1/query", params={"query": promql, "time": at}, timeout=30).json()
-    assert body["status"] == "success", body
-    return body["data"]["result"]
+    return PromClient(url).query(promql, at)
 
 
 def assert_averages(tiers, body, step_s: int):
@@ -291,16 +255,9 @@ def test_the_raw_tier_remote_writes_only_downsampled_series(stack):
         for name in ("fleet:retention_probe:avg5m", "fleet:retention_probe")
     ]
     RemoteWriter(f"{urls['prometheus']}/api/v1/write").write(series)
-    wait_for(urls["longterm"], "fleet:retention_probe:avg5m")
+    PromClient(urls["longterm"]).wait_for("fleet:retention_probe:avg5m")
     assert instant(urls["longterm"], "fleet:retention_probe", time.time()) == []
     names = instant(urls["longterm"], 'count by (__name__) ({__name__=~".+"})', time.time())
     assert all(is_downsampled(s["metric"]["__name__"]) for s in names), names
     # ... and the raw tier watches the long-term one.
-    wait_for(urls["prometheus"], 'up{job="prometheus-longterm"} == 1')
-
-
-def wait_for(url: str, promql: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not instant(url, promql, time.time()):
-        assert time.monotonic() < deadline, f"no {promql} at {url} within {timeout_s:.0f} s"
-        time.sleep(0.5)
+    PromClient(urls["prometheus"]).wait_for('up{job="prometheus-longterm"} == 1')

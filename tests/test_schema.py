@@ -10,9 +10,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from fleetwatch.testing.api import ADMIN, login, make_app
 from gateway.db import db
 from gateway.schema_migrations import alembic_config, migrate
-from tests.conftest import ADMIN, login, make_app
 
 
 def test_migrations_build_exactly_the_models_schema(tmp_path):

@@ -8,7 +8,9 @@ import re
 import pytest
 import requests
 
-from tests.conftest import SHARED, PromClient
+from fleetwatch.testing.compat import compat_file
+from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.waits import free_port
 
 OUR_FAMILIES = [
     "node_cpu_seconds_total",
@@ -44,7 +46,9 @@ def reference(prom: PromClient) -> str:
 
 
 def test_prometheus_scrapes_the_exporter(prom, ours_instance):
-    ours(prom, ours_instance)  # waits for up == 1
+    instance = ours(prom, ours_instance)  # waits for up == 1
+    (scraped,) = prom.query(f'scrape_samples_scraped{{instance="{instance}"}}')
+    assert float(scraped["value"][1]) > 100  # a whole host's families, not an empty page
 
 
 @pytest.mark.parametrize("family", OUR_FAMILIES)
@@ -89,7 +93,7 @@ def fill(expr: str, instance: str) -> str:
     return re.sub(r"\$\w+", lambda m: variables.get(m.group(0), m.group(0)), expr)
 
 
-NODE_FULL_TOP_ROWS = dashboard_queries(SHARED / "compat" / "node-exporter-full.json", rows=2)
+NODE_FULL_TOP_ROWS = dashboard_queries(compat_file("node-exporter-full.json"), rows=2)
 
 
 @pytest.mark.parametrize("title,expr", NODE_FULL_TOP_ROWS, ids=[t for t, _ in NODE_FULL_TOP_ROWS])
@@ -118,7 +122,6 @@ def gpu_host(stack, prom):
     from exporter.gpu import GpuCollector
     from exporter.nvml import Nvml
     from exporter.registry import ExporterConfig, build_registry
-    from tests.conftest import free_port
     from tests.fake_nvml import UUID1, FakePynvml, h100
 
     gpu = GpuCollector(Nvml(FakePynvml([h100(), h100(uuid=UUID1, pci="00000000:00:07.0")])), hostname="gpu-node")
@@ -134,7 +137,7 @@ def gpu_host(stack, prom):
     server.shutdown()
 
 
-DCGM_DASHBOARD = dashboard_queries(SHARED / "compat" / "dcgm-exporter-dashboard.json")
+DCGM_DASHBOARD = dashboard_queries(compat_file("dcgm-exporter-dashboard.json"))
 
 
 @pytest.mark.parametrize("title,expr", DCGM_DASHBOARD, ids=[t for t, _ in DCGM_DASHBOARD])
