@@ -65,18 +65,36 @@ class IPText(ma.fields.IP):
         return value
 
 
+# _tag_key's rule as the document shows it (JSON Schema's dialect).
+TAG_NAME = r"^(?!__)(?!(?:" + "|".join(sorted(RESERVED_TAGS)) + r")$)[a-zA-Z_][a-zA-Z0-9_]{0,62}$"
+
+
 class Tags(ma.fields.Dict):
     def __init__(self, **kwargs):
         super().__init__(
             keys=ma.fields.String(validate=_tag_key),
             values=ma.fields.String(validate=ma.validate.Length(max=200)),
             validate=ma.validate.Length(max=32),
+            metadata={
+                "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
+                "additionalProperties": False,
+                "example": {"role": "web", "zone": "us-west"},
+            },
             **kwargs,
         )
 
 
+HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$"
+
+
 class ExporterField(ma.fields.String):
-    """A HOST:PORT to scrape in; out, what ``shown_exporter`` says."""
+    """A HOST:PORT to scrape, or "push" (its agent pushes); out, what ``shown_exporter`` says."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text != PUSH and not re.fullmatch(HOST_PORT, text):
+            raise ma.ValidationError('expected HOST:PORT, or "push"')
+        return text
 
     def _serialize(self, value, attr, obj, **kwargs):
         return shown_exporter(obj)
@@ -91,10 +109,10 @@ class HostSchema(ma.Schema):
     agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
     exporter = ExporterField(
         allow_none=True,
-        validate=Pattern(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", error="expected HOST:PORT"),
         metadata={
+            "pattern": rf"^(?:{PUSH}|{HOST_PORT[1:-1]})$",
             "description": 'where Prometheus scrapes its exporter; default <first ip or hostname>:9101; "push" for '
-            "a host whose agent pushes its points (setting an address makes it a scraped host)"
+            "a host whose agent pushes its points (setting an address makes it a scraped host)",
         },
     )
     last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
@@ -127,6 +145,16 @@ class HostListArgs(PageArgs):
 
 class HostListSchema(Page):
     hosts = ma.fields.List(ma.fields.Nested(HostSchema))
+
+
+class HostDetailSchema(ma.Schema):
+    host = ma.fields.Nested(HostSchema)
+    metrics = ma.fields.Dict(
+        keys=ma.fields.String(), metadata={"description": "each detail metric's points over the range"}
+    )
+    range = ma.fields.String()
+    resolution = ma.fields.String(allow_none=True)
+    tier = ma.fields.String(allow_none=True)
 
 
 class DetailArgs(ma.Schema):
@@ -308,16 +336,26 @@ class Hosts(MethodView):
         """Add a host (admin); its exporter becomes a scrape target."""
         if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
             raise Conflict(f"host {body['id']} exists", {"id": body["id"]})
-        host = add_with_id(Host(**{k: v for k, v in body.items() if k != "id"}), body.get("id"))
+        host = add_with_id(Host(**{k: v for k, v in body.items() if k not in ("id", "exporter")}), body.get("id"))
+        _set_exporter(host, body)
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
         write_targets()
         return {"id": host.id, "status": "created"}
 
 
+def _set_exporter(host: Host, body: dict) -> None:
+    """ "push": its agent pushes, nothing to scrape; an address (or null): Prometheus scrapes it from now on."""
+    if "exporter" in body:
+        host.pushes = body["exporter"] == PUSH
+        host.exporter = None if host.pushes else body["exporter"]
+
+
 @blp.route("/<host_id>")
 class HostById(MethodView):
     @blp.arguments(DetailArgs, location="query")
+    # Documented, not dumped: the answer is built as it is sent.
+    @blp.doc(responses={"200": {"description": "OK", "content": {"application/json": {"schema": HostDetailSchema}}}})
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
         host = _get_host(host_id)
@@ -347,9 +385,9 @@ class HostById(MethodView):
         """Change a host's hostname, addresses, tags or exporter address (admin)."""
         host = _get_host(host_id)
         for key, value in body.items():
-            setattr(host, key, value)
-        if "exporter" in body:
-            host.pushes = False  # an address to scrape: Prometheus scrapes it from now on
+            if key != "exporter":
+                setattr(host, key, value)
+        _set_exporter(host, body)
         audit("host_update", host.id, **body)
         db.session.commit()
         write_targets()

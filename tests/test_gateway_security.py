@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
@@ -471,3 +473,16 @@ def test_a_channel_amtool_would_refuse_is_a_validation_error(client, channel):
     rule = {"name": "bad channel", "expression": "cpu.utilization > 90", "channels": [channel]}
     error = error_of(client.post("/api/v1/alerts/rules", json=rule, headers=admin), 400)
     assert "channels" in error["details"]["json"], error
+
+
+def test_what_get_shows_as_exporter_patch_takes(client):
+    """Found by schemathesis: a pushing host's exporter reads "push", which its documented pattern refused."""
+    admin = bearer(login(client, ADMIN)["access_token"])
+    host = client.post("/api/v1/hosts", json={"hostname": "pusher.example.com"}, headers=admin).get_json()["id"]
+    r = client.patch(f"/api/v1/hosts/{host}", json={"exporter": "push"}, headers=admin)
+    assert r.status_code == 200 and r.get_json()["exporter"] == "push", r.get_json()
+    r = client.patch(f"/api/v1/hosts/{host}", json={"exporter": "10.0.0.7:9100"}, headers=admin)
+    assert r.get_json()["exporter"] == "10.0.0.7:9100"
+    error_of(client.patch(f"/api/v1/hosts/{host}", json={"exporter": "pushy"}, headers=admin), 400)
+    spec = client.get("/api/openapi.json").get_json()["components"]["schemas"]["Host"]["properties"]["exporter"]
+    assert re.fullmatch(spec["pattern"], "push") and re.fullmatch(spec["pattern"], "10.0.0.7:9100")
