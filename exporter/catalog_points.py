@@ -8,6 +8,7 @@ summed. tests/test_catalog_parity.py holds the two to the same values.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 
@@ -45,6 +46,8 @@ class Translator:
             *_disk_used(raw),
             *_rate_points(raw, rate),
             *_gpu_points(raw),
+            *_gpu_health_points(raw, now),
+            *_gpu_instance_points(raw),
             *_process_points(raw),
         ]
 
@@ -128,6 +131,44 @@ def _gpu_points(raw) -> list[Point]:
             if total > 0:
                 out.append(("gpu.memory_used_pct", 100 * u / total, {"gpu_index": gpu}))
     return out
+
+
+def _gpu_health_points(raw, now: float) -> list[Point]:
+    """Remaps pending, throttling and the last recent XID per GPU, as the catalog's rules fold them."""
+    pending: dict[str, float] = {}
+    for family in reversed(T.REMAP_PENDING):  # the first family of the table wins
+        pending.update({lab[T.GPU_LABEL]: v for lab, v in raw[family]})
+    out: list[Point] = [("gpu.remapped_rows_pending", v, {"gpu_index": g}) for g, v in pending.items()]
+    throttled: dict[tuple[str, str], float] = {}
+    for lab, v in raw[T.CLOCKS_EVENT_REASON]:
+        if lab["reason"] in T.THROTTLE_REASONS:
+            key = (lab[T.GPU_LABEL], lab["reason"])
+            throttled[key] = max(v, throttled.get(key, v))
+    out += [("gpu.throttled", v, {"gpu_index": g, "reason": r}) for (g, r), v in throttled.items()]
+    when = {_unit(lab): v for lab, v in raw[T.XID_LAST_TIME]}
+    xid: dict[str, float] = {}
+    for lab, v in raw[T.XID_LAST]:
+        recent = now - when.get(_unit(lab), -math.inf) < T.XID_RECENT_S
+        xid[lab[T.GPU_LABEL]] = max(v if recent else 0, xid.get(lab[T.GPU_LABEL], 0))
+    return out + [("gpu.xid_last", v, {"gpu_index": g}) for g, v in xid.items()]
+
+
+def _gpu_instance_points(raw) -> list[Point]:
+    out = []
+    for metric, (family, scale) in T.GPU_INSTANCE.items():
+        for lab, v in raw[family]:
+            if lab.get(T.GPU_INSTANCE_LABEL):
+                labels = {
+                    "gpu_index": lab[T.GPU_LABEL],
+                    "gpu_instance": lab[T.GPU_INSTANCE_LABEL],
+                    "mig_profile": lab[T.GPU_INSTANCE_PROFILE_LABEL],
+                }
+                out.append((metric, scaled(v, scale), labels))
+    return out
+
+
+def _unit(labels: dict) -> tuple:
+    return labels[T.GPU_LABEL], labels.get(T.GPU_INSTANCE_LABEL)
 
 
 def _process_points(raw) -> list[Point]:

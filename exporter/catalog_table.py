@@ -59,11 +59,38 @@ GPU_GAUGES: dict[str, str] = {
     "gpu.utilization": "DCGM_FI_DEV_GPU_UTIL",
     "gpu.temperature_c": "DCGM_FI_DEV_GPU_TEMP",
     "gpu.power_w": "DCGM_FI_DEV_POWER_USAGE",
+    "gpu.ecc_uncorrectable": "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "gpu.row_remap_failed": "DCGM_FI_DEV_ROW_REMAP_FAILURE",
 }
 # Framebuffer memory is per GPU instance on a MIG GPU: a GPU's instances are summed.
 # RESERVED is absent on drivers without the v2 memory call: it counts as 0 there.
 GPU_INSTANCE_LABEL = "GPU_I_ID"
 FB_USED, FB_FREE, FB_RESERVED = "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_RESERVED"
+
+# metric: (family, scale) of one MIG instance, a sub-series of its GPU (GPM, Hopper and newer).
+GPU_INSTANCE_PROFILE_LABEL = "GPU_I_PROFILE"
+GPU_INSTANCE: dict[str, tuple[str, tuple]] = {
+    "gpu.instance.utilization": ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", (("*", "100"),)),
+    "gpu.instance.tensor_active_pct": ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", (("*", "100"),)),
+    "gpu.instance.dram_active_pct": ("DCGM_FI_PROF_DRAM_ACTIVE", (("*", "100"),)),
+    "gpu.instance.memory_used_mb": (FB_USED, ()),
+}
+
+# Health. An XID is an event: the catalog shows the last one for this long, then 0 again.
+XID_RECENT_S = 900
+XID_LAST, XID_LAST_TIME = "DCGM_FI_DEV_XID_ERRORS", "fleet_gpu_xid_last_timestamp_seconds"
+# A row remap waiting for a GPU reset (Ampere and newer), else a page retirement (older): the first found wins.
+REMAP_PENDING = ("DCGM_FI_DEV_ROW_REMAP_PENDING", "DCGM_FI_DEV_RETIRED_PENDING")
+CLOCKS_EVENT_REASON = "fleet_gpu_clocks_event_reason"
+# Clocks event reasons that hold a GPU below the clocks it asked for (idle and settings are not throttling).
+THROTTLE_REASONS = (
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
 
 # metric: (family, scale, whether it is per GPU); the process labels are kept.
 PROCESS_LABELS = ("pid", "name", "user", "slurm_job_id")

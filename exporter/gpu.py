@@ -15,6 +15,7 @@ from typing import NamedTuple
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.nvml import GpuDevice, MigInstance, Nvml
+from exporter.nvml_health import decode_reasons
 from exporter.processes import GpuProcess
 from exporter.sampling import SampleFailed, Sampler
 
@@ -59,6 +60,42 @@ FIELDS = (
         "Ratio of cycles the device memory interface is active sending or receiving data.",
         "dram_active",
     ),
+    # Health: DCGM's field names and its help texts; counters of errors since driver load (VOL) or ever (AGG).
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter", "Total number of single-bit volatile ECC errors.", "ecc_sbe_vol"),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter", "Total number of double-bit volatile ECC errors.", "ecc_dbe_vol"),
+    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "counter", "Total number of single-bit persistent ECC errors.", "ecc_sbe_agg"),
+    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "counter", "Total number of double-bit persistent ECC errors.", "ecc_dbe_agg"),
+    ("DCGM_FI_DEV_RETIRED_SBE", "counter", "Total number of retired pages due to single-bit errors.", "retired_sbe"),
+    ("DCGM_FI_DEV_RETIRED_DBE", "counter", "Total number of retired pages due to double-bit errors.", "retired_dbe"),
+    ("DCGM_FI_DEV_RETIRED_PENDING", "counter", "Total number of pages pending retirement.", "retired_pending"),
+    (
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for uncorrectable errors",
+        "remapped_uncorrectable",
+    ),
+    (
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for correctable errors",
+        "remapped_correctable",
+    ),
+    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "Whether remapping of rows has failed", "remap_failure"),
+    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether remapping of rows is pending", "remap_pending"),
+    (
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "gauge",
+        "Current clock event reasons (bitmask of DCGM_CLOCKS_EVENT_REASON_*)",
+        "clocks_event_reasons",
+    ),
+    # A rate in MiB/s despite its type, as DCGM computes it (0 at the first reading).
+    (
+        "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
+        "counter",
+        "Total number of NVLink bandwidth counters for all lanes.",
+        "nvlink_mib_s",
+    ),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "gauge", "Power management limit (in W).", "power_limit_w"),
 )
 MIG_FIELDS = frozenset(MigInstance._fields)  # read per GPU instance on a MIG GPU
 HOSTNAME_LABELS = ("Hostname", "hostname")
@@ -96,6 +133,7 @@ class GpuCollector:
         self._nvml = nvml
         self._hostname = hostname
         self._hostname_label = hostname_label
+        self._previous: dict[str, GpuDevice] = {}  # the last reading by UUID, for NVLink's rate
         self._sampler: Sampler[GpuReading] = Sampler("gpu", self._read, interval, clock=clock)
 
     @property
@@ -126,7 +164,7 @@ class GpuCollector:
             return
         reading = sample.value
         series = [
-            (self._labels(reading.driver_version, dev, gi), dev, gi)
+            (self.labels(reading.driver_version, dev, gi), dev, gi)
             for dev in reading.devices
             for gi in (dev.mig_instances if dev.mig_instances is not None else (None,))
         ]
@@ -139,6 +177,17 @@ class GpuCollector:
                     family.add_sample(name, labels, value)
             if family.samples:
                 yield family
+        reasons = Metric(
+            "fleet_gpu_clocks_event_reason",
+            "1 while the GPU's clocks are held down for this reason (DCGM_FI_DEV_CLOCKS_EVENT_REASONS decoded).",
+            "gauge",
+        )
+        for labels, dev, _ in series:
+            if dev.clocks_event_reasons is not None:
+                for reason, active in decode_reasons(dev.clocks_event_reasons).items():
+                    reasons.add_sample(reasons.name, {**labels, "reason": reason}, active)
+        if reasons.samples:
+            yield reasons
         yield GaugeMetricFamily(
             "fleet_gpu_sample_timestamp_seconds",
             "When the GPU reading served was taken, in Unix time.",
@@ -161,11 +210,12 @@ class GpuCollector:
                 found.append(GpuProcess(p.pid, str(dev.index), dev.uuid, p.used_gpu_memory_bytes))
         return found
 
-    def _read(self) -> GpuReading:
-        devices = self._nvml.devices()  # initialises NVML, which reads the driver version
-        return GpuReading(self._nvml.driver_version(), devices)
+    def driver_version(self) -> str:
+        """The NVIDIA driver's version ("" before NVML answered)."""
+        return self._nvml.driver_version()
 
-    def _labels(self, driver: str, dev: GpuDevice, gi: MigInstance | None) -> dict[str, str]:
+    def labels(self, driver: str, dev: GpuDevice, gi: MigInstance | None) -> dict[str, str]:
+        """dcgm-exporter's labels of a GPU's series, or of one of its MIG instances'."""
         # dcgm-exporter's order; the text exposition sorts them anyway.
         labels = {
             "gpu": str(dev.index),
@@ -180,3 +230,20 @@ class GpuCollector:
         labels[self._hostname_label] = self._hostname
         labels["DCGM_FI_DRIVER_VERSION"] = driver
         return labels
+
+    def _read(self) -> GpuReading:
+        devices = self._nvml.devices()  # initialises NVML, which reads the driver version
+        self._previous, previous = {d.uuid: d for d in devices}, self._previous
+        return GpuReading(self._nvml.driver_version(), [_with_nvlink_rate(d, previous.get(d.uuid)) for d in devices])
+
+
+def _with_nvlink_rate(dev: GpuDevice, before: GpuDevice | None) -> GpuDevice:
+    """DCGM's NVLINK_BANDWIDTH_TOTAL: (Δ KiB sent + received) / Δ seconds / 1000, and 0 at the first reading."""
+    if dev.nvlink_kib is None:
+        return dev
+    if before is None or before.nvlink_kib is None or not dev.nvlink_at_us or not before.nvlink_at_us:
+        return dev._replace(nvlink_mib_s=0.0)
+    elapsed_s = (dev.nvlink_at_us - before.nvlink_at_us) / 1e6
+    if elapsed_s <= 0 or dev.nvlink_kib < before.nvlink_kib:  # same reading again, or a driver reload
+        return dev._replace(nvlink_mib_s=0.0)
+    return dev._replace(nvlink_mib_s=(dev.nvlink_kib - before.nvlink_kib) / elapsed_s / 1000)

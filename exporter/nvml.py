@@ -3,7 +3,9 @@
 Modelled on nvitop's ``libnvml``: NVML is initialised lazily under a lock and
 shut down at exit; every read goes through ``Nvml.query``, which turns "this
 GPU or driver cannot answer that" into an absent value instead of an error.
-A host without the NVIDIA driver or library simply has zero GPUs.
+A host without the NVIDIA driver or library simply has zero GPUs. Health
+fields (nvml_health.py), GPM (gpm.py) and XID events (xid.py) go through
+this door too: its ``query``, its handles and its initialised ``lib``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from itertools import chain
 from types import ModuleType
 from typing import Any, NamedTuple
+
+from exporter.gpm import Gpm
+from exporter.nvml_health import read_health
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ class ComputeProcess(NamedTuple):
 
 
 class MigInstance(NamedTuple):
-    """One MIG GPU instance: memory and processes belong to it, not to the parent GPU."""
+    """One MIG GPU instance: memory, processes and GPM activity belong to it, not to the parent GPU."""
 
     gpu_instance_id: int  # NVML GI id, dcgm-exporter's GPU_I_ID
     profile: str  # e.g. "1g.10gb", dcgm-exporter's GPU_I_PROFILE
@@ -35,6 +39,19 @@ class MigInstance(NamedTuple):
     fb_free_mib: int | None
     fb_reserved_mib: int | None
     processes: tuple[ComputeProcess, ...]
+    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer).
+    gr_engine_active: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+
+
+class GpuIdentity(NamedTuple):
+    """What names a GPU in its series' labels (a GpuDevice has the same fields)."""
+
+    index: int
+    uuid: str
+    pci_bus_id: str
+    name: str
 
 
 class GpuDevice(NamedTuple):
@@ -59,18 +76,27 @@ class GpuDevice(NamedTuple):
     pcie_replay: int | None  # monotonic
     processes: tuple[ComputeProcess, ...]  # empty for a MIG GPU: see mig_instances
     mig_instances: tuple[MigInstance, ...] | None  # None unless MIG mode is on
-    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer, not MIG):
+    # Ratios 0-1 from GPM between this reading and the previous (Hopper and newer; per instance on MIG):
     gr_engine_active: float | None = None
     tensor_active: float | None = None
     dram_active: float | None = None
-
-
-# GpuDevice field -> NVML GPM metric; DCGM reports these percentages as ratios.
-GPM_METRICS = {
-    "gr_engine_active": "NVML_GPM_METRIC_GRAPHICS_UTIL",
-    "tensor_active": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
-    "dram_active": "NVML_GPM_METRIC_DRAM_BW_UTIL",
-}
+    # Health (nvml_health.py); counters are monotonic until a driver reload (volatile) or forever (aggregate).
+    ecc_sbe_vol: int | None = None
+    ecc_dbe_vol: int | None = None
+    ecc_sbe_agg: int | None = None
+    ecc_dbe_agg: int | None = None
+    retired_sbe: int | None = None  # pages retired (before Ampere)
+    retired_dbe: int | None = None
+    retired_pending: int | None = None  # 1: a retirement waits for a reset
+    remapped_correctable: int | None = None  # rows remapped (Ampere and newer)
+    remapped_uncorrectable: int | None = None
+    remap_pending: int | None = None  # 1: a remap waits for a reset
+    remap_failure: int | None = None  # 1: a remap failed
+    clocks_event_reasons: int | None = None  # bitmask of nvmlClocksEventReason*
+    power_limit_w: float | None = None
+    nvlink_kib: int | None = None  # sent + received over all links, since driver load
+    nvlink_at_us: int | None = None  # when NVML read nvlink_kib
+    nvlink_mib_s: float | None = None  # rate between two readings, filled in by the collector
 
 
 class Nvml:
@@ -85,11 +111,12 @@ class Nvml:
         self._driver_version = ""
         self._unusable_logged: set[str] = set()
         self._lost: set[int] = set()
-        # Per GPU UUID: its two GPM sample buffers, [previous reading, next one's buffer].
-        self._gpm: dict[str, list[Any]] = {}
-        self._gpm_primed: set[str] = set()  # the previous buffer holds a reading
-        self._no_gpm: set[str] = set()  # no GPM on this GPU
-        self._gpm_failed: set[str] = set()  # failure logged
+        self._gpm = Gpm(self)
+
+    @property
+    def lib(self) -> Any:
+        """The pynvml module (or fake) in use, for its constants; None before the first read."""
+        return self._lib
 
     def driver_version(self) -> str:
         """The driver version read at initialisation ("" before it, or without NVML)."""
@@ -122,6 +149,28 @@ class Nvml:
                     self._lost.discard(index)
             return found
 
+    def handles(self) -> list[tuple[GpuIdentity, Any]]:
+        """Every GPU's identity and NVML handle, read now; [] without a driver, a lost GPU left out.
+
+        Raises:
+            NVMLError: NVML is installed but failed otherwise.
+        """
+        with self._lock:
+            if not self._init():
+                return []
+            lib, found = self._lib, []
+            for index in range(lib.nvmlDeviceGetCount()):
+                try:
+                    h = lib.nvmlDeviceGetHandleByIndex(index)
+                    pci = self.query("nvmlDeviceGetPciInfo", h)
+                    uuid, name = _text(lib.nvmlDeviceGetUUID(h)), _text(lib.nvmlDeviceGetName(h))
+                except lib.NVMLError as exc:
+                    if exc.value not in (lib.NVML_ERROR_GPU_IS_LOST, lib.NVML_ERROR_RESET_REQUIRED):
+                        raise
+                    continue
+                found.append((GpuIdentity(index, uuid, _text(pci.busId) if pci is not None else "", name), h))
+            return found
+
     def query(self, func: str, *args: Any, default: Any = None, **kwargs: Any) -> Any:
         """Call ``pynvml.<func>``; return ``default`` where the GPU, driver or binding lacks it."""
         lib = self._lib
@@ -132,9 +181,10 @@ class Nvml:
         try:
             return call(*args, **kwargs)
         except lib.NVMLError as exc:
-            if exc.value in (lib.NVML_ERROR_NOT_SUPPORTED, lib.NVML_ERROR_NOT_FOUND):
+            if exc.value == lib.NVML_ERROR_NOT_FOUND:  # "no such thing now": an empty MIG slot, no samples
                 return default
             if exc.value not in (
+                lib.NVML_ERROR_NOT_SUPPORTED,  # this GPU lacks the field
                 lib.NVML_ERROR_FUNCTION_NOT_FOUND,  # a driver older than the call
                 lib.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,  # a driver older than the struct
                 lib.NVML_ERROR_NO_PERMISSION,
@@ -148,13 +198,7 @@ class Nvml:
         with self._lock:
             if self._ready:
                 self._ready = False
-                for sample in chain.from_iterable(self._gpm.values()):
-                    try:
-                        self._lib.nvmlGpmSampleFree(sample)
-                    except self._lib.NVMLError as exc:
-                        log.debug("nvmlGpmSampleFree: %s", exc)
-                self._gpm.clear()
-                self._gpm_primed.clear()
+                self._gpm.forget_all()
                 try:
                     self._lib.nvmlShutdown()
                 except self._lib.NVMLError as exc:
@@ -205,8 +249,8 @@ class Nvml:
         used, free, reserved = (None, None, None) if mig else self._memory_mib(h)
         power_mw = q("nvmlDeviceGetPowerUsage", h)
         uuid = _text(lib.nvmlDeviceGetUUID(h))
-        # GPM per MIG instance needs nvmlGpmMigSampleGet; not done yet, so MIG GPUs have no PROF series.
-        gpm = {} if mig else self._gpm_ratios(uuid, h)
+        # On a MIG GPU, GPM measures each instance (nvmlGpmMigSampleGet), not the whole GPU.
+        gpm = {} if mig else self._gpm.ratios(uuid, h, lambda sample: lib.nvmlGpmSampleGet(h, sample))
         return GpuDevice(
             index=index,
             uuid=uuid,
@@ -226,55 +270,13 @@ class Nvml:
             mem_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM),
             pcie_replay=q("nvmlDeviceGetPcieReplayCounter", h),
             processes=() if mig else self._processes(h),
-            mig_instances=self._mig_instances(h) if mig else None,
+            mig_instances=self._mig_instances(uuid, h) if mig else None,
             **gpm,
+            **read_health(self, h),
         )
 
-    def _gpm_ratios(self, uuid: str, h: Any) -> dict[str, float]:
-        """DCGM's PROF ratios over the interval since this GPU's previous reading; {} where there are none."""
-        lib = self._lib
-        if uuid in self._no_gpm:
-            return {}
-        samples = self._gpm.get(uuid)
-        try:
-            if samples is None:
-                support = self.query("nvmlGpmQueryDeviceSupport", h)  # None for a driver without GPM
-                if support is None or not support.isSupportedDevice:
-                    self._no_gpm.add(uuid)  # before Hopper DCGM uses its profiling module; we have none
-                    return {}
-                samples = self._gpm[uuid] = []
-            while len(samples) < 2:  # kept as soon as allocated, so that shutdown frees each one
-                samples.append(lib.nvmlGpmSampleAlloc())
-            previous, current = samples
-            lib.nvmlGpmSampleGet(h, current)
-            samples.reverse()  # this reading is the next one's previous; its old buffer is reused
-            if uuid not in self._gpm_primed:  # one sample is not an interval yet
-                self._gpm_primed.add(uuid)
-                return {}
-            request = lib.c_nvmlGpmMetricsGet_t()
-            request.version = lib.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(GPM_METRICS)
-            request.sample1, request.sample2 = previous, current
-            for i, metric in enumerate(GPM_METRICS.values()):
-                request.metrics[i].metricId = getattr(lib, metric)
-            lib.nvmlGpmMetricsGet(request)
-        except lib.NVMLError as exc:
-            if exc.value in (lib.NVML_ERROR_GPU_IS_LOST, lib.NVML_ERROR_RESET_REQUIRED):
-                self._gpm_primed.discard(uuid)  # a reset GPU restarts its counters
-                raise
-            # After a failed sample the next interval is just longer: still a true average.
-            if uuid not in self._gpm_failed:
-                log.warning("GPU %s: NVML GPM failed (%s): its DCGM_FI_PROF_* series are left out", uuid, exc)
-                self._gpm_failed.add(uuid)
-            return {}
-        return {
-            field: request.metrics[i].value / 100.0
-            for i, field in enumerate(GPM_METRICS)
-            if request.metrics[i].nvmlReturn == lib.NVML_SUCCESS
-        }
-
-    def _mig_instances(self, h: Any) -> tuple[MigInstance, ...]:
-        q = self.query
+    def _mig_instances(self, uuid: str, h: Any) -> tuple[MigInstance, ...]:
+        q, lib = self.query, self._lib
         by_gi: dict[int, MigInstance] = {}
         # Indices are sparse (profiles occupy several slots): walk them all.
         for i in range(q("nvmlDeviceGetMaxMigDeviceCount", h, default=0)):
@@ -292,7 +294,12 @@ class Nvml:
                 continue
             name = _text(q("nvmlDeviceGetName", mig, default=""))
             used, free, reserved = self._memory_mib(mig)
-            by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs)
+            gpm = self._gpm.ratios(
+                f"{uuid}/{gi_id}", h, lambda sample, gi=gi_id: lib.nvmlGpmMigSampleGet(h, gi, sample)
+            )
+            by_gi[gi_id] = MigInstance(gi_id, name.rpartition(" MIG ")[2], used, free, reserved, procs, **gpm)
+        # A destroyed instance's samples go with it: a new instance may reuse its id.
+        self._gpm.keep_instances(uuid, {f"{uuid}/{gi}" for gi in by_gi})
         return tuple(by_gi[k] for k in sorted(by_gi))
 
     def _memory_mib(self, h: Any) -> tuple[int | None, int | None, int | None]:

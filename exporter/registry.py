@@ -89,15 +89,19 @@ def build_registry(config: ExporterConfig) -> tuple[CollectorRegistry, list]:
     if config.gpu:
         from exporter.gpu import GpuCollector
         from exporter.nvml import Nvml
+        from exporter.xid import XidCollector, XidWatcher
 
+        nvml = Nvml()
         gpu = GpuCollector(
-            Nvml(),
+            nvml,
             hostname=config.hostname,
             hostname_label=config.hostname_label,
             interval=config.gpu_interval_s,
         )
+        xid = XidCollector(XidWatcher(nvml), gpu)  # its own collector: "unsupported" is its own success 0
         collectors["gpu"] = gpu
-        background.append(gpu)
+        collectors["xid"] = xid
+        background += [gpu, xid]
     if config.processes:
         from exporter.processes import ProcessScanner, TopProcessCollector
 

@@ -1,7 +1,7 @@
 """Hosts (§8.2): inventory with tags in the DB, status and metrics from Prometheus.
 
-A page of the host list costs three PromQL queries for the whole fleet (now,
-sustained over 1 min, last seen), never one per host.
+A page of the host list costs four PromQL queries for the whole fleet (now,
+sustained over 1 min, last seen, sick GPUs), never one per host.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sqlalchemy import func
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.gpu_health import problems_query, reasons_by_host
 from gateway.promql import selector
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
@@ -191,14 +192,16 @@ def fleet_state(
     def sel(name: str, **matchers: str) -> str:
         return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
 
-    now_result, held_result, seen_result = prom.query_many(
+    now_result, held_result, seen_result, gpu_result = prom.query_many(
         [
             sel("fleet:host_summary"),
             # Only the hosts held above the crit line: usually none, instead of every host's minimum.
             f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
             f"max by (host_id) (timestamp({sel('up', job='fleetwatch')} == 1))",
+            problems_query(sel),  # only sick or degraded GPUs: usually none
         ]
     )
+    gpu_reasons = reasons_by_host(gpu_result)
 
     def by_host(result) -> dict[tuple[str, str], float]:
         return {(s["metric"].get("host_id", ""), s["metric"]["summary"]): float(s["value"][1]) for s in result}
@@ -222,6 +225,7 @@ def fleet_state(
                 reasons.append(f"crit: {field} above {CRIT_PCT:g} for {HELD_FOR}")
             elif summary[field] is not None and summary[field] >= WARN_PCT:
                 reasons.append(f"warn: {field} at {summary[field]:g}")
+        reasons += gpu_reasons.get(host_id, [])
         last_seen = seen.get(host_id)
         if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
             reasons.append("crit: no heartbeat for 2m" if last_seen else "crit: never seen")

@@ -363,4 +363,15 @@ STARTER_RULES = (
     ("rule-004", "Disk Fill Warn", "disk.used_pct > 85", "static", "", "warning"),
     ("rule-005", "Disk Fill Critical", "disk.used_pct > 95", "static", "", "critical"),
     ("rule-006", "Agent Silent", "no heartbeat for 2m", "2m", "", "critical"),
+    # GPU health: a host without GPUs has none of these series, so no scope is needed.
+    ("rule-007", "GPU XID error", "gpu.xid_last > 0", "static", "", "warning"),
+    ("rule-008", "GPU uncorrectable ECC", "gpu.ecc_uncorrectable > 0", "static", "", "critical"),
+    (
+        "rule-009",
+        "GPU thermal throttling",
+        "gpu.throttled.sw_thermal_slowdown > 0 OR gpu.throttled.hw_thermal_slowdown > 0",
+        "5m",
+        "",
+        "warning",
+    ),
 )

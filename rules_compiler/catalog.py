@@ -64,6 +64,14 @@ def _gpu_mem(family: str) -> str:
     return f"sum by (host_id, gpu_index) (max by (host_id, gpu_index, {T.GPU_INSTANCE_LABEL}) ({_gpu_index(family)}))"
 
 
+def _gpu_instance(family: str) -> str:
+    # A MIG instance's series (those with GPU_I_ID) under the spec's label style, beside its GPU's gpu_index.
+    labels = _gpu_index(f'{family}{{{T.GPU_INSTANCE_LABEL}!=""}}')
+    labels = f'label_replace({labels}, "gpu_instance", "$1", "{T.GPU_INSTANCE_LABEL}", "(.*)")'
+    labels = f'label_replace({labels}, "mig_profile", "$1", "{T.GPU_INSTANCE_PROFILE_LABEL}", "(.*)")'
+    return f"max by (host_id, gpu_index, gpu_instance, mig_profile) ({labels})"
+
+
 def _node(family: str, by: str = "host_id") -> str:
     return f"max by ({by}) ({family})"
 
@@ -97,6 +105,11 @@ def _process(name: str) -> str:
     return _scale(f"max by ({_PROC_BY}) ({family})", scale, False)
 
 
+def _instance(name: str) -> str:
+    family, scale = T.GPU_INSTANCE[name]
+    return _scale(_gpu_instance(family), scale, False)
+
+
 _GPU_TOTAL = (
     f"({_gpu_mem(T.FB_USED)} + {_gpu_mem(T.FB_FREE)} + ({_gpu_mem(T.FB_RESERVED)} or {_gpu_mem(T.FB_USED)} * 0))"
 )
@@ -106,6 +119,11 @@ _IDLE = (
     "sum by (host_id, cpu) (max by (host_id, cpu, mode) "
     f'(rate({T.CPU_SECONDS}{{mode=~"{"|".join(T.IDLE_MODES)}"}}[$W])))'
 )
+XID_RECENT_S, THROTTLE_REASONS = T.XID_RECENT_S, T.THROTTLE_REASONS
+_XID_RECENT = f"{T.XID_LAST} and ignoring(err_code, err_msg) (time() - {T.XID_LAST_TIME} < {XID_RECENT_S})"
+_THROTTLING = T.CLOCKS_EVENT_REASON + '{reason=~"' + "|".join(THROTTLE_REASONS) + '"}'
+_THROTTLED = f"max by (host_id, gpu_index, reason) ({_gpu_index(_THROTTLING)})"
+_INSTANCE = ("gpu_index", "gpu_instance", "mig_profile")
 # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
 _BUSY = "clamp(100 * (1 - {idle}), 0, 100)"
 
@@ -196,6 +214,70 @@ CATALOG: dict[str, CatalogMetric] = {
             "gpu.temperature_c", "°C", "GPU die temperature", ("gpu_index",), _gpu(T.GPU_GAUGES["gpu.temperature_c"])
         ),
         CatalogMetric("gpu.power_w", "W", "GPU board power draw", ("gpu_index",), _gpu(T.GPU_GAUGES["gpu.power_w"])),
+        CatalogMetric(
+            "gpu.xid_last",
+            "",
+            f"code of the GPU's last XID error in the past {XID_RECENT_S // 60} min (any MIG instance's); 0 if none",
+            ("gpu_index",),
+            f"{_gpu(_XID_RECENT)} or 0 * {_gpu(T.XID_LAST)}",
+        ),
+        CatalogMetric(
+            "gpu.ecc_uncorrectable",
+            "errors",
+            "uncorrectable (double-bit) ECC errors since the driver loaded",
+            ("gpu_index",),
+            _gpu(T.GPU_GAUGES["gpu.ecc_uncorrectable"]),
+        ),
+        CatalogMetric(
+            "gpu.remapped_rows_pending",
+            "",
+            "1 while a row remap (Ampere and newer) or a page retirement (older) waits for a GPU reset",
+            ("gpu_index",),
+            " or ".join(_gpu(f) for f in T.REMAP_PENDING),
+        ),
+        CatalogMetric(
+            "gpu.row_remap_failed",
+            "",
+            "1 once remapping a row failed: the GPU needs service",
+            ("gpu_index",),
+            _gpu(T.GPU_GAUGES["gpu.row_remap_failed"]),
+        ),
+        CatalogMetric(
+            "gpu.throttled",
+            "",
+            f"1 while the GPU's clocks are held down for the reason ({', '.join(THROTTLE_REASONS)}); "
+            "ask for gpu.throttled.REASON",
+            ("gpu_index", "reason"),
+            _THROTTLED,
+        ),
+        CatalogMetric(
+            "gpu.instance.utilization",
+            "%",
+            "MIG instance: graphics engine active (GPM, Hopper and newer); a sub-series of its GPU",
+            _INSTANCE,
+            _instance("gpu.instance.utilization"),
+        ),
+        CatalogMetric(
+            "gpu.instance.tensor_active_pct",
+            "%",
+            "MIG instance: tensor pipes active (GPM, Hopper and newer)",
+            _INSTANCE,
+            _instance("gpu.instance.tensor_active_pct"),
+        ),
+        CatalogMetric(
+            "gpu.instance.dram_active_pct",
+            "%",
+            "MIG instance: device memory interface active (GPM, Hopper and newer)",
+            _INSTANCE,
+            _instance("gpu.instance.dram_active_pct"),
+        ),
+        CatalogMetric(
+            "gpu.instance.memory_used_mb",
+            "MiB",
+            "MIG instance: framebuffer in use, without driver-reserved",
+            _INSTANCE,
+            _instance("gpu.instance.memory_used_mb"),
+        ),
         CatalogMetric(
             "disk.used_pct",
             "%",
@@ -288,6 +370,7 @@ CATALOG: dict[str, CatalogMetric] = {
     )
 }
 _CORE = re.compile(r"^cpu\.core\.(\d{1,4})$")
+_THROTTLED_BY = re.compile(r"^gpu\.throttled\.([a-z_]+)$")
 
 
 def valid_names() -> list[str]:
@@ -306,6 +389,9 @@ def resolve(name: str) -> tuple[CatalogMetric, dict[str, str]]:
     m = _CORE.match(name)
     if m:
         return CATALOG["cpu.core"], {"core": m.group(1)}
+    m = _THROTTLED_BY.match(name)
+    if m and m.group(1) in THROTTLE_REASONS:  # gpu.throttled.hw_thermal_slowdown → reason="hw_thermal_slowdown"
+        return CATALOG["gpu.throttled"], {"reason": m.group(1)}
     raise UnknownMetric(name, valid_names())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -25,6 +26,22 @@ def memory(used: int, reserved: int) -> Any:
     return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else v1
 
 
+def nvlink(kib_per_s: int) -> Any:
+    """nvmlDeviceGetFieldValues for NVLink RX/TX: each call one second and ``kib_per_s`` KiB (both ways) later."""
+    calls = [0]
+
+    def field_values(fields: list) -> list:
+        calls[0] += 1
+        half = calls[0] * kib_per_s // 2
+        return [
+            NS(fieldId=f, scopeId=scope, timestamp=calls[0] * 1_000_000, nvmlReturn=pynvml.NVML_SUCCESS,
+               value=NS(ullVal=half))
+            for f, scope in fields
+        ]  # fmt: skip
+
+    return field_values
+
+
 def h100(uuid: str = UUID0, pci: str = "00000000:00:06.0", **answers: Any) -> dict[str, Any]:
     """An H100 under load as read on the lent machine (facts/h100-nvml.md); ``answers`` override."""
     clocks = {pynvml.NVML_CLOCK_SM: 1305, pynvml.NVML_CLOCK_MEM: 2619}
@@ -43,6 +60,16 @@ def h100(uuid: str = UUID0, pci: str = "00000000:00:06.0", **answers: Any) -> di
         "nvmlDeviceGetClockInfo": clocks.__getitem__,
         "nvmlDeviceGetPcieReplayCounter": 0,
         "nvmlDeviceGetFanSpeed": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        # Health: ECC on and clean, rows remapped (Hopper) rather than pages retired, power capped under load.
+        "nvmlDeviceGetTotalEccErrors": lambda error_type, counter: 0,
+        "nvmlDeviceGetRetiredPages": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        "nvmlDeviceGetRetiredPagesPendingStatus": err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        "nvmlDeviceGetRemappedRows": (0, 0, 0, 0),
+        "nvmlDeviceGetCurrentClocksEventReasons": pynvml.nvmlClocksEventReasonSwPowerCap,
+        "nvmlDeviceGetPowerManagementLimit": 700000,  # mW
+        "nvmlDeviceGetFieldValues": nvlink(0),
+        "nvmlDeviceGetSupportedEventTypes": 0x3F,  # ECC, PState, XID, clocks
+        "nvmlDeviceRegisterEvents": None,
         # GPM (Hopper): percentages by metric id between two samples.
         "nvmlGpmQueryDeviceSupport": NS(isSupportedDevice=1),
         "gpm": {
@@ -70,6 +97,31 @@ class FakePynvml:
         self.init_error = init_error
         self.shutdowns = 0
         self.gpm_allocated = self.gpm_freed = self.gpm_samples = 0
+        self.events: queue.Queue = queue.Queue()  # what nvmlEventSetWait_v2 hands out: event data or an error
+        self.event_sets_created = self.event_sets_freed = 0
+        self._mig_samples: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def xid(self, index: int, code: int, gpu_instance_id: int = 0xFFFFFFFF) -> None:
+        """The driver reports XID ``code`` on GPU ``index`` (one MIG instance of it, or the whole GPU)."""
+        event = NS(device=self.devices[index], eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=code,
+                   gpuInstanceId=gpu_instance_id, computeInstanceId=gpu_instance_id)  # fmt: skip
+        self.events.put(event)
+
+    def nvmlEventSetCreate(self) -> Any:
+        self.event_sets_created += 1
+        return NS(number=self.event_sets_created)
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        try:
+            answer = self.events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            raise err(pynvml.NVML_ERROR_TIMEOUT) from None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        self.event_sets_freed += 1
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -102,6 +154,17 @@ class FakePynvml:
         self._answer(handle, "nvmlGpmSampleGet", default=None)
         self.gpm_samples += 1
         sample.handle, sample.taken = handle, self.gpm_samples
+
+    def nvmlGpmMigSampleGet(self, handle: dict[str, Any], gpu_instance_id: int, sample: Any) -> None:
+        """A sample of one MIG instance: its percentages are the device's "gpm_mig"[GI id] answers."""
+        self._answer(handle, "nvmlGpmMigSampleGet", gpu_instance_id, default=None)
+        instances = self._answer(handle, "gpm_mig")  # NotSupported for a GPU without MIG
+        if gpu_instance_id not in instances:
+            raise err(pynvml.NVML_ERROR_NOT_FOUND)
+        self.gpm_samples += 1
+        key = (id(handle), gpu_instance_id)  # one stand-in handle per instance, so samples of it compare equal
+        stand_in = self._mig_samples.setdefault(key, {"gpm": instances[gpu_instance_id]})
+        sample.handle, sample.taken = stand_in, self.gpm_samples
 
     def nvmlGpmQueryDeviceSupport(self, handle: dict[str, Any]) -> Any:
         return self._answer(handle, "nvmlGpmQueryDeviceSupport")
@@ -143,8 +206,8 @@ def _memory(total: int, used: int, reserved: int):
     return lambda version=None: v2 if version == pynvml.nvmlMemory_v2 else NS(total=total, used=used + reserved)
 
 
-def mig_h100(pid: int) -> dict:
-    """The MIG H100 as NVML answers it; ``pid`` runs on its first GPU instance."""
+def mig_h100(pid: int, **overrides) -> dict:
+    """The MIG H100 as NVML answers it; ``pid`` runs on its first GPU instance; ``overrides`` as for ``h100``."""
 
     def instance(gi: int, procs: list) -> dict:
         total, used, reserved = GI_MIB[gi]
@@ -168,4 +231,5 @@ def mig_h100(pid: int) -> dict:
         nvmlDeviceGetMaxMigDeviceCount=7,
         nvmlDeviceGetMigDeviceHandleByIndex=by_index,
         nvmlDeviceGetUtilizationRates=pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        **overrides,
     )

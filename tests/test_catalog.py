@@ -14,14 +14,16 @@ from types import SimpleNamespace as NS
 from typing import NamedTuple
 
 import psutil
+import pynvml
 import pytest
 import requests
 
 from exporter import catalog_table as T
-from fleetwatch.testing.waits import free_port, wait_until
-from rules_compiler.catalog import CATALOG, UnknownMetric, catalog_listing, resolve, valid_names
+from fleetwatch.testing.waits import wait_until
+from rules_compiler.catalog import CATALOG, THROTTLE_REASONS, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
 from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
+from tests.gpu_nodes import GpuNode
 
 GOLDEN = Path(__file__).parent / "golden" / "normalisation.yml"
 MiB = 1024 * 1024
@@ -318,35 +320,29 @@ HOST_CHECKS = {
 # A GPU node with NVML faked at the pynvml boundary: an H100 under load (tests/fake_nvml.py) and an H100 in
 # MIG mode with two GPU instances. Our real collectors and HTTP path, scraped by the real Prometheus.
 GPU0_USED, GPU0_RESERVED = 13171 * MiB + 12345, 479 * MiB + 1000  # as h100() answers
+GI_GPM_PCT = {2: (80.0, 55.0, 20.0), 9: (10.0, 0.0, 5.0)}  # GPU instance id: graphics, tensor, DRAM active in %
+GPU0_HEALTH = {  # two uncorrectable ECC errors, a row remap pending, thermal slowdown at the power cap
+    "nvmlDeviceGetTotalEccErrors": lambda kind, counter: 2 if (kind, counter) == (1, 0) else 0,  # volatile DBE
+    "nvmlDeviceGetRemappedRows": (3, 1, 1, 0),
+    "nvmlDeviceGetCurrentClocksEventReasons": 0x44,
+}
 
 
 @pytest.fixture(scope="module")
 def gpu_node(stack, prom):
     """The host id of a fake-NVML GPU node; its processes are this test run's own pids."""
-    from prometheus_client import start_http_server
-
-    from exporter.gpu import GpuCollector
-    from exporter.nvml import Nvml
-    from exporter.processes import ProcessScanner, TopProcessCollector
-    from exporter.registry import ExporterConfig, build_registry
-
+    gpm = (
+        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    )
+    mig = mig_h100(os.getppid(), gpm_mig={gi: dict(zip(gpm, pct, strict=True)) for gi, pct in GI_GPM_PCT.items()})
     h100_procs = [NS(pid=os.getpid(), usedGpuMemory=1234 * MiB)]
-    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs), mig_h100(os.getppid())])
-    gpu = GpuCollector(Nvml(lib), hostname="gpu-node-catalog", interval=1)
-    top = TopProcessCollector(ProcessScanner(5, gpu_processes=gpu.processes), interval=1)
-    config = ExporterConfig(host=False, gpu=False, processes=False, extra_collectors={"gpu": gpu, "processes": top})
-    registry, _ = build_registry(config)
-    port = free_port()
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
-    gpu.start()
-    top.start()
-    target = [{"targets": [f"127.0.0.1:{port}"], "labels": {"host_id": "gpu-node-catalog"}}]
-    (stack.config.state_dir / "file_sd" / "gpu-node-catalog.json").write_text(json.dumps(target))
-    yield "gpu-node-catalog"
-    (stack.config.state_dir / "file_sd" / "gpu-node-catalog.json").unlink()
-    top.stop()
-    gpu.stop()
-    server.shutdown()
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=h100_procs, **GPU0_HEALTH), mig])
+    node = GpuNode(stack.config.state_dir, "gpu-node-catalog", lib, processes=True)
+    lib.xid(1, 94, gpu_instance_id=9)  # a contained ECC error in GPU 1's instance 9
+    yield node.host_id
+    node.stop()
 
 
 GPU0_TOTAL = GPU0_USED // MiB + GPU0_RESERVED // MiB + (TOTAL - GPU0_USED - GPU0_RESERVED) // MiB
@@ -359,16 +355,38 @@ GPU_CHECKS = {  # metric: {gpu_index: what NVML said, in the metric's unit}
     "gpu.memory_used_pct": {"0": 100 * 13171 / GPU0_TOTAL, "1": 100 * MIG_USED / MIG_TOTAL},
     "gpu.temperature_c": {"0": 69, "1": 69},
     "gpu.power_w": {"0": 696.508, "1": 696.508},
+    "gpu.xid_last": {"0": 0, "1": 94},
+    "gpu.ecc_uncorrectable": {"0": 2, "1": 0},
+    "gpu.remapped_rows_pending": {"0": 1, "1": 0},
+    "gpu.row_remap_failed": {"0": 0, "1": 0},
+    # 0x44 on GPU 0, 0x4 (sw_power_cap) on GPU 1 as h100() answers: every throttling reason, 0 or 1.
+    "gpu.throttled": {
+        (gpu, reason): int(reason == "sw_power_cap" or (gpu, reason) == ("0", "hw_thermal_slowdown"))
+        for gpu in "01"
+        for reason in THROTTLE_REASONS
+    },
+    **{
+        metric: {("1", str(gi), "3g.40gb"): pct[i] for gi, pct in GI_GPM_PCT.items()}
+        for i, metric in enumerate(
+            ("gpu.instance.utilization", "gpu.instance.tensor_active_pct", "gpu.instance.dram_active_pct")
+        )
+    },
+    "gpu.instance.memory_used_mb": {("1", str(gi), "3g.40gb"): used for gi, (_, used, _) in GI_MIB.items()},
 }
 
 
 def check_gpu(metric: str):
+    """All of the metric's series (keyed by its labels' values) as NVML said, once every GPU was scraped."""
+    labels = CATALOG[metric].labels
+
     def check(prom, host: str) -> None:
-        got = wait_until(  # both GPUs, once both have been scraped
-            lambda: (found := by(prom, metric, "gpu_index", host)).keys() == GPU_CHECKS[metric].keys() and found,
-            15,
-            f"{metric} of both GPUs",
-        )
+        def every_gpu():  # each GPU (and MIG instance), once all have been read twice
+            result = prom.query(selector(CATALOG[metric].record, host_id=host))
+            keys = [tuple(s["metric"][label] for label in labels) for s in result]
+            got = {key if len(key) > 1 else key[0]: float(s["value"][1]) for key, s in zip(keys, result, strict=True)}
+            return got if got.keys() == GPU_CHECKS[metric].keys() else None
+
+        got = wait_until(every_gpu, 15, f"{metric} of every GPU")
         assert got == pytest.approx(GPU_CHECKS[metric], rel=1e-9)
 
     return check

@@ -18,6 +18,7 @@ import time
 from types import SimpleNamespace as NS
 
 import psutil
+import pynvml
 import pytest
 from prometheus_client.metrics_core import Metric
 
@@ -26,8 +27,10 @@ from exporter.gpu import GpuCollector
 from exporter.host import HostCollector
 from exporter.nvml import Nvml
 from exporter.processes import ProcessScanner, TopProcessCollector
+from exporter.xid import XidCollector, XidWatcher
 from fleetwatch.testing import services
 from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.waits import wait_until
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
 from rules_compiler.catalog import CATALOG, resolve
 from rules_compiler.recording import render_normalisation_rules
@@ -68,19 +71,35 @@ def scrapes():
     """Families of two scrapes of the host, GPU and top-process collectors, a moment apart."""
     ps = FixedDevices()
     host = HostCollector(ps=ps)
-    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=1, usedGpuMemory=1234 << 20)]), mig_h100(1)])
-    gpu = GpuCollector(Nvml(lib), hostname="parity", interval=60)
+    gpm = (
+        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    )
+    mig = mig_h100(
+        1,
+        gpm_mig={2: dict(zip(gpm, (80.0, 55.0, 20.0), strict=True)), 9: dict(zip(gpm, (10.0, 0.0, 5.0), strict=True))},
+    )
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=1, usedGpuMemory=1234 << 20)]), mig])
+    nvml = Nvml(lib)
+    gpu = GpuCollector(nvml, hostname="parity", interval=0.2)  # GPM ratios need two readings
+    xid = XidCollector(XidWatcher(nvml, wait_ms=100), gpu)
     top = TopProcessCollector(ProcessScanner(5, gpu_processes=gpu.processes), interval=60)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a process in the CPU ranking
     gpu.start()
+    xid.start()
     top.start()
     try:
-        a = [*host.collect(), *gpu.collect(), *top.collect()]
+        lib.xid(1, 94, gpu_instance_id=9)
+        wait_until(lambda: any(f.name.startswith("DCGM_FI_PROF") for f in gpu.collect()), 10, "GPM ratios")
+        wait_until(lambda: any(s.value == 94 for f in xid.collect() for s in f.samples), 10, "the fake XID")
+        a = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
         ps.scrape = 1
         time.sleep(0.3)  # real counters move too
-        b = [*host.collect(), *gpu.collect(), *top.collect()]
+        b = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
     finally:
         top.stop()
+        xid.stop()
         gpu.stop()
         busy.kill()
         busy.wait()

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pynvml
 import pytest
 import requests
 import yaml
@@ -176,6 +177,9 @@ def test_dashboard_structure(path):
     uids = provisioned_datasource_uids()
     for panel in dashboard["panels"]:
         assert set(panel["gridPos"]) == {"x", "y", "w", "h"}, panel["title"]
+        if panel["type"] == "row":  # a heading over the panels below it: it queries nothing
+            assert not panel.get("targets") and panel["collapsed"] is False, panel["title"]
+            continue
         assert panel["targets"], panel["title"]
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
@@ -229,6 +233,48 @@ def test_hosts_dashboard_has_data_for_our_exporter(stack, prom, title, expr):
     instance = stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
     prom.wait_for(f'up{{instance="{instance}"}} == 1')
     # rate() over 1m needs two scrapes (1 s apart in the test stack).
+    result = prom.wait_for(fill(expr, re.escape(instance).replace("\\", "\\\\")), timeout_s=30)
+    assert {s["metric"].get("instance") for s in result} == {instance}, title
+
+
+def row_queries(path: Path, row: str) -> list[tuple[str, str, str]]:
+    """(panel title, refId, expr) of every query in the panels under the row titled ``row``."""
+    panels = json.loads(path.read_text())["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == row) + 1
+    under = panels[start : next((i for i in range(start, len(panels)) if panels[i]["type"] == "row"), len(panels))]
+    return [(p["title"], t["refId"], t["expr"]) for p in under for t in p["targets"]]
+
+
+GPU_HEALTH_QUERIES = row_queries(GRAFANA / "dashboards" / "gpus.json", "GPU health")
+
+
+@pytest.fixture(scope="module")
+def sick_gpu_node(stack):
+    """A node whose GPUs show every kind of trouble the GPU health row draws, as its instance."""
+    from tests.fake_nvml import FakePynvml, err, h100
+    from tests.gpu_nodes import GpuNode
+    from tests.test_gpu import mig_gpu
+    from tests.test_gpu_health import RETIRED, sick_gpu
+
+    v100 = h100(
+        "GPU-00000000-0000-0000-0000-0000000000v1",
+        "00000000:00:08.0",
+        nvmlDeviceGetName="Tesla V100-SXM2-32GB",
+        nvmlDeviceGetRetiredPages=lambda cause: RETIRED[cause],
+        nvmlDeviceGetRetiredPagesPendingStatus=1,
+        nvmlDeviceGetRemappedRows=err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+    )
+    failed_remap = {"nvmlDeviceGetRemappedRows": (5, 1, 0, 1)}
+    node = GpuNode(stack.config.state_dir, "gpu-health-row", FakePynvml([sick_gpu(**failed_remap), mig_gpu(), v100]))
+    node.lib.xid(0, 79)
+    yield f"127.0.0.1:{node.port}"
+    node.stop()
+
+
+@pytest.mark.parametrize("title,ref,expr", GPU_HEALTH_QUERIES, ids=[f"{t} {r}" for t, r, _ in GPU_HEALTH_QUERIES])
+def test_gpu_health_row_has_data_for_a_sick_gpu_node(prom, sick_gpu_node, title, ref, expr):
+    instance = sick_gpu_node
+    prom.wait_for(f'up{{instance="{instance}"}} == 1')
     result = prom.wait_for(fill(expr, re.escape(instance).replace("\\", "\\\\")), timeout_s=30)
     assert {s["metric"].get("instance") for s in result} == {instance}, title
 

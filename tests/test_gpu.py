@@ -112,14 +112,17 @@ def test_unsupported_field_is_absent_and_the_rest_stays(caplog):
         ]
     )
     with caplog.at_level(logging.DEBUG, logger="exporter.nvml"):
-        text = scrape(collector(lib))
+        c = collector(lib)
+        c.sampler.sample_now()
+        text = scrape(c)
     assert "DCGM_FI_DEV_PCIE_REPLAY_COUNTER" not in text  # neither a series nor a HELP line
     assert series(text, "DCGM_FI_DEV_POWER_USAGE") == {("0",): 696.508, ("1",): 696.508}
     assert series(text, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION") == {
         ("0",): 16370176,
         ("1",): 16370176,
     }
-    assert "nvmlDeviceGetPcieReplayCounter" not in caplog.text  # NotSupported is normal: not logged
+    # Said once, not per GPU nor per reading.
+    assert caplog.text.count("nvmlDeviceGetPcieReplayCounter unusable here (Not Supported)") == 1
 
 
 def test_function_not_found_is_logged_once(caplog):
@@ -186,7 +189,7 @@ def test_lost_gpu_is_left_out_and_others_reported(caplog):
     assert caplog.text.count("GPU 0 is lost") == 1
 
 
-def mig_gpu() -> dict[str, Any]:
+def mig_gpu(**answers: Any) -> dict[str, Any]:
     """An H100 in MIG mode: a 3g.40gb and a 1g.10gb GI (two compute instances), sparse slots."""
     name = "NVIDIA H100 80GB HBM3 MIG "
     big = {
@@ -218,6 +221,19 @@ def mig_gpu() -> dict[str, Any]:
         nvmlDeviceGetMaxMigDeviceCount=7,
         nvmlDeviceGetMigDeviceHandleByIndex=by_index,
         nvmlDeviceGetUtilizationRates=err(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        gpm_mig={  # GPM percentages per GPU instance id
+            2: {
+                pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: 80.0,
+                pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 55.0,
+                pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 20.0,
+            },
+            9: {
+                pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: 10.0,
+                pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 0.0,
+                pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 5.0,
+            },
+        },
+        **answers,
     )
 
 
@@ -332,8 +348,42 @@ def test_gpu_without_gpm_has_no_prof_series_but_the_rest(support):
     assert lib.gpm_allocated == 2  # none for GPU 0
 
 
-def test_mig_gpu_has_no_prof_series():
-    c = collector(FakePynvml([mig_gpu()]))
+def test_mig_instances_have_prof_series_from_gpm():
+    lib = FakePynvml([mig_gpu(), h100(uuid=UUID0)])
+    c = collector(lib)
+    assert all(name not in scrape(c) for name in PROF)  # one sample per instance is not an interval yet
+    c.sampler.sample_now()
+    text = scrape(c)
+    # GPU 0 is in MIG mode: one series per GPU instance, none for the whole GPU.
+    assert series(text, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") == {("0", "2"): 0.8, ("0", "9"): 0.1, ("1",): 0.96}
+    assert series(text, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE") == {("0", "2"): 0.55, ("0", "9"): 0.0, ("1",): 0.415}
+    assert series(text, "DCGM_FI_PROF_DRAM_ACTIVE") == {("0", "2"): 0.2, ("0", "9"): 0.05, ("1",): 0.3}
+    line = next(x for x in text.splitlines() if x.startswith("DCGM_FI_PROF_DRAM_ACTIVE{") and 'GPU_I_ID="9"' in x)
+    assert 'GPU_I_PROFILE="1g.10gb"' in line and f'UUID="{UUID1}"' in line
+    nvml = Nvml(lib)
+    nvml.devices()
+    nvml.devices()
+    nvml.shutdown()  # every buffer, the instances' too, is freed
+    assert lib.gpm_freed == 6 and lib.gpm_allocated == 12
+
+
+def test_destroyed_mig_instance_frees_its_gpm_samples():
+    gpu = mig_gpu()
+    lib = FakePynvml([gpu])
+    c = collector(lib)
+    c.sampler.sample_now()
+    gpu["nvmlDeviceGetMigDeviceHandleByIndex"] = lambda i: gpu_slots_without_gi_9(i)
+    c.sampler.sample_now()
+    assert lib.gpm_freed == 2  # GPU instance 9's two buffers
+    assert series(scrape(c), "DCGM_FI_PROF_DRAM_ACTIVE") == {("0", "2"): 0.2}
+
+
+def gpu_slots_without_gi_9(i: int) -> Any:
+    return mig_gpu()["nvmlDeviceGetMigDeviceHandleByIndex"](i) if i == 0 else err(pynvml.NVML_ERROR_NOT_FOUND)
+
+
+def test_mig_gpu_without_gpm_has_no_prof_series():
+    c = collector(FakePynvml([mig_gpu(nvmlGpmQueryDeviceSupport=NS(isSupportedDevice=0))]))  # an A100
     c.sampler.sample_now()
     text = scrape(c)
     assert series(text, "DCGM_FI_DEV_FB_USED")

@@ -62,8 +62,8 @@ def test_collectors_all_succeed(prom, ours_instance):
     instance = ours(prom, ours_instance)
     result = prom.wait_for(f'fleet_exporter_collector_success{{instance="{instance}"}}')
     states = {s["metric"]["collector"]: s["value"][1] for s in result}
-    # No GPU here: the GPU collector still succeeds, with no DCGM series.
-    assert states == {"host": "1", "gpu": "1", "processes": "1"}
+    # No GPU here: the GPU and XID collectors still succeed, with no DCGM series.
+    assert states == {"host": "1", "gpu": "1", "xid": "1", "processes": "1"}
 
 
 def dashboard_queries(path, rows: int | None = None) -> list[tuple[str, str]]:
