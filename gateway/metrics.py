@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import marshmallow as ma
 from flask import current_app
@@ -14,7 +13,7 @@ from gateway.errors import Blueprint, NotFound
 from gateway.hosts import HOST_ID
 from gateway.schemas import Pattern, fast_json
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
-from rules_compiler.catalog import catalog_listing
+from rules_compiler.catalog import catalog_listing, name_pattern
 
 blp = Blueprint("metrics", __name__, url_prefix="/api/v1/metrics", description="Metrics by friendly name")
 
@@ -32,15 +31,7 @@ class LabelsField(ma.fields.Field):
         return labels
 
 
-# Every friendly name of the catalog, cpu.core.N for any core: the document lists what the API takes.
-METRIC_NAME = (
-    "^(?:"
-    + "|".join(
-        r"cpu\.core\.[0-9]{1,4}" if name == "cpu.core.N" else re.escape(name).replace(r"\_", "_")
-        for name in (m["name"] for m in catalog_listing())
-    )
-    + ")$"
-)
+METRIC_NAME = name_pattern()  # every friendly name the catalog resolves
 
 
 class QueryArgs(ma.Schema):

@@ -486,3 +486,19 @@ def test_what_get_shows_as_exporter_patch_takes(client):
     error_of(client.patch(f"/api/v1/hosts/{host}", json={"exporter": "pushy"}, headers=admin), 400)
     spec = client.get("/api/openapi.json").get_json()["components"]["schemas"]["Host"]["properties"]["exporter"]
     assert re.fullmatch(spec["pattern"], "push") and re.fullmatch(spec["pattern"], "10.0.0.7:9100")
+
+
+def test_the_documented_metric_pattern_is_what_the_catalog_resolves():
+    """The OpenAPI pattern for metric names comes from the catalog: every name it resolves, nothing else."""
+    from rules_compiler.catalog import THROTTLE_REASONS, UnknownMetric, name_pattern, resolve, valid_names
+
+    pattern = name_pattern()
+    names = [n for n in valid_names() if n != "cpu.core.N"] + ["cpu.core.0", "cpu.core.127"]
+    names += [f"gpu.throttled.{reason}" for reason in THROTTLE_REASONS]
+    for name in names:
+        resolve(name)
+        assert re.fullmatch(pattern, name), name
+    for name in ("cpu.core", "cpu.core.x", "gpu.throttled.nope", "cpu.bogus", "cpu.utilization\n"):
+        assert not re.fullmatch(pattern, name), name
+        with pytest.raises(UnknownMetric):
+            resolve(name)
