@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import warnings
 
+import bcrypt
+import jwt
 import pytest
 
 from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from fleetwatch.testing.tls import self_signed_certificate
 from fleetwatch.testing.waits import free_port
+from gateway.db import User, db, secret
+from rules_compiler.catalog import THROTTLE_REASONS, UnknownMetric, name_pattern, resolve, valid_names
 
 # What each route may be called by; HEAD is judged as GET. Anything not listed is
 # VIEWER for reads and ADMIN for writes (the gateway's deny-by-default rule).
@@ -137,10 +152,6 @@ LONG = "pässwörd-" * 8  # 80 characters, 96 bytes in UTF-8: past bcrypt's 72
 
 def test_a_password_past_72_bytes_counts_whole_and_is_never_a_500(client):
     """Finding 11: bcrypt raised ValueError (500) at login, user creation and password change."""
-    import bcrypt
-
-    from gateway.db import User, db
-
     admin = bearer(login(client, ADMIN)["access_token"])
     r = client.post("/api/v1/auth/login", json={"email": ADMIN[0], "password": "x" * 100})
     error_of(r, 401)
@@ -211,8 +222,6 @@ def test_tag_names_starting_with_two_underscores_are_refused(client):
 )
 def test_deeply_nested_json_is_a_400(client, method, path, caller):
     """Finding 12: 100,000 nested lists blew Python's recursion limit in the JSON parser: a 500."""
-    from gateway.db import secret
-
     if caller == "alertmanager":
         with client.application.app_context():
             headers = bearer(secret("alertmanager-webhook"))
@@ -249,15 +258,11 @@ def test_metrics_with_a_token_want_it_from_everyone(tmp_path, how):
 
 
 def mode(path) -> int:
-    import stat
-
     return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_state_is_private_whatever_the_umask(tmp_path, stack):
     """Finding 2: gateway.db (signing key, sessions), ratelimit.db, their -wal/-shm and exports were 0644."""
-    import os
-
     state = tmp_path / "state"
     old = os.umask(0o022)
     try:
@@ -292,8 +297,6 @@ def test_fleetwatch_up_keeps_its_logs_and_state_private(stack):
 
 
 def test_the_jwt_key_may_come_from_a_file(tmp_path):
-    import jwt
-
     (tmp_path / "jwt-key").write_text("k" * 64 + "\n")
     client = make_app(
         tmp_path, f"http://127.0.0.1:{free_port()}", JWT_SECRET_FILE=str(tmp_path / "jwt-key")
@@ -350,10 +353,6 @@ def test_hsts_behind_a_trusted_tls_proxy(tmp_path):
 
 def test_the_docs_page_has_a_csp_its_own_scripts_pass(client):
     """Swagger UI still works under the policy: its scripts are same-origin, its one inline script is hashed."""
-    import base64
-    import hashlib
-    import re
-
     r = client.get("/api/docs")
     policy = dict(part.strip().split(" ", 1) for part in r.headers["Content-Security-Policy"].split(";"))
     page = r.get_data()
@@ -372,16 +371,6 @@ def test_the_docs_page_has_a_csp_its_own_scripts_pass(client):
 @pytest.mark.integration
 def test_the_gateway_serves_tls_12_and_up_with_modern_ciphers_only(tmp_path):
     """TLS-001/002 with `fleetwatch-gateway serve --certfile`: old protocols and weak suites are refused."""
-    import os
-    import socket
-    import ssl
-    import subprocess
-    import sys
-    import time
-    import warnings
-
-    from fleetwatch.testing.tls import self_signed_certificate
-
     cert, key = self_signed_certificate(tmp_path)
     port = free_port()
     env = {**os.environ, "FLEETWATCH_STATE_DIR": str(tmp_path / "state"), "FLEETWATCH_BCRYPT_ROUNDS": "4",
@@ -490,8 +479,6 @@ def test_what_get_shows_as_exporter_patch_takes(client):
 
 def test_the_documented_metric_pattern_is_what_the_catalog_resolves():
     """The OpenAPI pattern for metric names comes from the catalog: every name it resolves, nothing else."""
-    from rules_compiler.catalog import THROTTLE_REASONS, UnknownMetric, name_pattern, resolve, valid_names
-
     pattern = name_pattern()
     names = [n for n in valid_names() if n != "cpu.core.N"] + ["cpu.core.0", "cpu.core.127"]
     names += [f"gpu.throttled.{reason}" for reason in THROTTLE_REASONS]
