@@ -186,6 +186,15 @@ class Ready(MethodView):
         return {"status": "ready" if ready else "not ready", **checks}, 200 if ready else 503
 
 
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:  # a unix socket's peer, or nothing
+        return False
+    # ::ffff:127.0.0.1 is how an IPv4 loopback caller reaches a dual-stack listener.
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
 def _check_scraper() -> None:
     """/metrics lists every host and tag: a bearer scrape token when one is set, else loopback callers only."""
     token = configured_secret("METRICS_TOKEN")
@@ -193,7 +202,7 @@ def _check_scraper() -> None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("/metrics wants the scrape token", {"header": "Authorization: Bearer <token>"})
-    elif not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
+    elif not _is_loopback(request.remote_addr):
         raise Forbidden(
             "/metrics answers only loopback callers unless FLEETWATCH_METRICS_TOKEN is set",
             {"remote_addr": request.remote_addr},

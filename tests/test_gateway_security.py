@@ -236,9 +236,12 @@ def test_metrics_without_a_token_answer_only_loopback(client):
     """Finding 12: /metrics lists every host and tag; with no scrape token set, only loopback may read it."""
     r = client.get("/metrics")
     assert r.status_code == 200 and b"fleet_host_info" in r.data
-    r = client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"})
-    assert "FLEETWATCH_METRICS_TOKEN" in error_of(r, 403)["message"]
-    assert b"fleet_host_info" not in r.data
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).status_code == 200  # dual stack
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    for addr in ("10.1.2.3", "::ffff:10.1.2.3", "2001:db8::1"):
+        r = client.get("/metrics", environ_base={"REMOTE_ADDR": addr})
+        assert "FLEETWATCH_METRICS_TOKEN" in error_of(r, 403)["message"], addr
+        assert b"fleet_host_info" not in r.data
 
 
 @pytest.mark.parametrize("how", ["setting", "file"])
