@@ -48,6 +48,9 @@ DEFAULTS = {
     "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S
     "LOGIN_BACKOFF_MAX_S": 900,
     "METRICS_TOKEN": "",  # or METRICS_TOKEN_FILE; neither: /metrics answers loopback callers only
+    "METRICS_TOKEN_FILE": "",
+    "JWT_SECRET": "",  # or JWT_SECRET_FILE; neither: a key made once and kept in the DB
+    "JWT_SECRET_FILE": "",
     "AUDIT_RETENTION_DAYS": 90,  # AUDIT-002; older entries go with the next audited action
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "ADMIN_EMAIL": None,  # the first admin, made on a start that finds none

@@ -199,21 +199,25 @@ def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:
     return row
 
 
+SECRET_SETTINGS = {"jwt": "JWT_SECRET"}  # secrets an operator may give instead of the DB's
+
+
 def configured_secret(name: str) -> str:
     """A secret setting: FLEETWATCH_<NAME> itself, or what the file FLEETWATCH_<NAME>_FILE names holds; else ''."""
     config = current_app.config
-    if config.get(name):
+    if config[name]:
         return str(config[name])
-    path = config.get(f"{name}_FILE")
+    path = config[f"{name}_FILE"]
     return Path(path).read_text().strip() if path else ""
 
 
 def secret(name: str) -> str:
-    """The named secret: from the settings if given (e.g. JWT_SECRET), else made on first use and kept in the DB."""
+    """The named secret: from its setting if given (SECRET_SETTINGS), else made on first use and kept in the DB."""
     # Secrets never change once made: read each once per process and app.
     cache = current_app.extensions.setdefault("secrets", {})
     if name not in cache:
-        cache[name] = configured_secret(f"{name.upper().replace('-', '_')}_SECRET") or _stored_secret(name)
+        setting = SECRET_SETTINGS.get(name)
+        cache[name] = (configured_secret(setting) if setting else "") or _stored_secret(name)
     return cache[name]
 
 

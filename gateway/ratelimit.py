@@ -68,7 +68,8 @@ def _run(sql: str, **params) -> tuple | None:
     local = current_app.extensions["rate_counters"]
     if local:
         return local.run(sql, params)
-    row = db.session.execute(text(sql), params).first()
+    result = db.session.execute(text(sql), params)
+    row = result.first() if result.returns_rows else None  # a DELETE returns none
     db.session.commit()
     return row
 
