@@ -96,6 +96,7 @@ class Api(flask_smorest.Api):
         app.json = JsonProvider(app)
         for name, scheme in SECURITY_SCHEMES.items():
             self.spec.components.security_scheme(name, scheme)
+        self.ma_plugin.converter.add_attribute_function(_exact_schema)
 
     def _register_error_handlers(self):
         super()._register_error_handlers()
@@ -131,6 +132,15 @@ class Api(flask_smorest.Api):
             return self.handle_http_exception(error)
         log.exception("unhandled error")
         return error_response(500, "internal error; it has been logged")
+
+
+def _exact_schema(_converter, field, ret: dict, **_kwargs) -> dict:
+    """A field's ``metadata["openapi"]`` is its whole schema: for what apispec cannot say (patternProperties…)."""
+    exact = field.metadata.get("openapi")
+    if exact is None:
+        return {}
+    ret.clear()
+    return dict(exact)
 
 
 def _too_deep(data) -> json.JSONDecodeError:

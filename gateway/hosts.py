@@ -57,7 +57,9 @@ class IPText(ma.fields.IP):
 
     def __init__(self, **kwargs):
         # apispec would say format "ip", which JSON Schema does not know: say which two it means.
-        super().__init__(metadata={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}, **kwargs)
+        super().__init__(
+            metadata={"openapi": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}}, **kwargs
+        )
 
     def _deserialize(self, value, attr, data, **kwargs):
         return str(super()._deserialize(value, attr, data, **kwargs))
@@ -77,9 +79,13 @@ class Tags(ma.fields.Dict):
             values=ma.fields.String(validate=ma.validate.Length(max=200)),
             validate=ma.validate.Length(max=32),
             metadata={
-                "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
-                "additionalProperties": False,
-                "example": {"role": "web", "zone": "us-west"},
+                "openapi": {
+                    "type": "object",
+                    "maxProperties": 32,
+                    "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
+                    "additionalProperties": False,
+                    "example": {"role": "web", "zone": "us-west"},
+                }
             },
             **kwargs,
         )

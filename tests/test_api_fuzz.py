@@ -23,7 +23,7 @@ from fleetwatch.stack import Ports, Stack, StackConfig
 from fleetwatch.testing.api import ADMIN, make_app
 from fleetwatch.testing.waits import free_port
 
-FUZZ_EXAMPLES = 25
+FUZZ_EXAMPLES = 15
 SELF = ("fuzz-self@example.com", "fuzz-self-password-1")  # logs out and changes passwords: not the admin
 CASES: collections.Counter = collections.Counter()  # per operation, for the total below
 
