@@ -87,6 +87,10 @@ schema = schemathesis.openapi.from_dict(_document())
 EXEMPT = {
     # A point's ts must lie within the last hour (INGEST_PAST_S): a window that moves with the clock.
     "POST /api/v1/ingest/metrics": [positive_data_acceptance],
+    # Which label names a series has depends on the metric asked for (cpu.core.N has none): a
+    # relation between two parameters that OpenAPI 3.0 cannot state. Found with seed 7.
+    "GET /api/v1/metrics/query": [positive_data_acceptance],
+    "POST /api/v1/reports/export": [positive_data_acceptance],
     # /rules/batch is also a rule id for /rules/{rule_id}: an OPTIONS answer's Allow lists both routes' methods.
     "POST /api/v1/alerts/rules/batch": [allow_header_conformance],
 }
