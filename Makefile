@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports bench-hosts system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench-exporter: system-deps $(STAMP)
-	$(PY) bench/exporter.py $(ARGS)
+	$(PY) bench/exporter_scrape.py $(ARGS)
 
 bench-query: system-deps $(STAMP)
 	$(PY) bench/query.py $(ARGS)
@@ -33,8 +33,17 @@ bench-ingest: system-deps $(STAMP)
 bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)
 
+bench-hosts: system-deps $(STAMP)
+	$(PY) bench/hosts_import.py $(ARGS)
+
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)
+
+bench-slurm: $(STAMP)
+	$(PY) bench/slurm.py $(ARGS)
+
+bench-reports: system-deps $(STAMP)
+	$(PY) bench/reports.py $(ARGS)
 
 system-deps:
 	@scripts/system-deps.sh

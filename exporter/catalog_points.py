@@ -30,7 +30,8 @@ class Translator:
         for family in families:
             for s in family.samples:
                 raw[s.name].append((s.labels, s.value))
-        counters = {k: v for k, v in ((_key(n, lab), v) for n in raw if n.endswith("_total") for lab, v in raw[n])}
+        cumulative = [n for n in raw if n.endswith("_total") or n in T.CUMULATIVE_GAUGES]
+        counters = {_key(n, lab): v for n in cumulative for lab, v in raw[n]}
         dt = now - self._prev_t if self._prev_t is not None else None
         prev, self._prev, self._prev_t = self._prev, counters, now
 
@@ -49,6 +50,7 @@ class Translator:
             *_gpu_health_points(raw, now),
             *_gpu_instance_points(raw),
             *_process_points(raw),
+            *_job_points(raw, rate),
         ]
 
 
@@ -178,6 +180,30 @@ def _process_points(raw) -> list[Point]:
             labels = {k: lab[k] for k in T.PROCESS_LABELS if lab.get(k)}
             labels.update({"gpu_index": lab[T.GPU_LABEL]} if per_gpu else {})
             out.append((metric, scaled(v, scale), labels))
+    return out
+
+
+def _job_points(raw, rate) -> list[Point]:
+    def job_level(labels: dict) -> bool:
+        return all(labels.get(k, "") == v for k, v in T.JOB_LEVEL)
+
+    out: list[Point] = []
+    for metric, (family, scale) in T.JOB_GAUGES.items():
+        out += [(metric, scaled(v, scale), {T.JOB_LABEL: lab[T.JOB_LABEL]}) for lab, v in raw[family] if job_level(lab)]
+    cpus = {lab[T.JOB_LABEL]: v for lab, v in raw[T.JOB_CPUS] if job_level(lab)}
+    for lab, _ in raw[T.JOB_CPU_SECONDS]:
+        used, allocated = rate(T.JOB_CPU_SECONDS, lab), cpus.get(lab[T.JOB_LABEL])
+        if job_level(lab) and used is not None and allocated:
+            out.append(("job.cpu_pct", 100 * used / allocated, {T.JOB_LABEL: lab[T.JOB_LABEL]}))
+    for metric, (family, index, scale, summed) in T.JOB_GPUS.items():
+        per_instance: dict[tuple, float] = {}
+        for lab, v in raw[family]:
+            key = (lab[T.JOB_LABEL], lab[index], lab.get(T.GPU_INSTANCE_LABEL, ""))
+            per_instance[key] = max(v, per_instance.get(key, v))
+        per_gpu: dict[tuple, float] = {}
+        for (job, gpu, _), v in per_instance.items():
+            per_gpu[job, gpu] = per_gpu.get((job, gpu), 0.0) + v if summed else max(v, per_gpu.get((job, gpu), v))
+        out += [(metric, scaled(v, scale), {T.JOB_LABEL: job, "gpu_index": gpu}) for (job, gpu), v in per_gpu.items()]
     return out
 
 

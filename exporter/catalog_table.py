@@ -100,6 +100,26 @@ PROCESSES: dict[str, tuple[str, tuple, bool]] = {
     "proc.top.gpu_mem_mb": ("fleet_top_process_gpu_memory_bytes", TO_MIB, True),
 }
 
+# Slurm jobs (exporter/jobs.py, in jobstats' cgroup_exporter and GPU exporter names): the job-level
+# series are those with an empty `step` and `task`; every job metric keeps the job's `jobid`.
+JOB_LABEL = "jobid"
+JOB_LEVEL = (("step", ""), ("task", ""))
+JOB_CPU_SECONDS = "cgroup_cpu_total_seconds"  # cumulative, though typed gauge (as cgroup_exporter types it)
+JOB_CPUS = "cgroup_cpus"
+JOB_GAUGES: dict[str, tuple[str, tuple]] = {
+    "job.cpus": (JOB_CPUS, ()),
+    "job.mem_used_mb": ("cgroup_memory_used_bytes", TO_MIB),
+    "job.mem_rss_mb": ("cgroup_memory_rss_bytes", TO_MIB),
+    "job.mem_limit_mb": ("cgroup_memory_total_bytes", TO_MIB),
+}
+# metric: (family, the label holding the GPU's index, scale, whether MIG instances are summed)
+JOB_GPUS: dict[str, tuple[str, str, tuple, bool]] = {
+    "job.gpu.utilization": ("nvidia_gpu_duty_cycle", "ordinal", (), False),
+    "job.gpu.memory_used_mb": ("fleet_job_gpu_memory_bytes", "gpu", TO_MIB, True),
+}
+# Gauges that only grow, whose rate a metric needs: counters for the push agent's arithmetic.
+CUMULATIVE_GAUGES = frozenset({JOB_CPU_SECONDS})
+
 
 def scaled(value: float, scale: tuple) -> float:
     """``value`` through a scale's operators, in the order PromQL applies them."""

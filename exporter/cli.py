@@ -9,9 +9,11 @@ import socket
 import sys
 import threading
 
-from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client import ProcessCollector
 
 from exporter import __version__
+from exporter.exposition import serve
+from exporter.node.process import AddressSpaceLimitCollector
 from exporter.registry import ExporterConfig, build_registry
 
 log = logging.getLogger("fleetwatch.exporter")
@@ -96,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="procfs to read, e.g. /host/proc in a container (default /proc)",
     )
     p.add_argument(
+        "--sys-root",
+        default="/sys",
+        metavar="DIR",
+        help="sysfs to read, e.g. /host/sys in a container (default /sys)",
+    )
+    p.add_argument(
+        "--rootfs",
+        default="/",
+        metavar="DIR",
+        help="the host's root filesystem, for /etc/os-release, e.g. /host/root in a container (default /)",
+    )
+    p.add_argument(
+        "--textfile-directory",
+        default="",
+        metavar="DIR",
+        help="export the metrics of DIR/*.prom, as node_exporter's --collector.textfile.directory (default: none)",
+    )
+    p.add_argument(
         "--hostname",
         default=socket.gethostname(),
         help="value of the GPU series' hostname label (default: this host's name)",
@@ -105,6 +125,60 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["Hostname", "hostname"],
         default="Hostname",
         help="key of that label: dcgm-exporter releases use Hostname, newer builds hostname",
+    )
+    slurm = p.add_argument_group("Slurm (docs/slurm.md)")
+    slurm.add_argument(
+        "--slurm",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="cluster state from sinfo/squeue (SLURM_CONF from the environment) or slurmrestd (default off)",
+    )
+    slurm.add_argument(
+        "--slurm-interval",
+        type=_bounded(float, 1, 600),
+        default=15.0,
+        metavar="SECONDS",
+        help="how often Slurm is read (default 15)",
+    )
+    slurm.add_argument(
+        "--slurm-timeout",
+        type=_bounded(float, 1, 120),
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait for one sinfo/squeue/slurmrestd answer (default 10)",
+    )
+    slurm.add_argument(
+        "--slurm-max-jobs",
+        type=_bounded(int, 0, 1_000_000),
+        default=2000,
+        metavar="N",
+        help="jobs with per-job fleet_slurm_job_* series, running ones first (default 2000)",
+    )
+    slurm.add_argument("--slurmrestd-url", metavar="URL", help="read slurmrestd, e.g. http://127.0.0.1:6820")
+    slurm.add_argument(
+        "--slurmrestd-token-file",
+        metavar="FILE",
+        help="file holding a JWT from `scontrol token` (re-read at every sample, so it can be rotated)",
+    )
+    slurm.add_argument("--slurmrestd-user", metavar="NAME", help="the user the token is for (default: this user)")
+    slurm.add_argument(
+        "--jobs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-job CPU, memory and GPU from Slurm's job cgroups (default: on where slurmd made its cgroups)",
+    )
+    slurm.add_argument(
+        "--jobs-interval",
+        type=_bounded(float, 0.5, 300),
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the job cgroups are read (default 5)",
+    )
+    slurm.add_argument(
+        "--cgroup-root",
+        default="/sys/fs/cgroup",
+        metavar="DIR",
+        help="cgroup mount to read, e.g. /host/sys/fs/cgroup in a container (default /sys/fs/cgroup)",
     )
     push = p.add_argument_group("push mode (agent): send to the gateway instead of serving /metrics")
     push.add_argument("--push", metavar="URL", help="the gateway, e.g. https://fleet.example.com")
@@ -121,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.slurmrestd_url and not args.slurmrestd_token_file:
+        parser.error("--slurmrestd-url needs --slurmrestd-token-file")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ExporterConfig(
         host=args.host,
@@ -131,8 +208,21 @@ def main(argv: list[str] | None = None) -> int:
         process_interval_s=args.process_interval,
         gpu_interval_s=args.gpu_interval,
         proc_root=args.proc_root,
+        sys_root=args.sys_root,
+        rootfs=args.rootfs,
+        textfile_directory=args.textfile_directory,
         hostname=args.hostname,
         hostname_label=args.hostname_label,
+        slurm=args.slurm or bool(args.slurmrestd_url),
+        slurm_interval_s=args.slurm_interval,
+        slurm_timeout_s=args.slurm_timeout,
+        slurm_max_jobs=args.slurm_max_jobs,
+        slurmrestd_url=args.slurmrestd_url or "",
+        slurmrestd_token_file=args.slurmrestd_token_file or "",
+        slurmrestd_user=args.slurmrestd_user or "",
+        jobs=args.jobs,
+        jobs_interval_s=args.jobs_interval,
+        cgroup_root=args.cgroup_root,
     )
     # Handlers first: a signal that arrives once /metrics answers must stop us cleanly.
     stop = threading.Event()
@@ -142,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.push or args.config:
         return _push(args, registry, background, stop)
     ProcessCollector(registry=registry)  # the exporter's own CPU and RSS, as node_exporter's process_*
+    registry.register(AddressSpaceLimitCollector())
     host, port = args.listen
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = serve(host, port, registry)
     except OSError as exc:
         print(f"fleetwatch-exporter: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -154,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping")
     server.shutdown()
+    server.server_close()
     for collector in background:
         collector.stop()
     return 0

@@ -23,8 +23,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 log = logging.getLogger(__name__)
 
 # node_exporter 1.5's defaults (`prometheus-node-exporter --help`).
-DISK_EXCLUDE = re.compile(r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$")
-NETDEV_EXCLUDE = re.compile(r"^lo$")
 MOUNT_EXCLUDE = re.compile(r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)")
 FSTYPE_EXCLUDE = re.compile(
     r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs"
@@ -32,30 +30,6 @@ FSTYPE_EXCLUDE = re.compile(
     r"|sysfs|tracefs)$"
 )
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-# (psutil field, node_exporter suffix, help) for /proc/diskstats.
-DISK_FIELDS = (
-    ("read_count", "reads_completed_total", "The total number of reads completed successfully."),
-    ("read_merged_count", "reads_merged_total", "The total number of reads merged."),
-    ("read_bytes", "read_bytes_total", "The total number of bytes read successfully."),
-    ("write_count", "writes_completed_total", "The total number of writes completed successfully."),
-    ("write_merged_count", "writes_merged_total", "The number of writes merged."),
-    ("write_bytes", "written_bytes_total", "The total number of bytes written successfully."),
-)
-DISK_MS_FIELDS = (
-    ("read_time", "read_time_seconds_total", "The total number of seconds spent by all reads."),
-    ("write_time", "write_time_seconds_total", "This is the total number of seconds spent by all writes."),
-    ("busy_time", "io_time_seconds_total", "Total seconds spent doing I/Os."),
-)
-NET_FIELDS = (
-    ("bytes_recv", "receive_bytes_total"),
-    ("packets_recv", "receive_packets_total"),
-    ("errin", "receive_errs_total"),
-    ("dropin", "receive_drop_total"),
-    ("bytes_sent", "transmit_bytes_total"),
-    ("packets_sent", "transmit_packets_total"),
-    ("errout", "transmit_errs_total"),
-    ("dropout", "transmit_drop_total"),
-)
 PRESSURE = (  # (resource, line, metric, help)
     ("cpu", "some", "cpu_waiting", "Total time in seconds that processes have waited for CPU time"),
     ("io", "some", "io_waiting", "Total time in seconds that processes have waited due to IO congestion"),
@@ -73,7 +47,7 @@ STATFS_TIMEOUT_S = 1.0
 
 
 class HostCollector:
-    """CPU, load, memory, filesystems, disks, network, sockets, pressure, boot time, uname.
+    """CPU, load, memory, filesystems, sockets, pressure, boot time, uname (disks and NICs: exporter.node).
 
     Sample output (check by hand with ``curl -s localhost:9101/metrics | grep ^node_load``)::
 
@@ -100,8 +74,6 @@ class HostCollector:
         yield from self._load()
         yield from self._meminfo()
         yield from self._filesystems()
-        yield from self._disks()
-        yield from self._network()
         yield from self._sockstat()
         yield from self._pressure()
         yield from self._system()
@@ -205,31 +177,6 @@ class HostCollector:
         except OSError as exc:
             log.debug("statfs of %s failed: %s", mountpoint, exc)
         return None
-
-    def _disks(self) -> Iterator[Metric]:
-        counters = {
-            d: c for d, c in (self._ps.disk_io_counters(perdisk=True) or {}).items() if not DISK_EXCLUDE.match(d)
-        }
-        for field, suffix, doc in DISK_FIELDS:
-            fam = CounterMetricFamily(f"node_disk_{suffix[: -len('_total')]}", doc, labels=["device"])
-            for device, c in counters.items():
-                fam.add_metric([device], getattr(c, field))
-            yield fam
-        for field, suffix, doc in DISK_MS_FIELDS:
-            fam = CounterMetricFamily(f"node_disk_{suffix[: -len('_total')]}", doc, labels=["device"])
-            for device, c in counters.items():
-                if hasattr(c, field):
-                    fam.add_metric([device], getattr(c, field) / 1000.0)
-            yield fam
-
-    def _network(self) -> Iterator[Metric]:
-        counters = {d: c for d, c in self._ps.net_io_counters(pernic=True).items() if not NETDEV_EXCLUDE.match(d)}
-        for field, suffix in NET_FIELDS:
-            stat = suffix[: -len("_total")]
-            fam = CounterMetricFamily(f"node_network_{stat}", f"Network device statistic {stat}.", labels=["device"])
-            for device, c in counters.items():
-                fam.add_metric([device], getattr(c, field))
-            yield fam
 
     def _sockstat(self) -> Iterator[Metric]:
         for filename in ("sockstat", "sockstat6"):

@@ -12,7 +12,11 @@ import threading
 from pathlib import Path
 
 from fleetwatch import backfill
-from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig
+from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
+from rules_compiler.catalog import CATALOG
+from rules_compiler.host_ids import DERIVATIONS
+from rules_compiler.promql import seconds
+from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
 log = logging.getLogger("fleetwatch")
 
@@ -78,12 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
+    up.add_argument(
+        "--no-slurm",
+        action="store_true",
+        help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
+    )
     backfill.add_parser(sub)
+    rules = sub.add_parser(
+        "rules", help="write the catalog's recording rules for a Prometheus you run yourself (docs/hosts.md)"
+    )
+    rules.add_argument("--out", type=Path, required=True, help="directory for fleet-normalisation.yml")
+    rules.add_argument("--scrape-interval", type=_duration, default="15s", help="that Prometheus's (default 15s)")
+    rules.add_argument(
+        "--host-id-from",
+        choices=DERIVATIONS,
+        help="its exporters carry no host_id: derive it from `instance` without the port, or from nodename",
+    )
     return p
+
+
+def write_rules(args: argparse.Namespace) -> int:
+    """The catalog's normalisation layer for another Prometheus, host ids derived as asked."""
+    interval_s = seconds(args.scrape_interval)
+    text = render_normalisation_rules(
+        CATALOG, args.scrape_interval, rate_window_for(interval_s), args.host_id_from or ""
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "fleet-normalisation.yml"
+    path.write_text(text)
+    print(f"wrote {path}: add `{args.out.resolve()}/*.yml` to that Prometheus's rule_files")
+    return 0
 
 
 def up(args: argparse.Namespace) -> int:
     ports = Ports.from_base(args.base_port) if args.base_port else Ports()
+    slurm, slurm_line = (False, "off (--no-slurm)") if args.no_slurm else slurm_answers()
     config = StackConfig(
         state_dir=args.state_dir,
         ports=ports,
@@ -93,6 +126,7 @@ def up(args: argparse.Namespace) -> int:
         raw_retention=args.retention,
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
+        slurm=slurm if slurm or args.no_slurm else None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +141,7 @@ def up(args: argparse.Namespace) -> int:
     for name, url in stack.urls().items():
         print(f"  {name:<13} {url}")
     print(f"  state         {config.state_dir.resolve()} (logs in logs/)")
+    print(f"  slurm         {slurm_line}")
     if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
         print(
             f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "
@@ -133,7 +168,8 @@ def up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return backfill.run(args) if args.command == "backfill" else up(args)
+    commands = {"backfill": backfill.run, "rules": write_rules, "up": up}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

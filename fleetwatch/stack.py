@@ -8,9 +8,11 @@ reverse order; each child also gets SIGTERM should the supervisor die.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jinja2
+import psutil
 import requests
 
 from rules_compiler.alertmanager import GENERATED_BY_GATEWAY
@@ -63,6 +66,7 @@ class StackConfig:
     exporter_args: list[str] = field(default_factory=list)
     gateway_workers: int = 2
     gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
+    slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
 
 
@@ -159,6 +163,36 @@ def find_binary(*names: str) -> str:
     raise ServiceFailed(
         f"{names[0]} is not installed: `make run` installs Debian's package, or run `apt-get install {names[0]}`"
     )
+
+
+# Where Debian's Slurm, older packages and slurmd's configless cache keep slurm.conf.
+SLURM_CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
+
+
+def slurm_answers(env: dict[str, str] | None = None, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Whether ``sinfo`` answers here (SLURM_CONF from ``env``), and the start-up line that says so."""
+    env_ = env if env is not None else os.environ
+    if shutil.which("sinfo", path=env_.get("PATH")) is None:
+        return False, "off: no sinfo on PATH"
+    # Without a configuration file sinfo asks DNS for one (configless Slurm): not on every `fleetwatch up`.
+    if not env_.get("SLURM_CONF") and not any(Path(p).exists() for p in SLURM_CONF_PATHS):
+        return False, f"off: no Slurm configuration (SLURM_CONF, {SLURM_CONF_PATHS[0]})"
+    try:
+        # Bounded: without its configuration file sinfo retries for a minute.
+        r = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N"], env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"off: sinfo did not answer within {timeout_s:g} s"
+    if r.returncode != 0:
+        said = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return False, f"off: {said}"
+    nodes = len(set(r.stdout.split()))
+    return True, f"on: sinfo answered ({nodes} node{'s' if nodes != 1 else ''}): cluster state and per-job accounting"
+
+
+def _slurm_flags(slurm: bool | None) -> list[str]:
+    return {True: ["--slurm", "--jobs"], False: ["--no-slurm", "--no-jobs"], None: []}[slurm]
 
 
 def render_configs(config: StackConfig) -> dict[str, Path]:
@@ -273,7 +307,14 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
         ),
         Service(
             "exporter",
-            [sys.executable, "-m", "exporter.cli", f"--listen={host}:{ports.exporter}", *config.exporter_args],
+            [
+                sys.executable,
+                "-m",
+                "exporter.cli",
+                f"--listen={host}:{ports.exporter}",
+                *_slurm_flags(config.slurm),
+                *config.exporter_args,
+            ],  # fmt: skip
             f"http://{host}:{ports.exporter}/metrics",
             logs / "exporter.log",
         ),
@@ -319,6 +360,9 @@ class Stack:
     def start(self) -> Stack:
         try:
             for service in self.services:
+                if service.name == "gateway":
+                    # What the exporter found, now that it runs: the gateway adds this host on its first start.
+                    service.env["FLEETWATCH_LOCAL_HOST"] = json.dumps(self.local_host())
                 service.start()
                 service.wait_ready()
                 log.info("%s ready (pid %d)", service.name, service.process.pid)
@@ -326,6 +370,22 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def local_host(self) -> dict:
+        """This machine as a host of the inventory: the host_id its exporter is scraped under (local.json)."""
+        exporter = f"{self.config.listen_host}:{self.config.ports.exporter}"
+        try:
+            text = requests.get(f"http://{exporter}/metrics", timeout=5).text
+        except requests.RequestException:
+            text = ""
+        gpus = re.search(r"^fleet_gpu_devices (\S+)$", text, re.MULTILINE)
+        return {
+            "id": socket.gethostname(),
+            "hostname": socket.gethostname(),
+            "ips": _addresses(),
+            "has_gpu": bool(gpus and float(gpus.group(1)) > 0),
+            "exporter": exporter,
+        }
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -362,6 +422,19 @@ def _metrics_token(state: Path) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     return path
+
+
+def _addresses() -> list[str]:
+    """This machine's addresses, loopback and link-local left out."""
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(a.address.split("%")[0])
+            if not (ip.is_loopback or ip.is_link_local) and str(ip) not in found:
+                found.append(str(ip))
+    return found[:64]
 
 
 def _write_atomic(path: Path, text: str) -> None:

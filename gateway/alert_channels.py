@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import current_app
 
 from gateway.db import secret
-from rules_compiler.alertmanager import Delivery, check_channels
+from rules_compiler.alertmanager import Delivery, undeliverable
 from rules_compiler.alerts import parse_channel
 
 WEBHOOK_PATH = "/api/v1/alerts/webhook"  # where Alertmanager posts events; gateway/alert_events.py serves it
@@ -41,11 +41,14 @@ def normalise_channels(texts: list[str]) -> list[str]:
     """A rule's channels as they will be stored.
 
     Raises:
-        RuleInvalid: a channel that is malformed, or that this configuration cannot deliver (e.g. email without SMTP).
+        RuleInvalid: a malformed channel.
     """
-    channels = tuple(parse_channel(text) for text in texts)
-    check_channels(channels, delivery())
-    return [str(c) for c in channels]
+    return [str(parse_channel(text)) for text in texts]
+
+
+def channel_warnings(texts: list[str]) -> list[str]:
+    """Why some of these (stored) channels deliver nothing with this configuration, e.g. email without SMTP."""
+    return undeliverable(tuple(parse_channel(text) for text in texts or ()), delivery())
 
 
 def default_channels() -> list[str]:

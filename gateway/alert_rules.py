@@ -13,7 +13,7 @@ import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
 
-from gateway.alert_channels import default_channels, delivery, normalise_channels
+from gateway.alert_channels import channel_warnings, default_channels, delivery, normalise_channels
 from gateway.alert_events import open_events, resolve
 from gateway.auth import audit
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
@@ -120,6 +120,15 @@ class RuleSchema(ma.Schema):
     enabled = ma.fields.Boolean(load_default=True)
     created_at = UtcDateTime(dump_only=True)
     updated_at = UtcDateTime(dump_only=True)
+    warnings = ma.fields.Function(
+        lambda row: channel_warnings(row.channels),
+        dump_only=True,
+        metadata={"description": "channels this configuration cannot deliver to (e.g. email without SMTP)"},
+    )
+
+
+class RuleChangeSchema(ChangeSchema):
+    warnings = ma.fields.List(ma.fields.String(), metadata={"description": "as in the rule: undeliverable channels"})
 
 
 class RuleUpdateSchema(RuleSchema):
@@ -139,7 +148,7 @@ class BatchStatusSchema(ma.Schema):
     status = ma.fields.String()
 
 
-def _get_rule(rule_id: str) -> AlertRuleRow:
+def get_rule(rule_id: str) -> AlertRuleRow:
     row = db.session.execute(db.select(AlertRuleRow).filter_by(id=rule_id)).scalar_one_or_none()
     if row is None:
         raise NotFound(f"no alert rule {rule_id}", {"id": rule_id})
@@ -200,6 +209,44 @@ def install_rules_on_start() -> None:
         db.session.commit()
 
 
+def create_rule(body: dict) -> AlertRuleRow:
+    """Add a rule (the API's fields) and put it in force; answers once Prometheus evaluates it."""
+    fields = _normalise(body)
+    with current_app.extensions["alert_deployer"].locked():
+        row = add_with_id(AlertRuleRow(**fields))
+        publish()
+        audit("alert_rule_create", row.id, name=row.name, expression=row.expression)
+        db.session.commit()
+    return row
+
+
+def update_rule(rule_id: str, body: dict) -> AlertRuleRow:
+    """Change any subset of a rule's fields; answers once Prometheus runs the new version."""
+    fields = _normalise(body)
+    with current_app.extensions["alert_deployer"].locked():
+        row = get_rule(rule_id)
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+        publish()
+        audit("alert_rule_update", row.id, **fields)
+        db.session.commit()
+    return row
+
+
+def delete_rule(rule_id: str) -> None:
+    """Delete a rule; its open events end."""
+    with current_app.extensions["alert_deployer"].locked():
+        row = get_rule(rule_id)
+        db.session.delete(row)
+        db.session.flush()
+        publish()
+        for event in open_events(db.select(AlertEvent).filter_by(rule_id=rule_id)):
+            resolve(event, utcnow())
+        audit("alert_rule_delete", rule_id, name=row.name)
+        db.session.commit()
+
+
 @blp.route("/rules")
 class Rules(MethodView):
     @blp.arguments(PageArgs, location="query")
@@ -210,16 +257,11 @@ class Rules(MethodView):
         return {"rules": rows, **meta}
 
     @blp.arguments(RuleSchema)
-    @blp.response(201, ChangeSchema)
+    @blp.response(201, RuleChangeSchema)
     def post(self, body):
         """Create a rule (admin); answers once Prometheus evaluates it."""
-        fields = _normalise(body)
-        with current_app.extensions["alert_deployer"].locked():
-            row = add_with_id(AlertRuleRow(**fields))
-            publish()
-            audit("alert_rule_create", row.id, name=row.name, expression=row.expression)
-            db.session.commit()
-        return {"id": row.id, "status": "created"}
+        row = create_rule(body)
+        return {"id": row.id, "status": "created", "warnings": channel_warnings(row.channels)}
 
 
 @blp.route("/rules/batch")
@@ -248,33 +290,17 @@ class RuleById(MethodView):
     @blp.response(200, RuleSchema)
     def get(self, rule_id):
         """One alert rule."""
-        return _get_rule(rule_id)
+        return get_rule(rule_id)
 
     @blp.arguments(RuleUpdateSchema(partial=True))
-    @blp.response(200, ChangeSchema)
+    @blp.response(200, RuleChangeSchema)
     def put(self, body, rule_id):
         """Change a rule (admin; any subset of its fields); answers once Prometheus runs the new version."""
-        fields = _normalise(body)
-        with current_app.extensions["alert_deployer"].locked():
-            row = _get_rule(rule_id)
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = utcnow()
-            publish()
-            audit("alert_rule_update", row.id, **fields)
-            db.session.commit()
-        return {"id": rule_id, "status": "updated"}
+        row = update_rule(rule_id, body)
+        return {"id": rule_id, "status": "updated", "warnings": channel_warnings(row.channels)}
 
     @blp.response(200, ChangeSchema)
     def delete(self, rule_id):
         """Delete a rule (admin); its open events end."""
-        with current_app.extensions["alert_deployer"].locked():
-            row = _get_rule(rule_id)
-            db.session.delete(row)
-            db.session.flush()
-            publish()
-            for event in open_events(db.select(AlertEvent).filter_by(rule_id=rule_id)):
-                resolve(event, utcnow())
-            audit("alert_rule_delete", rule_id, name=row.name)
-            db.session.commit()
+        delete_rule(rule_id)
         return {"id": rule_id, "status": "deleted"}

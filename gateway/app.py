@@ -12,7 +12,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Config, Flask, request, send_from_directory
+from flask import Config, Flask, current_app, request, send_from_directory
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ DEFAULTS = {
     "RAW_RETENTION": "7d",
     "LONGTERM_RETENTION": "90d",
     "PROMETHEUS_TIMEOUT_S": 10.0,
+    # A Prometheus whose exporters carry no host_id label (one set up without fleetwatch): "instance" or
+    # "nodename", as its rule files derive it (`fleetwatch rules --host-id-from`, docs/hosts.md); empty: ours.
+    "HOST_ID_FROM": "",
     "QUERY_CACHE_TTL_S": 2.0,
     # Users, tokens, limits.
     "ACCESS_TOKEN_TTL": timedelta(minutes=15),  # from the environment: seconds
@@ -57,6 +60,11 @@ DEFAULTS = {
     "ADMIN_PASSWORD": None,
     # Hosts that Prometheus scrapes.
     "EXPORTER_PORT": 9101,
+    # The machine `fleetwatch up` runs on, as JSON {"id", "hostname", "ips", "has_gpu", "exporter"}; the
+    # stack sets it from what its exporter found, and the gateway adds that host on its first start.
+    "LOCAL_HOST": None,
+    "TARGETS_WRITE_GAP_S": 0.5,  # file_sd/hosts.json: written at most once per gap, per worker (0: every change)
+    "HOSTS_IMPORT_MAX_BYTES": 16 * 1024 * 1024,  # a CSV import's body (MAX_CONTENT_LENGTH is for JSON)
     # Push ingest (gateway/ingest.py).
     "REMOTE_WRITE_URL": "",  # empty: PROMETHEUS_URL's /api/v1/write
     "INGEST_MAX_BODY_BYTES": 4 * 1024 * 1024,
@@ -87,6 +95,15 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
+    "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
+    "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
+    "REPORT_LEASE_S": 180,  # a worker that holds a run longer than this is taken for dead
+    "REPORT_MAX_ATTEMPTS": 3,
+    "REPORT_ATTACH_MAX_BYTES": 10 * 1024 * 1024,  # larger reports are emailed as links
+    "REPORT_LINK_TTL_S": 7 * 86400,  # how long an emailed link works
+    "REPORT_KEEP_S": 90 * 86400,  # report files kept this long after their period
+    "REPORT_CLOCK_OFFSET_S": 0,  # tests only: shifts the schedules' clock
     # Logs and the API's documentation.
     "LOG_LEVEL": "INFO",
     "LOG_JSON": True,
@@ -128,12 +145,16 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        compat_alerts,
+        compat_metrics,
+        host_import,
         hosts,
         http_security,
         ingest,
         metrics,
         observability,
         processes,
+        report_schedules,
         reports,
         sessions,
         users,
@@ -142,10 +163,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.alertmanager import Alertmanager
     from gateway.db import db, make_state_private, secret
     from gateway.errors import Api
+    from gateway.inventory import TargetsWriter, register_local_host
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
     from gateway.ratelimit import counters_for
+    from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
     from rules_compiler.deploy import AlertDeployer
@@ -184,6 +207,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ),
         last_seen=LastSeen(),
         series_budgets={},
+        targets_writer=TargetsWriter(app),
     )
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
@@ -194,15 +218,20 @@ def create_app(test_config: dict | None = None) -> Flask:
         sessions,
         users,
         hosts,
+        host_import,
         metrics,
         processes,
         reports,
+        report_schedules,
         alert_rules,
         alert_events,
         ingest,
         agents,
+        compat_metrics,
+        compat_alerts,
     ):
         api.register_blueprint(module.blp)
+    init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py
     _serve_swagger_assets(app)
 
     http_security.init_app(app)
@@ -213,6 +242,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         migrate(db.engine)
         request_metrics.watch_db(db.engine)
         _bootstrap_admin(app)
+        if config["LOCAL_HOST"]:
+            register_local_host(config["LOCAL_HOST"])
+        app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)
 
@@ -223,8 +255,13 @@ def _require_json_body() -> None:
     from gateway.errors import ApiError
 
     if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        view = current_app.view_functions.get(request.endpoint)
+        method = getattr(getattr(view, "view_class", None), request.method.lower(), view)
+        types = getattr(method, "body_types", ("application/json",))  # gateway.schemas.accepts
+        if request.mimetype in types:
+            return
         raise ApiError(
-            "send the body as JSON (Content-Type: application/json)",
+            f"send the body with Content-Type: {' or '.join(types)}",
             {"content_type": request.content_type or ""},
             status=415,
         )

@@ -90,6 +90,8 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("keyfile", keyfile)
                 self.cfg.set("ssl_context", tls_context)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
+            # Report schedules: a thread in each worker, none in the master (the DB decides who runs).
+            self.cfg.set("post_worker_init", lambda _worker: app.extensions["report_scheduler"].start())
 
         def load(self):
             return app

@@ -9,7 +9,18 @@ from pathlib import Path
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, UniqueConstraint, event, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    event,
+    false,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -88,6 +99,9 @@ class Host(Stamped, db.Model):
     # Its agent pushes its points (gateway/ingest.py): Prometheus does not scrape it, and its
     # last_seen_at is what says it is alive.
     pushes: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How it came into the inventory: "api", "push" (its agent's first push), "import" (CSV), "local"
+    # (the machine `fleetwatch up` runs on); the host list adds "discovered" ones from Prometheus.
+    source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -189,6 +203,55 @@ def make_state_private(state_dir: Path, database_uri: str) -> None:
         for path in (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
             if path == db_path or path.exists():  # a DB made before this release has them 0644
                 private_file(path)
+
+
+class ReportSchedule(Stamped, db.Model):
+    """A report an admin asked for on a calendar: what (scope, metrics, formats), when, to whom."""
+
+    __tablename__ = "report_schedules"
+    prefix = "schedule"
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[dict] = mapped_column(JSON, default=dict)  # {} | {"tags": {...}} | {"hosts": [...]}
+    metrics: Mapped[list] = mapped_column(JSON, default=list)
+    schedule: Mapped[dict] = mapped_column(JSON, default=dict)  # {"every", "weekday", "day", "time", "timezone"}
+    formats: Mapped[list] = mapped_column(JSON, default=list)
+    recipients: Mapped[list] = mapped_column(JSON, default=list)
+    # Unix seconds (64-bit: past 2038) of the next occurrence; workers claim a run by moving it on (scheduler.py).
+    next_run_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ReportRun(Stamped, db.Model):
+    """One report of one schedule: pending → running → sent | done | failed; a lease says who works on it."""
+
+    __tablename__ = "report_runs"
+    # One scheduled run per occurrence, whoever claims it; manual runs have no due time (NULLs never collide).
+    __table_args__ = (UniqueConstraint("schedule_pk", "due_at"), Stamped.__table_args__)
+    prefix = "run"
+    schedule_pk: Mapped[int] = mapped_column(Integer, index=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # "schedule" | "manual"
+    due_at: Mapped[int | None] = mapped_column(BigInteger)  # Unix seconds of the occurrence; None: asked by hand
+    period_start: Mapped[int] = mapped_column(BigInteger)  # Unix seconds; the report covers (start, end]
+    period_end: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(String(2000))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[int] = mapped_column(BigInteger, default=0)  # Unix seconds; past it, any worker may take it
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivery: Mapped[str | None] = mapped_column(String(16))  # "attachments" | "links" | None (no recipients)
+
+
+class ReportFile(db.Model):
+    """A rendered report, in the DB so that any worker or replica serves its download link."""
+
+    __tablename__ = "report_files"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_pk: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    media_type: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:

@@ -6,12 +6,9 @@ sustained over 1 min, last seen, sick GPUs), never one per host.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import marshmallow as ma
 from flask import current_app
@@ -20,8 +17,10 @@ from sqlalchemy import func
 
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
+from gateway.discovery import DiscoveredHost, discovered_hosts, heartbeat
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.gpu_health import problems_query, reasons_by_host
+from gateway.inventory import targets_changed
 from gateway.promql import selector
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
@@ -123,6 +122,10 @@ class HostSchema(ma.Schema):
         },
     )
     last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
+    source = ma.fields.String(
+        dump_only=True,
+        metadata={"description": "api, push (its agent's first push), import (CSV), local (this machine), discovered"},
+    )
     status = ma.fields.String(dump_only=True)
     status_reasons = ma.fields.List(ma.fields.String(), dump_only=True)
     metrics_summary = ma.fields.Dict(dump_only=True)
@@ -198,12 +201,13 @@ def fleet_state(
     def sel(name: str, **matchers: str) -> str:
         return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
 
+    beat, beat_matchers = heartbeat()
     now_result, held_result, seen_result, gpu_result = prom.query_many(
         [
             sel("fleet:host_summary"),
             # Only the hosts held above the crit line: usually none, instead of every host's minimum.
             f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
-            f"max by (host_id) (timestamp({sel('up', job='fleetwatch')} == 1))",
+            f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
             problems_query(sel),  # only sick or degraded GPUs: usually none
         ]
     )
@@ -218,7 +222,7 @@ def fleet_state(
     # looking back 15 min for its scrapes would cost a query whose answer is thrown away.
     down = [h for h in host_ids if h not in seen and h not in pushed]
     if down:
-        up = selector("up", {"job": "fleetwatch"}, regex={"host_id": down})
+        up = selector(beat, beat_matchers, regex={"host_id": down})
         back = f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
         seen = {**seen, **{s["metric"]["host_id"]: float(s["value"][1]) for s in prom.query(back)}}
     now = time.time()
@@ -254,7 +258,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "exporter", "last_seen_at")
+HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "source", "exporter", "last_seen_at")
 
 
 def _with_state(host, state: dict) -> dict:
@@ -285,24 +289,15 @@ def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str
     return status, reasons
 
 
-def write_targets() -> None:
-    """Every host's exporter as a file_sd target with its host_id; Prometheus re-reads the file by itself."""
-    port = current_app.config["EXPORTER_PORT"]
-    hosts = db.session.execute(db.select(Host).order_by(Host.pk)).scalars()
-    targets = [
-        {"targets": [h.exporter or f"{(h.ips or [h.hostname])[0]}:{port}"], "labels": {"host_id": h.id}}
-        for h in hosts
-        if not h.pushes  # its agent pushes: there is nothing to scrape
-    ]
-    path = Path(current_app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".hosts.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(targets, indent=1) + "\n")
-    os.replace(tmp, path)
+def get_host(host_id: str, discovered: bool = False) -> Host | DiscoveredHost:
+    """The inventory's host; with ``discovered``, else one Prometheus scrapes.
 
-
-def _get_host(host_id: str) -> Host:
+    Raises:
+        NotFound: neither.
+    """
     host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
+    if host is None and discovered:
+        host = next(iter(discovered_hosts(current_app.extensions["prometheus"], host_id)), None)
     if host is None:
         raise NotFound(f"no host {host_id}", {"host_id": host_id})
     return host
@@ -317,20 +312,24 @@ class Hosts(MethodView):
         # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
         listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).order_by(Host.pk)
         wanted = parse_tag_filter(args.get("tags", ""))
+        prom = current_app.extensions["prometheus"]
+        # Hosts Prometheus scrapes that the inventory lacks follow the inventory's (they have no tags).
+        discovered = [] if wanted else discovered_hosts(prom)
         if not wanted and "status" not in args:
             # Only the page leaves the DB: decoding every host's JSON columns for a page
             # of 50 took a quarter of the gateway's time under load.
-            fleet_size = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
+            inventory = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
             hosts = db.session.execute(listed.limit(args["limit"]).offset(args["offset"])).all()
-            total = fleet_size
+            start = max(0, args["offset"] - inventory)
+            hosts = [*hosts, *discovered[start : start + args["limit"] - len(hosts)]]
+            fleet_size = total = inventory + len(discovered)
         else:
-            fleet = db.session.execute(listed).all()
+            fleet = [*db.session.execute(listed).all(), *discovered]
             fleet_size = len(fleet)
             hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
             if "status" not in args:
                 total = len(hosts)
                 hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
-        prom = current_app.extensions["prometheus"]
         pushed = frozenset(h.id for h in hosts if h.pushes)
         state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
         rows = [_with_state(h, state) for h in hosts]
@@ -350,7 +349,7 @@ class Hosts(MethodView):
         _set_exporter(host, body)
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return {"id": host.id, "status": "created"}
 
 
@@ -368,7 +367,7 @@ class HostById(MethodView):
     @blp.doc(responses={"200": {"description": "OK", "content": {"application/json": {"schema": HostDetailSchema}}}})
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
-        host = _get_host(host_id)
+        host = get_host(host_id, discovered=True)
         pushed = frozenset([host.id] if host.pushes else [])
         state = fleet_state(current_app.extensions["prometheus"], [host.id], pushed=pushed)
         series, resolution, tier = {}, None, None
@@ -393,22 +392,22 @@ class HostById(MethodView):
     @blp.response(200, HostSchema)
     def patch(self, body, host_id):
         """Change a host's hostname, addresses, tags or exporter address (admin)."""
-        host = _get_host(host_id)
+        host = get_host(host_id)
         for key, value in body.items():
             if key != "exporter":
                 setattr(host, key, value)
         _set_exporter(host, body)
         audit("host_update", host.id, **body)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return host
 
     @blp.response(200, ChangeSchema)
     def delete(self, host_id):
         """Remove a host (admin); Prometheus stops scraping it."""
-        host = _get_host(host_id)
+        host = get_host(host_id)
         db.session.delete(host)
         audit("host_delete", host_id, hostname=host.hostname)
         db.session.commit()
-        write_targets()
+        targets_changed()
         return {"id": host_id, "status": "deleted"}

@@ -65,7 +65,7 @@ class LastSeen:
             host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
             if host is None:
                 hostname = body.get("hostname") if isinstance(body.get("hostname"), str) else host_id
-                host = add_with_id(Host(hostname=hostname[:253], pushes=True, tags={}), host_id)
+                host = add_with_id(Host(hostname=hostname[:253], pushes=True, source="push", tags={}), host_id)
                 log.info("host discovered by its first push", extra={"host_id": host_id})
             host.last_seen_at = datetime.now(UTC)
             for key, value in fields.items():

@@ -9,6 +9,7 @@ from flask import current_app
 from flask.views import MethodView
 
 from gateway.db import Host, db
+from gateway.discovery import discovered_hosts
 from gateway.errors import Blueprint, NotFound
 from gateway.hosts import HOST_ID
 from gateway.schemas import Pattern, fast_json
@@ -108,7 +109,8 @@ class Query(MethodView):
     @blp.response(200, QueryResult)
     def get(self, args):
         """Datapoints of one metric of one host over a range; ``resolution`` says the step used."""
-        if not db.session.execute(db.select(Host.pk).filter_by(id=args["host_id"])).first():
+        known = db.session.execute(db.select(Host.pk).filter_by(id=args["host_id"])).first()
+        if not known and not discovered_hosts(current_app.extensions["prometheus"], args["host_id"]):
             known = db.session.execute(db.select(Host.id).order_by(Host.pk).limit(50)).scalars().all()
             raise NotFound(f"no host {args['host_id']}", {"host_id": args["host_id"], "valid": known})
         series, resolution, tier = fetch_series(

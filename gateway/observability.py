@@ -21,10 +21,10 @@ from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 
+from gateway.alert_channels import channel_warnings
 from gateway.auth import PUBLIC, access
-from gateway.db import Host, configured_secret, db
+from gateway.db import AlertRuleRow, Host, configured_secret, db
 from gateway.errors import Blueprint, Forbidden, Unauthorized
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
@@ -157,6 +157,11 @@ class ReadySchema(ma.Schema):
     status = ma.fields.String(metadata={"description": "ready or not ready"})
     db = ma.fields.String(metadata={"description": "ok, or down: <why>"})
     prometheus = ma.fields.String(metadata={"description": "ok or down"})
+    undeliverable_channels = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "rule id: why its channels cannot deliver (listed only when some cannot)"},
+    )
 
 
 @blp.route("/health")
@@ -174,16 +179,21 @@ class Ready(MethodView):
     @blp.response(200, ReadySchema)
     @blp.alt_response(503, schema=ReadySchema, description="the DB or Prometheus does not answer")
     def get(self):
-        """Readiness: the DB and Prometheus answer; 503 says which does not."""
-        checks = {}
+        """Readiness: the DB and Prometheus answer; 503 says which does not. Undeliverable channels are listed."""
+        checks, undeliverable = {}, {}
         try:
-            db.session.execute(text("SELECT 1"))
+            rules = db.session.execute(db.select(AlertRuleRow.id, AlertRuleRow.channels).filter_by(enabled=True))
+            # Not a reason to be unready: the rules still fire and their events are recorded.
+            undeliverable = {r.id: w for r in rules if (w := channel_warnings(r.channels))}
             checks["db"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any DB failure means "not ready"
             checks["db"] = f"down: {exc.__class__.__name__}"
         checks["prometheus"] = "ok" if current_app.extensions["prometheus"].ready() else "down"
         ready = all(v == "ok" for v in checks.values())
-        return {"status": "ready" if ready else "not ready", **checks}, 200 if ready else 503
+        body = {"status": "ready" if ready else "not ready", **checks}
+        if undeliverable:
+            body["undeliverable_channels"] = undeliverable
+        return body, 200 if ready else 503
 
 
 def _is_loopback(addr: str | None) -> bool:

@@ -43,8 +43,24 @@ def _exports_dir() -> Path:
     return private_dir(Path(current_app.config["STATE_DIR"]) / "exports")
 
 
-def _signature(name: str, expires: int) -> str:
+def signature(name: str, expires: int) -> str:
     return hmac.new(secret("download").encode(), f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_link(name: str, remedy: str) -> None:
+    """Check the request's ``expires`` and ``sig`` against ``name``.
+
+    Raises:
+        ApiError: no expiry, a signature that does not match, or an expired link (403).
+    """
+    try:
+        expires = int(request.args.get("expires", ""))
+    except ValueError:
+        raise ApiError("link lacks its expiry", status=403) from None
+    if not hmac.compare_digest(request.args.get("sig", ""), signature(name, expires)):
+        raise ApiError("link signature does not match", status=403)
+    if time.time() > expires:
+        raise ApiError(f"link expired; {remedy}", {"expired_at": utc_text(expires)}, status=403)
 
 
 def _purge_expired(directory: Path) -> None:
@@ -90,7 +106,7 @@ class Export(MethodView):
         expires = int(time.time()) + LINK_TTL_S
         audit("export", body["host_id"], metric=body["metric"], range=body["range"], rows=rows)
         db.session.commit()
-        query = f"expires={expires}&sig={_signature(name, expires)}"
+        query = f"expires={expires}&sig={signature(name, expires)}"
         url = f"{request.host_url.rstrip('/')}/api/v1/reports/download/{name}?{query}"
         return {"download_url": url, "expires_at": utc_text(expires), "rows": rows, "resolution": resolution}
 
@@ -100,14 +116,7 @@ class Download(MethodView):
     @access(PUBLIC)
     def get(self, name):
         """Download an export by its signed link (no login: the signature is the permission)."""
-        try:
-            expires = int(request.args.get("expires", ""))
-        except ValueError:
-            raise ApiError("link lacks its expiry", status=403) from None
-        if not hmac.compare_digest(request.args.get("sig", ""), _signature(name, expires)):
-            raise ApiError("link signature does not match", status=403)
-        if time.time() > expires:
-            raise ApiError("link expired; export again", {"expired_at": utc_text(expires)}, status=403)
+        verify_link(name, "export again")
         path = _exports_dir() / name
         if "/" in name or not path.is_file():
             raise NotFound("export no longer exists; export again")

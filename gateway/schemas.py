@@ -27,6 +27,16 @@ class Pattern(ma.validate.Regexp):
 MAX_OFFSET = 10**9  # far past any list here, far below SQLite's 2**63 (past it: OverflowError, a 500)
 
 
+def accepts(*mimetypes: str):
+    """Mark a view method that takes a body other than JSON (e.g. text/csv); every other write takes JSON."""
+
+    def mark(fn):
+        fn.body_types = mimetypes
+        return fn
+
+    return mark
+
+
 class PageArgs(ma.Schema):
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=1000))
     offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0, max=MAX_OFFSET))

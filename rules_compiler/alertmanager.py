@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from rules_compiler.alerts import SUBJECT_LABELS, AlertRule, Channel, RuleInvalid
+from rules_compiler.alerts import SUBJECT_LABELS, AlertRule, Channel
 from rules_compiler.promql import quote
 
 EVENTS_RECEIVER = "fleet-events"
@@ -20,7 +20,7 @@ class Delivery:
     events_url: str  # the gateway's webhook for alert events
     events_token: str  # a bearer token the gateway checks on that webhook
     events_ca_file: str = ""  # a gateway serving HTTPS itself: the certificate Alertmanager trusts for it
-    smtp_smarthost: str = ""  # host:port; empty means email channels are refused
+    smtp_smarthost: str = ""  # host:port; empty: email channels are kept but deliver nothing
     smtp_from: str = "fleetwatch@localhost"
     smtp_auth_username: str = ""
     smtp_auth_password: str = ""
@@ -34,17 +34,15 @@ class Delivery:
     events_group_interval: str = "10s"  # how soon the gateway hears of a change
 
 
-def check_channels(channels: tuple[Channel, ...], delivery: Delivery) -> None:
-    """Refuse what Alertmanager could not deliver with this config.
-
-    Raises:
-        RuleInvalid: an email channel while no SMTP server is configured.
-    """
-    if any(c.kind == "email" for c in channels) and not delivery.smtp_smarthost:
-        raise RuleInvalid(
-            "channels",
-            "email channels need an SMTP server: set FLEETWATCH_SMTP_SMARTHOST (host:port) on the gateway",
-        )
+def undeliverable(channels: tuple[Channel, ...], delivery: Delivery) -> list[str]:
+    """What this config cannot deliver, one warning a channel; such a channel compiles to nothing until it can."""
+    if delivery.smtp_smarthost:
+        return []
+    return [
+        f"email: no SMTP server configured (FLEETWATCH_SMTP_SMARTHOST); nothing is sent to {c.target}"
+        for c in channels
+        if c.kind == "email"
+    ]
 
 
 def render_alertmanager_config(rules: list[AlertRule], delivery: Delivery) -> str:
@@ -73,7 +71,7 @@ def render_alertmanager_config(rules: list[AlertRule], delivery: Delivery) -> st
         if not rule.enabled or not rule.channels:
             continue
         routes.append({"receiver": rule.id, "matchers": [f"rule_id={quote(rule.id)}"]})
-        receivers.append(_receiver(rule))
+        receivers.append(_receiver(rule, delivery))
     config = {
         "global": _global(delivery),
         # Rules' routes inherit the root's grouping and timing; only the events route differs.
@@ -115,9 +113,11 @@ def _global(delivery: Delivery) -> dict:
     return out
 
 
-def _receiver(rule: AlertRule) -> dict:
+def _receiver(rule: AlertRule, delivery: Delivery) -> dict:
     receiver: dict = {"name": rule.id}
     for channel in rule.channels:
+        if channel.kind == "email" and not delivery.smtp_smarthost:
+            continue  # Alertmanager refuses email without a smarthost; the gateway recompiles when one is set
         if channel.kind == "email":
             receiver.setdefault("email_configs", []).append({"to": channel.target, "send_resolved": True})
         elif channel.kind == "webhook":

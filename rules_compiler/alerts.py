@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from rules_compiler.catalog import CATALOG, UnknownMetric, resolve
-from rules_compiler.promql import is_label_name, quote, seconds
+from rules_compiler.promql import check_re2, is_label_name, quote, seconds
 
 SEVERITIES = ("info", "warning", "critical")
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
@@ -49,9 +49,9 @@ class Condition:
     op: str
     threshold: float
 
-    def promql(self) -> str:
+    def promql(self, hosts: str = "") -> str:
         entry, matchers = resolve(self.metric)
-        inner = ",".join(f"{k}={quote(v)}" for k, v in matchers.items())
+        inner = ",".join([f"{k}={quote(v)}" for k, v in matchers.items()] + ([hosts] if hosts else []))
         series = f"{entry.record}{{{inner}}}" if inner else entry.record
         return f"{series} {self.op} {_number(self.threshold)}"
 
@@ -70,14 +70,15 @@ class Heartbeat:
 
     silent_s: int
 
-    def promql(self) -> str:
+    def promql(self, hosts: str = "") -> str:
         # Pulled hosts: no successful scrape in the whole window (value 0). Pushed
         # hosts: the gateway exports when each agent was last heard from (value: the
         # seconds of silence). The window is in the expression, so the rule's `for`
         # counts only what the duration adds beyond it.
+        also, only = (f",{hosts}", f"{{{hosts}}}") if hosts else ("", "")
         return (
-            f'max by (host_id) (max_over_time(up{{job="fleetwatch"}}[{self.silent_s}s])) == 0 '
-            f"or max by (host_id) (time() - fleet_host_last_seen_timestamp_seconds) > {self.silent_s}"
+            f'max by (host_id) (max_over_time(up{{job="fleetwatch"{also}}}[{self.silent_s}s])) == 0 '
+            f"or max by (host_id) (time() - fleet_host_last_seen_timestamp_seconds{only}) > {self.silent_s}"
         )
 
     def __str__(self) -> str:
@@ -96,14 +97,16 @@ class Expression:
     def metrics(self) -> list[str]:
         return sorted({t.metric for conj in self.any_of for t in conj if isinstance(t, Condition)})
 
-    def promql(self) -> str:
+    def promql(self, hosts: str = "") -> str:
+        """The PromQL; ``hosts``, a matcher such as ``host_id=~"gpu-.*"``, narrows every selector."""
+
         # `and on(host_id)`: two metrics of one host meet even when one has more labels
         # (gpu_index, mountpoint); the left side's labels name the alert. `or` keeps the
         # first branch's series where both match, so one alert per subject, not two.
         # PromQL binds comparisons, then `and`, then `or`: only a heartbeat term (itself
         # an `or`) needs parentheses.
         def term(t: Term, alone: bool) -> str:
-            return t.promql() if alone or isinstance(t, Condition) else f"({t.promql()})"
+            return t.promql(hosts) if alone or isinstance(t, Condition) else f"({t.promql(hosts)})"
 
         alone = len(self.any_of) == 1 and len(self.any_of[0]) == 1
         return " or ".join(" and on(host_id) ".join(term(t, alone) for t in conj) for conj in self.any_of)
@@ -114,9 +117,12 @@ class Expression:
 
 @dataclass(frozen=True)
 class ScopeTerm:
-    tag: str
-    op: str  # "=" or "!="
+    tag: str  # a host tag, or HOST_ID for the "hosts" regex
+    op: str  # "=" or "!=" on a tag; "=~" on HOST_ID
     value: str
+
+
+HOST_ID = "host_id"  # never a tag name (the gateway refuses it): a scope term on it is the "hosts" regex
 
 
 @dataclass(frozen=True)
@@ -224,8 +230,14 @@ def parse_scope(scope) -> tuple[ScopeTerm, ...]:
             if not m:
                 raise RuleInvalid("scope", f"scope term {part!r} is not tag=value or tag!=value")
             pairs.append((m.group(1), m.group(2), m.group(3).strip()))
-    elif isinstance(scope, dict) and set(scope) <= {"tags"} and isinstance(scope.get("tags", {}), dict):
+    elif isinstance(scope, dict) and set(scope) <= {"tags", "hosts"} and isinstance(scope.get("tags", {}), dict):
         pairs = []
+        if scope.get("hosts"):
+            hosts = scope["hosts"]
+            try:
+                pairs.append((HOST_ID, "=~", check_re2(hosts if isinstance(hosts, str) else "")))
+            except ValueError as exc:
+                raise RuleInvalid("scope", f"hosts: {exc}", hosts=hosts) from None
         for tag, value in scope.get("tags", {}).items():
             if not isinstance(value, str):
                 raise RuleInvalid("scope", f"the value of tag {tag!r} must be a string", tag=tag)
@@ -233,7 +245,9 @@ def parse_scope(scope) -> tuple[ScopeTerm, ...]:
             pairs.append((tag, "!=" if negated else "=", value[2:] if negated else value))
     else:
         raise RuleInvalid(
-            "scope", 'scope is {"tags": {"role": "web", "zone": "!=us-east"}} or "role=web,zone!=us-east"'
+            "scope",
+            'scope is {"tags": {"role": "web", "zone": "!=us-east"}, "hosts": "<regex of host ids>"}'
+            ' or "role=web,zone!=us-east"',
         )
     for tag, _, _ in pairs:
         if not is_label_name(tag):
@@ -242,7 +256,9 @@ def parse_scope(scope) -> tuple[ScopeTerm, ...]:
 
 
 def scope_as_json(scope: tuple[ScopeTerm, ...]) -> dict:
-    return {"tags": {t.tag: t.value if t.op == "=" else f"!={t.value}" for t in scope}}
+    out = {"tags": {t.tag: t.value if t.op == "=" else f"!={t.value}" for t in scope if t.op != "=~"}}
+    hosts = [t.value for t in scope if t.op == "=~"]
+    return {**out, "hosts": hosts[0]} if hosts else out
 
 
 def parse_channel(text: str) -> Channel:
@@ -270,8 +286,9 @@ def parse_channel(text: str) -> Channel:
 
 def alert_expr(rule: AlertRule) -> str:
     """The rule's PromQL: the expression, narrowed to the hosts its scope names."""
-    expr = rule.expression.promql()
-    if not rule.scope:
+    hosts = [t for t in rule.scope if t.op == "=~"]
+    expr = rule.expression.promql(",".join(f"{t.tag}=~{quote(t.value)}" for t in hosts))
+    if len(hosts) == len(rule.scope):
         return expr
     # Hosts join on fleet_host_info (exported by the gateway from its inventory).
     # "=" needs a host with that tag; "!=" only excludes hosts that have it, so a

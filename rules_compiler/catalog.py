@@ -124,6 +124,28 @@ _XID_RECENT = f"{T.XID_LAST} and ignoring(err_code, err_msg) (time() - {T.XID_LA
 _THROTTLING = T.CLOCKS_EVENT_REASON + '{reason=~"' + "|".join(THROTTLE_REASONS) + '"}'
 _THROTTLED = f"max by (host_id, gpu_index, reason) ({_gpu_index(_THROTTLING)})"
 _INSTANCE = ("gpu_index", "gpu_instance", "mig_profile")
+_JOB_BY = f"host_id, {T.JOB_LABEL}"
+_JOB_LEVEL = "{" + ", ".join(f'{k}="{v}"' for k, v in T.JOB_LEVEL) + "}"
+
+
+def _job(family: str) -> str:
+    return f"max by ({_JOB_BY}) ({family}{_JOB_LEVEL})"
+
+
+def _job_gauge(name: str) -> str:
+    family, scale = T.JOB_GAUGES[name]
+    return _scale(_job(family), scale, False)
+
+
+def _job_gpu(name: str) -> str:
+    family, index, scale, summed = T.JOB_GPUS[name]
+    indexed = f'label_replace({family}, "gpu_index", "$1", "{index}", "(.*)")'
+    if summed:  # a GPU without MIG has no GPU_I_ID and is one group
+        by_instance = f"max by ({_JOB_BY}, gpu_index, {T.GPU_INSTANCE_LABEL}) ({indexed})"
+        return _scale(f"sum by ({_JOB_BY}, gpu_index) ({by_instance})", scale, False)
+    return _scale(f"max by ({_JOB_BY}, gpu_index) ({indexed})", scale, False)
+
+
 # rate() of counters read a moment apart can come out a hair above 1 s/s of idle.
 _BUSY = "clamp(100 * (1 - {idle}), 0, 100)"
 
@@ -367,6 +389,51 @@ CATALOG: dict[str, CatalogMetric] = {
         ),
         # The spec's `gpu.process.pid` is an identifier, not a measurement: the
         # processes on a GPU are in proc.top.gpu_mem_mb (label pid) instead.
+        CatalogMetric(
+            "job.cpu_pct",
+            "%",
+            "CPU a Slurm job uses on a node, in % of the CPUs allocated to it there",
+            (T.JOB_LABEL,),
+            f"100 * max by ({_JOB_BY}) (rate({T.JOB_CPU_SECONDS}{_JOB_LEVEL}[$W])) / {_job(T.JOB_CPUS)}",
+        ),
+        CatalogMetric(
+            "job.cpus", "", "CPUs allocated to a Slurm job on a node", (T.JOB_LABEL,), _job_gauge("job.cpus")
+        ),
+        CatalogMetric(
+            "job.mem_used_mb",
+            "MiB",
+            "memory a Slurm job uses on a node (rss + page cache, as its cgroup is charged)",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_used_mb"),
+        ),
+        CatalogMetric(
+            "job.mem_rss_mb",
+            "MiB",
+            "resident memory of a Slurm job on a node",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_rss_mb"),
+        ),
+        CatalogMetric(
+            "job.mem_limit_mb",
+            "MiB",
+            "memory limit of a Slurm job on a node (the node's memory where it has none)",
+            (T.JOB_LABEL,),
+            _job_gauge("job.mem_limit_mb"),
+        ),
+        CatalogMetric(
+            "job.gpu.utilization",
+            "%",
+            "GPU busy (NVML utilization.gpu) of a GPU a Slurm job uses",
+            (T.JOB_LABEL, "gpu_index"),
+            _job_gpu("job.gpu.utilization"),
+        ),
+        CatalogMetric(
+            "job.gpu.memory_used_mb",
+            "MiB",
+            "GPU memory held by a Slurm job's own processes on one GPU; MIG: its instances summed",
+            (T.JOB_LABEL, "gpu_index"),
+            _job_gpu("job.gpu.memory_used_mb"),
+        ),
     )
 }
 _CORE = re.compile(r"^cpu\.core\.(\d{1,4})$")

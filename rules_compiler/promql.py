@@ -24,6 +24,25 @@ def regex_any(values: list[str]) -> str:
     return quote("|".join(RE2_META.sub(r"\\\1", v) for v in values))
 
 
+# What Python's re takes and RE2 (Prometheus's regex engine) does not: lookaround, backreferences, atomic groups.
+_NOT_RE2 = re.compile(r"\(\?(?:=|!|<=|<!|P=|>)|\\[1-9]")
+
+
+def check_re2(pattern: str) -> str:
+    """``pattern`` if RE2 compiles it as Python's re does (the regex of a PromQL ``=~``, anchored at both ends).
+
+    Raises:
+        ValueError: not a regex, or a construct RE2 lacks.
+    """
+    if _NOT_RE2.search(pattern):
+        raise ValueError(f"{pattern!r}: RE2 has no lookaround, backreferences or atomic groups")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+    return pattern
+
+
 def is_label_name(name: str) -> bool:
     """A name PromQL accepts as a label, and not one of Prometheus's reserved ``__`` names."""
     return bool(LABEL_NAME.match(name)) and not name.startswith("__")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import yaml
 
+from rules_compiler import host_ids
 from rules_compiler.catalog import CatalogMetric
 
 # field of the host list's metrics_summary -> (catalog metric, how a host's several series combine)
@@ -25,11 +26,21 @@ JUDGED = ("cpu_pct", "mem_pct", "disk_pct")
 HELD_FOR = "1m"  # REQ-HOST-004: crit when above 90 % for at least a minute
 
 
-def render_normalisation_rules(catalog: dict[str, CatalogMetric], interval: str, rate_window: str) -> str:
-    """Both groups, evaluated every ``interval`` (the scrape interval, so the layer keeps raw resolution)."""
+def render_normalisation_rules(
+    catalog: dict[str, CatalogMetric], interval: str, rate_window: str, host_id_from: str = ""
+) -> str:
+    """Both groups, evaluated every ``interval`` (the scrape interval, so the layer keeps raw resolution).
+
+    ``host_id_from`` (``instance`` or ``nodename``): the exporters' series come without
+    host_id, and the layer reads copies with one derived (rules_compiler/host_ids.py).
+    """
     rules = [
         {"record": m.record, "expr": m.promql(rate_window)} for m in sorted(catalog.values(), key=lambda m: m.name)
     ]
+    if host_id_from:
+        # First in the group: rules of a group run in order, so the layer reads this evaluation's copies.
+        derived = host_ids.derivation_rules(host_ids.families([r["expr"] for r in rules]), host_id_from)
+        rules = derived + [{**r, "expr": host_ids.reading_derived(r["expr"])} for r in rules]
     summary = []
     for field, (name, how) in HOST_SUMMARY.items():
         record = catalog[name].record

@@ -10,6 +10,12 @@ command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporte
 # PostgreSQL: the tests run the gateway on it too (DATABASE_URL); nothing starts it but them.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certificate
+# A one-node Slurm the tests start themselves (tests/slurm_cluster.py); nothing else runs it.
+command -v slurmctld >/dev/null || need+=(slurm-wlm)
+command -v munged >/dev/null || need+=(munge)
+command -v slurmrestd >/dev/null || need+=(slurmrestd)
+compgen -G '/usr/lib/*/slurm-wlm/auth_jwt.so' >/dev/null || need+=(slurm-wlm-jwt-plugin)  # slurmrestd's tokens
+command -v curl >/dev/null || need+=(curl)  # the README's first five minutes (tests/test_first_minutes.py runs them)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

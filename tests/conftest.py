@@ -22,7 +22,18 @@ from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
 
 # Fixtures that start a real service (here and in test modules); every test needing one is an integration test.
-SERVICE_FIXTURES = {"stack", "node_exporter", "postgres", "mailbox", "prometheus", "gateway", "world", "tiers"}
+SERVICE_FIXTURES = {
+    "stack",
+    "fresh_stack",
+    "node_exporter",
+    "postgres",
+    "mailbox",
+    "prometheus",
+    "gateway",
+    "world",
+    "tiers",
+    "slurm_cluster",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -134,3 +145,16 @@ def app(stack, tmp_path_factory):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm (fleetwatch/testing/slurm.py) for the session; skipped, saying why, where it cannot run."""
+    from fleetwatch.testing.slurm import SlurmCluster, why_not
+
+    reason = why_not()
+    if reason:
+        pytest.skip(f"no Slurm here: {reason}")
+    cluster = SlurmCluster().start()  # where it can run, failing to start is a failure, not a skip
+    yield cluster
+    cluster.stop()

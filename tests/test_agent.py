@@ -16,6 +16,7 @@ from exporter.agent import Agent, AgentConfig, load_yaml, parse_duration
 from exporter.catalog_points import Translator
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
+from exporter.registry import ExporterConfig, build_registry
 from fleetwatch.testing import services
 from fleetwatch.testing.api import api_key, api_session
 from fleetwatch.testing.prom import PromClient
@@ -108,7 +109,8 @@ def test_buffer_keeps_order_and_drops_the_oldest_when_full(tmp_path, caplog):
 
 
 def test_translated_points_use_catalog_names_only():
-    translator, collector = Translator(), HostCollector()
+    # The registry the agent is given: host, disks and NICs come from different collectors.
+    translator, collector = Translator(), build_registry(ExporterConfig(gpu=False, processes=False))[0]
     translator.points(collector.collect(), time.time())
     time.sleep(0.2)
     points = translator.points(collector.collect(), time.time())

@@ -404,10 +404,89 @@ def check_top_gpu_mem(prom, host: str) -> None:
     assert mine["name"] == psutil.Process().name() and mine["user"] == psutil.Process().username()
 
 
+# A Slurm compute node: one job's v1 cgroups in a fake tree, its CPU counter advancing at half a CPU-second
+# a second on its 2 CPUs, and one of its processes on a fake-NVML H100. Our real collectors and HTTP path.
+JOB = "4242"
+JOB_CPU_RATE = 0.5  # CPU-seconds a second
+
+
+@pytest.fixture(scope="module")
+def job_node(stack, tmp_path_factory):
+    """The host id of a node running Slurm job JOB."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from exporter.cgroups import JobCgroups
+    from exporter.jobs import JobCollector
+    from exporter.nvml import Nvml
+    from exporter.registry import ExporterConfig, build_registry
+    from fleetwatch.testing.cgroups import fake_proc, process, v1_job
+    from fleetwatch.testing.waits import free_port
+
+    base = tmp_path_factory.mktemp("job-node")
+    root, proc = base / "cgroup", fake_proc(base / "proc")
+    v1_job(root, int(JOB), 1000, usage_ns=0, cpus="0-1", rss=300 * MiB, cache=100 * MiB, limit=2048 * MiB)
+    process(proc, 4321, f"6:freezer:/slurm_vm/uid_1000/job_{JOB}/step_0\n", 1000)
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=4321, usedGpuMemory=1234 * MiB)])])
+    jobs = JobCollector(JobCgroups(root, proc), gpu_devices=Nvml(lib).devices, proc_root=proc, interval=1)
+    usage = root / "cpuacct" / "slurm_vm" / "uid_1000" / f"job_{JOB}" / "cpuacct.usage"
+    stop, t0 = threading.Event(), time.time()
+
+    def burn():  # the kernel's counter of a job using half a CPU; replaced whole, never read half-written
+        while not stop.wait(0.1):
+            usage.with_suffix(".tmp").write_text(f"{int((time.time() - t0) * JOB_CPU_RATE * 1e9)}\n")
+            usage.with_suffix(".tmp").replace(usage)
+
+    threading.Thread(target=burn, daemon=True).start()
+    registry, _ = build_registry(
+        ExporterConfig(host=False, gpu=False, processes=False, jobs=False, extra_collectors={"jobs": jobs})
+    )
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    jobs.start()
+    target = [{"targets": [f"127.0.0.1:{port}"], "labels": {"host_id": "job-node-catalog"}}]
+    (stack.config.state_dir / "file_sd" / "job-node-catalog.json").write_text(json.dumps(target))
+    yield "job-node-catalog"
+    (stack.config.state_dir / "file_sd" / "job-node-catalog.json").unlink()
+    stop.set()
+    jobs.stop()
+    server.shutdown()
+
+
+JOB_CHECKS = {  # metric: (labels beyond host_id and jobid, what the cgroup or NVML says, tolerance)
+    "job.cpu_pct": ({}, 100 * JOB_CPU_RATE / 2, 3),
+    "job.cpus": ({}, 2, 0),
+    "job.mem_used_mb": ({}, 400, 0),
+    "job.mem_rss_mb": ({}, 300, 0),
+    "job.mem_limit_mb": ({}, 2048, 0),
+    "job.gpu.utilization": ({"gpu_index": "0"}, 100, 0),
+    "job.gpu.memory_used_mb": ({"gpu_index": "0"}, 1234, 0),
+}
+
+
+def check_job(metric: str):
+    labels, want, tolerance = JOB_CHECKS[metric]
+
+    def check(prom, host: str) -> None:
+        # A rate needs a full window of scrapes: poll until the recorded value settles near the source's.
+        deadline = time.monotonic() + 30
+        while True:
+            got = by(prom, metric, "jobid", host, **labels)
+            if (set(got) == {JOB} and abs(got[JOB] - want) <= tolerance) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert set(got) == {JOB}, got
+        near(got[JOB], want, tolerance)
+
+    return check
+
+
 CHECKS = {
     **HOST_CHECKS,
     **{metric: check_gpu(metric) for metric in GPU_CHECKS},
     "proc.top.gpu_mem_mb": check_top_gpu_mem,
+    **{metric: check_job(metric) for metric in JOB_CHECKS},
 }
 ON_GPU_NODE = {*GPU_CHECKS, "proc.top.gpu_mem_mb"}
 
@@ -421,6 +500,8 @@ def test_recorded_metric_equals_the_sources_reading(request, prom, metric):
     """fleet:<metric> beside psutil's or NVML's reading, with exactly host_id and the metric's own labels."""
     if metric in ON_GPU_NODE:
         host = context = request.getfixturevalue("gpu_node")
+    elif metric in JOB_CHECKS:
+        host = context = request.getfixturevalue("job_node")
     else:
         context = request.getfixturevalue("window")
         host = context.host

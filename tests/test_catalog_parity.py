@@ -15,20 +15,26 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace as NS
 
-import psutil
 import pynvml
 import pytest
 from prometheus_client.metrics_core import Metric
 
 from exporter.catalog_points import Translator
+from exporter.catalog_table import CUMULATIVE_GAUGES
+from exporter.cgroups import JobCgroups
 from exporter.gpu import GpuCollector
 from exporter.host import HostCollector
+from exporter.jobs import JobCollector
+from exporter.node.diskstats import DiskstatsCollector
+from exporter.node.netdev import NetdevCollector
 from exporter.nvml import Nvml
 from exporter.processes import ProcessScanner, TopProcessCollector
 from exporter.xid import XidCollector, XidWatcher
 from fleetwatch.testing import services
+from fleetwatch.testing.cgroups import MiB, fake_proc, process, v1_job
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import wait_until
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
@@ -44,33 +50,39 @@ GRID_S = 90  # the line runs this long either side of the moment it is written
 
 
 class FixedDevices:
-    """psutil with one more NIC and disk whose counters advance by set steps: every rate has a series."""
+    """This host's /proc with one more disk and NIC whose counters advance by set steps: every rate has a series."""
 
-    def __init__(self):
-        self.scrape = 0
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "net").mkdir(parents=True)
+        self.advance(0)
 
-    def __getattr__(self, name):
-        return getattr(psutil, name)
+    def advance(self, n: int) -> None:
+        reads, sectors = 100 + 40 * n, 8 * (100 + 400 * n)
+        disk = f"   8      16 vdz {reads} {n} {sectors} {5 + n} {200 + 30 * n} 0 {24 * n} 6 0 {7 + 2 * n} 11\n"
+        (self.root / "diskstats").write_text(Path("/proc/diskstats").read_text() + disk)
+        rx = f"{10**9 + 12_345 * n} {5000 + 9 * n} {3 * n} {n} 0 0 0 0"
+        tx = f"{7 * 10**8 + 678 * n} {4000 + 5 * n} 2 {n} 0 0 0 0"
+        (self.root / "net" / "dev").write_text(Path("/proc/net/dev").read_text() + f" fake0: {rx} {tx}\n")
 
-    def net_io_counters(self, pernic=False):
-        n = self.scrape
-        fake = NS(bytes_recv=10**9 + 12_345 * n, packets_recv=5000 + 9 * n, errin=3 * n, dropin=n)
-        fake.__dict__.update(bytes_sent=7 * 10**8 + 678 * n, packets_sent=4000 + 5 * n, errout=2, dropout=n)
-        return {**psutil.net_io_counters(pernic=True), "fake0": fake}
 
-    def disk_io_counters(self, perdisk=False):
-        n = self.scrape
-        fake = NS(read_count=100 + 40 * n, read_merged_count=n, read_bytes=4096 * (100 + 400 * n), read_time=5 + n)
-        fake.__dict__.update(write_count=200 + 30 * n, write_merged_count=0, write_bytes=4096 * 3 * n, write_time=6)
-        fake.busy_time = 7 + 2 * n
-        return {**(psutil.disk_io_counters(perdisk=True) or {}), "fakedisk0": fake}
+def job_node(base) -> tuple[JobCollector, Path]:
+    """A compute node's job collector: job 4242 on 2 CPUs with one process on an H100 (fake cgroups, fake NVML)."""
+    root, proc = base / "cgroup", fake_proc(base / "proc")
+    v1_job(root, 4242, 1000, usage_ns=10**10, cpus="0-1", rss=300 * MiB, cache=100 * MiB, limit=2048 * MiB)
+    process(proc, 4321, "6:freezer:/slurm_vm/uid_1000/job_4242/step_0\n", 1000)
+    lib = FakePynvml([h100(nvmlDeviceGetComputeRunningProcesses=[NS(pid=4321, usedGpuMemory=1234 * MiB)])])
+    usage = root / "cpuacct" / "slurm_vm" / "uid_1000" / "job_4242" / "cpuacct.usage"
+    return JobCollector(JobCgroups(root, proc), gpu_devices=Nvml(lib).devices, proc_root=proc, interval=60), usage
 
 
 @pytest.fixture(scope="module")
-def scrapes():
-    """Families of two scrapes of the host, GPU and top-process collectors, a moment apart."""
-    ps = FixedDevices()
-    host = HostCollector(ps=ps)
+def scrapes(tmp_path_factory):
+    """Families of two scrapes of the host, disk, network, GPU, top-process and job collectors, a moment apart."""
+    jobs, usage = job_node(tmp_path_factory.mktemp("job-node"))
+    devices = FixedDevices(tmp_path_factory.mktemp("proc"))
+    disks, nics = DiskstatsCollector(str(devices.root)), NetdevCollector(str(devices.root))
+    host = HostCollector()
     gpm = (
         pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
         pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
@@ -93,10 +105,14 @@ def scrapes():
         lib.xid(1, 94, gpu_instance_id=9)
         wait_until(lambda: any(f.name.startswith("DCGM_FI_PROF") for f in gpu.collect()), 10, "GPM ratios")
         wait_until(lambda: any(s.value == 94 for f in xid.collect() for s in f.samples), 10, "the fake XID")
-        a = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
-        ps.scrape = 1
+        jobs.sampler.sample_now()
+        collectors = (host, disks, nics, gpu, xid, top, jobs)
+        a = [family for c in collectors for family in c.collect()]
+        devices.advance(1)
+        usage.write_text(f"{10**10 + 5 * 10**9}\n")  # the job used 5 CPU-seconds since
         time.sleep(0.3)  # real counters move too
-        b = [*host.collect(), *gpu.collect(), *xid.collect(), *top.collect()]
+        jobs.sampler.sample_now()
+        b = [family for c in collectors for family in c.collect()]
     finally:
         top.stop()
         xid.stop()
@@ -114,12 +130,16 @@ def never_back(a, b) -> list[Metric]:
         copy = Metric(family.name, family.documentation, family.type)
         copy.samples = [
             s._replace(value=max(s.value, before.get((s.name, frozenset(s.labels.items())), s.value)))
-            if family.type == "counter"
+            if cumulative(family)
             else s
             for s in family.samples
         ]
         out.append(copy)
     return out
+
+
+def cumulative(family: Metric) -> bool:
+    return family.type == "counter" or family.name in CUMULATIVE_GAUGES
 
 
 def agent_values(a, b) -> dict[tuple, float]:
@@ -141,7 +161,7 @@ def write_line(url: str, a, b, t0: float) -> None:
     series = []
     for family in b:
         for s in family.samples:
-            slope = (s.value - before[(s.name, frozenset(s.labels.items()))]) / DT if family.type == "counter" else 0
+            slope = (s.value - before[(s.name, frozenset(s.labels.items()))]) / DT if cumulative(family) else 0
             labels = sorted({**s.labels, "host_id": HOST, "job": "parity", "instance": "parity"}.items())
             encoded = [encode_sample(s.value + slope * (ms / 1000 - t0), ms) for ms in grid_ms]
             series.append(encode_series(encode_labels([("__name__", s.name), *labels]), encoded))

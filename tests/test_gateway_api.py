@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app, targets_once
 from fleetwatch.testing.waits import free_port, wait_until
 
 ERROR_KEYS = {"code", "message", "details"}
@@ -45,7 +44,7 @@ def local_host(app, admin, prom, stack, tmp_path_factory):
     assert r.status_code == 201, r.get_json()
     # The gateway's own file_sd entry for it, handed to the stack's Prometheus (only loopback targets:
     # the other hosts tests make are not there to scrape). Prometheus picks the file up by itself.
-    written = json.loads((Path(app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
+    written = targets_once(app.config["STATE_DIR"], lambda ts: any(t["labels"]["host_id"] == "local-box" for t in ts))
     mine = [t for t in written if t["labels"]["host_id"] == "local-box"]
     assert mine == [{"targets": [address], "labels": {"host_id": "local-box"}}]
     (stack.config.state_dir / "file_sd" / "gateway-local-box.json").write_text(json.dumps(mine))
@@ -122,13 +121,12 @@ def test_host_detail_as_the_spec_shows(client, viewer, local_host):
 
 
 def test_delete_host_as_the_spec_shows(client, admin, app):
-    hosts_json = Path(app.config["STATE_DIR"]) / "file_sd" / "hosts.json"
     host = client.post("/api/v1/hosts", headers=admin, json={"hostname": "gone.example.com"}).get_json()["id"]
-    targets = json.loads(hosts_json.read_text())
+    targets = targets_once(app.config["STATE_DIR"], lambda ts: host in {t["labels"]["host_id"] for t in ts})
     assert host in {t["labels"]["host_id"] for t in targets}
     r = client.delete(f"/api/v1/hosts/{host}", headers=admin)
     assert r.status_code == 200 and r.get_json()["status"] == "deleted"
-    targets = json.loads(hosts_json.read_text())
+    targets = targets_once(app.config["STATE_DIR"], lambda ts: host not in {t["labels"]["host_id"] for t in ts})
     assert host not in {t["labels"]["host_id"] for t in targets}
     assert_error(client.get(f"/api/v1/hosts/{host}", headers=admin), 404, "NOT_FOUND")
 

@@ -6,12 +6,11 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.api import ADMIN, bearer, login, make_app, targets_once
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
 from gateway.db import Host, db
@@ -206,7 +205,9 @@ def test_first_push_discovers_the_host_and_silence_turns_it_crit(ingest_app, api
     assert (
         client.patch("/api/v1/hosts/h-beat", json={"tags": {"role": "gpu"}}, headers=admin).json["exporter"] == "push"
     )
-    targets = json.loads((Path(ingest_app.config["STATE_DIR"]) / "file_sd" / "hosts.json").read_text())
+    # Given time to be written: it still is no target.
+    gap_s = ingest_app.config["TARGETS_WRITE_GAP_S"]
+    targets = targets_once(ingest_app.config["STATE_DIR"], lambda ts: False, timeout_s=2 * gap_s)
     assert all(t["labels"]["host_id"] != "h-beat" for t in targets)
 
 

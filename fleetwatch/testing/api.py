@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import requests
@@ -69,3 +71,18 @@ def api_key(session: requests.Session, name: str = "agents") -> str:
     r = session.post(f"{session.base}/api/v1/api-keys", json={"name": name}, timeout=30, verify=session.verify)
     assert r.status_code == 201, r.text
     return r.json()["key"]
+
+
+def targets_once(state_dir: Path, check, timeout_s: float = 5.0) -> list[dict]:
+    """The gateway's file_sd targets once ``check(targets)`` holds, or as they are after ``timeout_s``.
+
+    A burst of inventory changes is written once, at the end of the gateway's
+    TARGETS_WRITE_GAP_S: the file may trail a change by that much.
+    """
+    path = Path(state_dir) / "file_sd" / "hosts.json"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        targets = json.loads(path.read_text()) if path.exists() else []
+        if check(targets) or time.monotonic() > deadline:
+            return targets
+        time.sleep(0.05)

@@ -4,7 +4,8 @@ Both exporters are started on free 127.0.0.1 ports and measured in one run:
 
 1. scrape latency p50/p95/p99 of GET /metrics (gzip and the Accept header Prometheus sends, over one
    http.client connection, kept alive where the server allows it; 10 warm-up scrapes, then --scrapes
-   back-to-back), body size (uncompressed and on the wire) and number of sample lines;
+   back-to-back, the two exporters taking turns), body size (uncompressed and on the wire) and number
+   of sample lines;
 2. steady state: for --duration seconds both are scraped every 5 s, interleaved, as Prometheus would;
    CPU is the process's utime+stime delta (all threads) as a percentage of one core, RSS is taken at
    the end and its maximum sampled once a second.
@@ -134,23 +135,33 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def measure_latency(exporter: Exporter, scrapes: int) -> None:
-    """Warm up, then time back-to-back scrapes and record size and sample count."""
+def measure_latency(exporters: list[Exporter], scrapes: int) -> None:
+    """Warm up, then time back-to-back scrapes, one of each exporter in turn; record size and sample count.
+
+    Taking turns, rather than all of one exporter's scrapes then the other's,
+    has both see the same load on a machine shared with other work.
+    """
     for _ in range(WARMUP):
-        exporter.scrape()
-    timings, wire, body, content_type = [], b"", b"", ""
+        for exporter in exporters:
+            exporter.scrape()
+    timings: dict[str, list[float]] = {e.name: [] for e in exporters}
+    last: dict[str, tuple[bytes, bytes, str]] = {}
     for _ in range(scrapes):
-        elapsed, wire, body, content_type = exporter.scrape()
-        timings.append(elapsed * 1000)
-    samples = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
-    exporter.figures.update(
-        {f"scrape_p{p}_ms": round(percentile(timings, p), 3) for p in (50, 95, 99)},
-        scrape_mean_ms=round(statistics.fmean(timings), 3),
-        body_bytes=len(body),
-        wire_bytes=len(wire),
-        samples=samples,
-        content_type=content_type,
-    )
+        for exporter in exporters:
+            elapsed, wire, body, content_type = exporter.scrape()
+            timings[exporter.name].append(elapsed * 1000)
+            last[exporter.name] = wire, body, content_type
+    for exporter in exporters:
+        wire, body, content_type = last[exporter.name]
+        samples = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+        exporter.figures.update(
+            {f"scrape_p{p}_ms": round(percentile(timings[exporter.name], p), 3) for p in (50, 95, 99)},
+            scrape_mean_ms=round(statistics.fmean(timings[exporter.name]), 3),
+            body_bytes=len(body),
+            wire_bytes=len(wire),
+            samples=samples,
+            content_type=content_type,
+        )
 
 
 def measure_steady(exporters: list[Exporter], duration: float) -> None:
@@ -221,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"fleetwatch: {shlex.join(fw_argv)}\nnode_exporter: {shlex.join(ne.argv)}", file=sys.stderr)
-        for exporter in (fw, ne):
-            measure_latency(exporter, args.scrapes)
+        measure_latency([fw, ne], args.scrapes)
         print(f"latency done; steady state for {args.duration:.0f} s at {INTERVAL_S:.0f} s...", file=sys.stderr)
         measure_steady([fw, ne], args.duration)
         checks = report(fw, ne)

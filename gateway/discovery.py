@@ -1,0 +1,69 @@
+"""Hosts Prometheus scrapes that the inventory lacks, listed as ``source: "discovered"``.
+
+Found from the heartbeat series Prometheus has anyway: ``up`` of the
+fleetwatch job (targets of any file_sd file, the gateway's or one written by
+hand), or, adopting a Prometheus whose exporters carry no host_id
+(HOST_ID_FROM), ``fleet_src:up`` with the host_id the recording rules derive
+(rules_compiler/host_ids.py). A GPU is known from the catalog's
+``fleet:gpu_utilization``. Nothing is stored: such a host is in the list while
+Prometheus scrapes it, and an admin adds it to the inventory to tag it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from gateway.db import Host, db
+from gateway.promql import selector
+from rules_compiler.host_ids import HEARTBEAT
+
+
+@dataclass
+class DiscoveredHost:
+    """A host as the host list shows it, with nothing but what Prometheus says of it."""
+
+    id: str
+    exporter: str | None
+    has_gpu: bool = False
+    hostname: str = ""
+    ips: list = field(default_factory=list)
+    tags: dict = field(default_factory=dict)
+    agent_version: str | None = None
+    source: str = "discovered"
+    last_seen_at: None = None
+    pushes: bool = False
+
+    def __post_init__(self):
+        self.hostname = self.hostname or self.id
+
+
+def heartbeat() -> tuple[str, dict[str, str]]:
+    """The series that is 1 while a host's exporter is scraped, and its matchers."""
+    return (HEARTBEAT, {}) if current_app.config["HOST_ID_FROM"] else ("up", {"job": "fleetwatch"})
+
+
+def discovered_hosts(prom, host_id: str | None = None) -> list[DiscoveredHost]:
+    """Hosts with a heartbeat in Prometheus and no row in the inventory (only ``host_id``, if given)."""
+    name, matchers = heartbeat()
+    beats = selector(name, {**matchers, **({"host_id": host_id} if host_id else {})})
+    # Those the gateway's own fleet_host_info names are in the inventory: Prometheus leaves them out,
+    # so a fleet of thousands costs the DB a look at a handful of ids.
+    targets, gpus = prom.query_many(
+        [
+            f'group by (host_id, instance) ({beats} unless on(host_id) fleet_host_info{{host_id!=""}})',
+            'group by (host_id) (fleet:gpu_utilization{host_id!=""})',
+        ]
+    )
+    instances: dict[str, str] = {}
+    for s in targets:
+        if s["metric"].get("host_id"):
+            instances.setdefault(s["metric"]["host_id"], s["metric"].get("instance"))
+    known = set()
+    ids = sorted(instances)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        known |= set(db.session.execute(db.select(Host.id).where(Host.id.in_(chunk))).scalars())
+    with_gpu = {s["metric"].get("host_id") for s in gpus}
+    return [DiscoveredHost(i, instances[i], has_gpu=i in with_gpu) for i in ids if i not in known]
