@@ -77,17 +77,19 @@ class Tags(ma.fields.Dict):
             keys=ma.fields.String(validate=_tag_key),
             values=ma.fields.String(validate=ma.validate.Length(max=200)),
             validate=ma.validate.Length(max=32),
-            metadata={
-                "openapi": {
-                    "type": "object",
-                    "maxProperties": 32,
-                    "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
-                    "additionalProperties": False,
-                    "example": {"role": "web", "zone": "us-west"},
-                }
-            },
             **kwargs,
         )
+        self.metadata = {
+            **self.metadata,
+            "openapi": {
+                "type": "object",
+                "maxProperties": 32,
+                "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
+                "additionalProperties": False,
+                "example": {"role": "web", "zone": "us-west"},
+                **{k: v for k, v in self.metadata.items() if k == "description"},
+            },
+        }
 
 
 HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$"
