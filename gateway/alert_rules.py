@@ -24,6 +24,7 @@ from rules_compiler.alertmanager import render_alertmanager_config
 from rules_compiler.alerts import (
     SEVERITIES,
     STARTER_RULES,
+    STARTER_RULES_DISABLED,
     RuleInvalid,
     format_duration,
     parse_duration,
@@ -198,12 +199,13 @@ def install_rules_on_start() -> None:
     with deployer.locked():
         if db.session.get(Setting, STARTER_RULES_SETTING) is None:
             channels = default_channels()
-            for rule_id, name, expression, duration, scope, severity in STARTER_RULES:
+            starters = [(rule, True) for rule in STARTER_RULES] + [(rule, False) for rule in STARTER_RULES_DISABLED]
+            for (rule_id, name, expression, duration, scope, severity), enabled in starters:
                 if db.session.execute(db.select(AlertRuleRow.pk).filter_by(id=rule_id)).first() is None:
                     body = _normalise(
                         {"expression": expression, "duration": duration, "scope": scope, "channels": channels}
                     )
-                    add_with_id(AlertRuleRow(name=name, severity=severity, enabled=True, **body), rule_id)
+                    add_with_id(AlertRuleRow(name=name, severity=severity, enabled=enabled, **body), rule_id)
             db.session.add(Setting(name=STARTER_RULES_SETTING, value={"installed": True}))
         publish()
         db.session.commit()

@@ -95,6 +95,10 @@ DEFAULTS = {
     "SMTP_AUTH_USERNAME": "",
     "SMTP_AUTH_PASSWORD": "",
     "SMTP_REQUIRE_TLS": True,
+    # HPC jobs (gateway/jobs.py): how often Slurm's are synced from Prometheus, how far back, how many on /metrics.
+    "JOBS_SYNC_S": 15.0,
+    "JOBS_SYNC_LOOKBACK_S": 86400,
+    "JOBS_METRICS_MAX": 1000,
     # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
     "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
     "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
@@ -145,12 +149,14 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_events,
         alert_rules,
         auth,
+        cluster,
         compat_alerts,
         compat_metrics,
         host_import,
         hosts,
         http_security,
         ingest,
+        jobs,
         metrics,
         observability,
         processes,
@@ -229,6 +235,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         agents,
         compat_metrics,
         compat_alerts,
+        cluster,
+        jobs,
     ):
         api.register_blueprint(module.blp)
     init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py

@@ -308,3 +308,40 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
         # commits (a rate counter, a login), and each request stops paying an fsync.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+
+class Job(Stamped, db.Model):
+    """An HPC job (seed 004): Slurm's, synced from Prometheus (gateway/job_sync.py), or posted by another scheduler."""
+
+    __tablename__ = "jobs"
+    prefix = "job"
+    scheduler: Mapped[str] = mapped_column(String(32), default="external")  # "slurm" | "external"
+    user: Mapped[str] = mapped_column(String(64), default="", index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    account: Mapped[str] = mapped_column(String(64), default="")
+    partition: Mapped[str] = mapped_column(String(64), default="", index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # ",a,b," so that "runs on node X" is one LIKE on every database.
+    nodes: Mapped[str] = mapped_column(String(4000), default=",")
+    cpus: Mapped[int | None] = mapped_column(Integer)
+    gpus: Mapped[int | None] = mapped_column(Integer)
+    memory_bytes: Mapped[float | None] = mapped_column(db.Float)  # requested or allocated
+    time_limit_s: Mapped[int | None] = mapped_column(Integer)
+    submit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # The newest usage (from the sync or a push): what hpc_job_* on /metrics shows.
+    cpu_usage_pct: Mapped[float | None] = mapped_column(db.Float)
+    memory_usage_bytes: Mapped[float | None] = mapped_column(db.Float)
+    gpu_usage_pct: Mapped[float | None] = mapped_column(db.Float)
+    # An ended job's measured figures (gateway/job_efficiency.py), kept past Prometheus's retention.
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class JobSync(db.Model):
+    """When the Slurm job sync last ran: the worker whose UPDATE moves it claims the next run."""
+
+    __tablename__ = "job_sync"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ran_at: Mapped[float] = mapped_column(db.Float)  # Unix time

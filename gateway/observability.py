@@ -26,6 +26,7 @@ from gateway.alert_channels import channel_warnings
 from gateway.auth import PUBLIC, access
 from gateway.db import AlertRuleRow, Host, configured_secret, db
 from gateway.errors import Blueprint, Forbidden, Unauthorized
+from gateway.job_metrics import JobCollector
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
 
@@ -239,4 +240,5 @@ class Metrics(MethodView):
             for metric in current_app.extensions["request_metrics"].collectors:
                 registry.register(metric)
         registry.register(HostInfoCollector())
+        registry.register(JobCollector())
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -156,14 +156,7 @@ def fetch_series(
     entry, matchers = _entry(metric, labels)
     how = plan(tiers, range_, resolution)
     matchers = {"host_id": host_id, **matchers}
-    if how.resolution == "raw":
-        expr = selector(entry.record, matchers)
-    else:
-        # One recorded average per step: the latest evaluation in (T - step, T]. The
-        # window is a millisecond short of the step, as the rules' own (downsampling.py),
-        # so a point never repeats its neighbour's value.
-        sel = selector(f"{entry.record}:avg{how.resolution}", matchers)
-        expr = f"last_over_time({sel}[{how.step_s * 1000 - 1}ms])"
+    expr = read_expr(entry.record, matchers, how)
     if combine:
         extra = [lbl for lbl in entry.labels if lbl not in (labels or {})]
         if extra:
@@ -181,6 +174,17 @@ def fetch_series(
     if combine:
         series = series[0]["datapoints"] if series else []
     return Answer(series, label_of(how.step_s), how.tier)
+
+
+def read_expr(record: str, matchers: dict[str, str], how: Plan) -> str:
+    """PromQL for a recorded catalog series at ``how``'s resolution: its raw samples, or one average per step."""
+    if how.resolution == "raw":
+        return selector(record, matchers)
+    # One recorded average per step: the latest evaluation in (T - step, T]. The
+    # window is a millisecond short of the step, as the rules' own (downsampling.py),
+    # so a point never repeats its neighbour's value.
+    sel = selector(f"{record}:avg{how.resolution}", matchers)
+    return f"last_over_time({sel}[{how.step_s * 1000 - 1}ms])"
 
 
 def points(values: list, text=unix_text) -> list[dict]:

@@ -392,3 +392,8 @@ STARTER_RULES = (
         "warning",
     ),
 )
+# Starter rules installed disabled: they fit only some fleets (a Slurm cluster with GPUs); an admin enables them.
+STARTER_RULES_DISABLED = (
+    # job.gpu.utilization has a series only for a GPU a job holds: below 5 % for 30 min is a GPU allocated and idle.
+    ("rule-010", "GPU allocated and idle", "job.gpu.utilization < 5", "30m", "", "warning"),
+)

@@ -208,6 +208,7 @@ def variable_queries(path: Path) -> list[tuple[str, str]]:
 
 def fill(expr: str, instance: str = ".*") -> str:
     variables = {"$instance": instance, "$gpu": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
+    variables |= {"$user": ".*", "$jobid": ".*"}  # jobs.json
     filled = re.sub(r"\$\w+", lambda m: variables.get(m.group(0), m.group(0)), expr)
     assert "$" not in filled, f"unfilled variable in {expr}"
     return filled
