@@ -95,6 +95,10 @@ EXEMPT = {
     # an OPTIONS answer's Allow lists both routes' methods.
     "POST /api/v1/alerts/rules/batch": [allow_header_conformance],
     "GET /api/alerts/history": [allow_header_conformance],
+    "GET /v1/jobs/efficiency": [allow_header_conformance],
+    # All-digit job ids are Slurm's, which the gateway syncs itself: refused in a POST, yet the same
+    # schema describes the answers that hold them.
+    "POST /v1/jobs": [positive_data_acceptance],
     # Grammars no schema states: a CSV's header line; RFC 3339 as Python's fromisoformat reads it.
     "POST /api/v1/hosts/import": [allow_header_conformance, positive_data_acceptance],
     "GET /api/metrics/history": [positive_data_acceptance],
