@@ -3,7 +3,7 @@
 Ours runs ``--jobs`` on a fake cgroup v1 tree of --jobs-count jobs (as slurmd lays them out on Debian)
 and ``--slurm`` on a ``sinfo``/``squeue`` pair that prints the JSON Slurm 22.05 prints for that many
 jobs on --nodes nodes; the reference is the bare exporter (``--no-jobs``, no ``--slurm``) on the same
-machine. Both are measured as bench/exporter.py measures (scrape latency over one kept-alive
+machine. Both are measured as bench/exporter_scrape.py measures (scrape latency over one kept-alive
 connection, RSS, CPU at a 5 s scrape interval), and the cost of one background read of the job
 cgroups and of one Slurm answer is timed in-process. Run it from the repository root:
 
@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.exporter import Exporter, measure_latency, measure_steady, percentile
+from exporter_scrape import Exporter, measure_latency, measure_steady, percentile  # bench/ is on sys.path
 
 from exporter.cgroups import JobCgroups
 from exporter.jobs import JobCollector

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import gzip
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import NamedTuple
 from urllib.parse import parse_qs
@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from exporter.encoding import GZIP_LEVEL, encode, escape
+from exporter.sampling import SampledCollector
 
 # Set while a scrape formats the registry: collectors with rendered() add their bytes here instead of families.
 RENDERED: contextvars.ContextVar[list[Rendered] | None] = contextvars.ContextVar("rendered", default=None)
@@ -67,6 +68,20 @@ def render_gauges(families: Iterable[Metric]) -> bytes:
             else:
                 out.append(f"{s.name} {floatToGoString(s.value)}\n")
     return "".join(out).encode()
+
+
+class PreRenderedCollector(SampledCollector):
+    """A sampled collector whose readings carry ``families`` and the same ``rendered`` once (jobs, Slurm)."""
+
+    def collect(self) -> Iterator[Metric]:
+        sample = self._sampler.latest()
+        if sample is not None:
+            yield from sample.value.families
+
+    def rendered(self) -> Rendered | None:
+        """The newest reading's families, formatted when it was taken."""
+        sample = self._sampler.latest()
+        return None if sample is None else sample.value.rendered
 
 
 class ExporterRegistry(CollectorRegistry):

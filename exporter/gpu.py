@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.nvml import GpuDevice, MigInstance, Nvml
 from exporter.nvml_health import decode_reasons
 from exporter.processes import GpuProcess
-from exporter.sampling import SampleFailed, Sampler
+from exporter.sampling import SampledCollector, SampleFailed, Sampler
 
 # (name, type, help, field) with dcgm-exporter's help text from its
 # default-counters.csv; the field is read from the MIG instance where it has
@@ -106,7 +106,7 @@ class GpuReading(NamedTuple):
     devices: list[GpuDevice]
 
 
-class GpuCollector:
+class GpuCollector(SampledCollector):
     """Serves the newest NVML reading as dcgm-exporter-compatible DCGM_FI_* families.
 
     Sample output (check by hand with ``curl -s localhost:9101/metrics | grep DCGM_``)::
@@ -135,23 +135,6 @@ class GpuCollector:
         self._hostname_label = hostname_label
         self._previous: dict[str, GpuDevice] = {}  # the last reading by UUID, for NVLink's rate
         self._sampler: Sampler[GpuReading] = Sampler("gpu", self._read, interval, clock=clock)
-
-    @property
-    def sampler(self) -> Sampler[GpuReading]:
-        """The background sampler (tests call ``sample_now()`` on it)."""
-        return self._sampler
-
-    def start(self) -> GpuCollector:
-        """Read NVML once now, then every ``interval`` seconds on a daemon thread."""
-        self._sampler.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the background sampling."""
-        self._sampler.stop()
-
-    def describe(self) -> list[Metric]:
-        return []
 
     def collect(self) -> Iterator[Metric]:
         """Yield the families of the newest reading; nothing before it or without GPUs.

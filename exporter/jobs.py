@@ -20,7 +20,7 @@ from typing import NamedTuple
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.cgroups import JobCgroups, JobUsage
-from exporter.exposition import Rendered
+from exporter.exposition import PreRenderedCollector, Rendered
 from exporter.nvml import MIB, GpuDevice
 from exporter.processes import SLURM_JOB
 from exporter.sampling import Sampler
@@ -68,7 +68,7 @@ class GpuJob(NamedTuple):
     job_used_bytes: int  # GPU memory of this job's own processes
 
 
-class JobCollector:
+class JobCollector(PreRenderedCollector):
     """Serves the newest per-job cgroup and GPU reading.
 
     Sample output (check by hand with ``curl -s localhost:9101/metrics | grep -E '^(cgroup|nvidia_gpu)_'``)::
@@ -93,31 +93,6 @@ class JobCollector:
         self._minors: dict[str, str] = {}
         self._clock = clock
         self._sampler: Sampler[JobsReading] = Sampler("jobs", self._read, interval, clock=clock)
-
-    @property
-    def sampler(self) -> Sampler[JobsReading]:
-        """The background sampler (tests call ``sample_now()`` on it)."""
-        return self._sampler
-
-    def start(self) -> JobCollector:
-        self._sampler.start()
-        return self
-
-    def stop(self) -> None:
-        self._sampler.stop()
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        sample = self._sampler.latest()
-        if sample is not None:
-            yield from sample.value.families
-
-    def rendered(self) -> Rendered | None:
-        """The newest reading's families, formatted when it was taken (see exporter/exposition.py)."""
-        sample = self._sampler.latest()
-        return None if sample is None else sample.value.rendered
 
     def _read(self) -> JobsReading:
         taken_at = self._clock()

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.sampling import Sampler
+from exporter.sampling import SampledCollector, Sampler
 
 # cgroup v1 (".../slurm/uid_0/job_5/step_batch") and v2 (".../job_5/step_0").
 SLURM_JOB = re.compile(r"/job_(\d+)(?:/|$)")
@@ -166,7 +166,7 @@ def parse_stat(raw: str, page_size: int) -> ProcessStat | None:
     return ProcessStat(int(raw[:left]), raw[left + 1 : right], -1, ticks, rss)
 
 
-class TopProcessCollector:
+class TopProcessCollector(SampledCollector):
     """Serves the newest top-N ranking as gauges.
 
     Sample output (check by hand with ``curl -s localhost:9101/metrics | grep fleet_top_process``)::
@@ -185,12 +185,6 @@ class TopProcessCollector:
         time.sleep(0.2)
         self._sampler.start()
         return self
-
-    def stop(self) -> None:
-        self._sampler.stop()
-
-    def describe(self) -> list[Metric]:
-        return []
 
     def collect(self) -> Iterator[Metric]:
         sample = self._sampler.latest()

@@ -83,3 +83,31 @@ class Sampler(Generic[T]):
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.sample_now()
+
+
+class SampledCollector:
+    """A collector whose source is read off the scrape path: a subclass sets ``_sampler``; scrapes serve its newest.
+
+    client_python's collector protocol (``describe``/``collect``) plus ``start``/``stop``
+    for the background thread, so the registry and the tests drive every sampled
+    source the same way.
+    """
+
+    _sampler: Sampler
+
+    @property
+    def sampler(self) -> Sampler:
+        """The background sampler (tests call ``sample_now()`` on it)."""
+        return self._sampler
+
+    def start(self):
+        """Read the source once now, then every interval on a daemon thread."""
+        self._sampler.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the background sampling."""
+        self._sampler.stop()
+
+    def describe(self) -> list:
+        return []

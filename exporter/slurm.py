@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.exposition import Rendered
+from exporter.exposition import PreRenderedCollector, Rendered
 from exporter.sampling import Sampler
 from exporter.slurm_state import ClusterState, Job, Node, SlurmUnavailable
 
@@ -65,7 +65,7 @@ class Reading(NamedTuple):
     rendered: Rendered  # the same, formatted once
 
 
-class SlurmCollector:
+class SlurmCollector(PreRenderedCollector):
     """Serves the newest cluster state read by ``source`` (commands or slurmrestd).
 
     Sample output (check by hand with ``curl -s localhost:9101/metrics | grep slurm_``)::
@@ -91,31 +91,6 @@ class SlurmCollector:
         self._last_success: float | None = None
         self._error: str | None = None
         self._sampler: Sampler[Reading] = Sampler("slurm", self._read, interval, clock=clock)
-
-    @property
-    def sampler(self) -> Sampler[Reading]:
-        """The background sampler (tests call ``sample_now()`` on it)."""
-        return self._sampler
-
-    def start(self) -> SlurmCollector:
-        self._sampler.start()
-        return self
-
-    def stop(self) -> None:
-        self._sampler.stop()
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        sample = self._sampler.latest()
-        if sample is not None:
-            yield from sample.value.families
-
-    def rendered(self) -> Rendered | None:
-        """The newest reading's families, formatted when it was taken (see exporter/exposition.py)."""
-        sample = self._sampler.latest()
-        return None if sample is None else sample.value.rendered
 
     def _read(self) -> Reading:
         # Runs on the sampler's thread only: the fields below are never written elsewhere.

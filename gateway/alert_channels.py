@@ -13,12 +13,13 @@ from flask import current_app
 from gateway.db import secret
 from rules_compiler.alertmanager import Delivery, undeliverable
 from rules_compiler.alerts import parse_channel
+from rules_compiler.notify_templates import render_templates
 
 WEBHOOK_PATH = "/api/v1/alerts/webhook"  # where Alertmanager posts events; gateway/alert_events.py serves it
 WEBHOOK_SECRET = "alertmanager-webhook"  # the bearer token Alertmanager proves itself with
 
 
-def delivery() -> Delivery:
+def delivery(templates_file: str = "") -> Delivery:
     """How this gateway's configuration delivers notifications, for the Alertmanager config."""
     c = current_app.config
     return Delivery(
@@ -34,7 +35,16 @@ def delivery() -> Delivery:
         group_interval=c["ALERT_GROUP_INTERVAL"],
         repeat_interval=c["ALERT_REPEAT_INTERVAL"],
         events_group_interval=c["ALERT_EVENTS_GROUP_INTERVAL"],
+        templates_file=templates_file,
+        channel_max_per_min=int(c["ALERT_CHANNEL_MAX_PER_MIN"]),
+        evaluation_interval_s=int(c["ALERT_EVALUATION_INTERVAL_S"]),
     )
+
+
+def notification_templates() -> str:
+    """The notification templates with this gateway's links (FLEETWATCH_PUBLIC_URL, FLEETWATCH_GRAFANA_URL)."""
+    c = current_app.config
+    return render_templates(c["PUBLIC_URL"] or c["GATEWAY_URL"], c["GRAFANA_URL"])
 
 
 def normalise_channels(texts: list[str]) -> list[str]:

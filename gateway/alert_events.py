@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 import marshmallow as ma
 from flask import current_app, g, request
 from flask.views import MethodView
+from sqlalchemy import or_
 
 from gateway.alert_channels import WEBHOOK_PATH, WEBHOOK_SECRET
 from gateway.auth import PUBLIC, access, audit
-from gateway.db import AlertEvent, add_with_id, db, secret, utcnow
+from gateway.db import AlertEvent, AlertSilence, add_with_id, db, secret, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound, Unauthorized, Unavailable
 from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, page
 
@@ -49,6 +50,9 @@ class EventSchema(ma.Schema):
     ended_at = UtcDateTime(allow_none=True)
     acknowledged_by = ma.fields.String(allow_none=True)
     acknowledged_at = UtcDateTime(allow_none=True)
+    silenced_by = ma.fields.String(
+        allow_none=True, metadata={"description": "the silence (maintenance window) that muted its notifications"}
+    )
 
 
 class EventListSchema(Page):
@@ -91,7 +95,7 @@ class Events(MethodView):
     @blp.response(200, EventListSchema)
     def get(self, args):
         """Alert events, newest first; filter by state, host, rule and start time."""
-        reconcile_acknowledged()
+        reconcile_with_alertmanager()
         rows, meta = page(_event_query(args), args, db.session)
         return {"alerts": rows, **meta}
 
@@ -101,7 +105,7 @@ class EventById(MethodView):
     @blp.response(200, EventSchema)
     def get(self, event_id):
         """One alert event."""
-        reconcile_acknowledged()
+        reconcile_with_alertmanager()
         return _get_event(event_id)
 
 
@@ -132,7 +136,7 @@ class History(MethodView):
     @blp.response(200, HistoryListSchema)
     def get(self, args):
         """Alert firing history (seed 000's AlertEvent shape), newest first."""
-        reconcile_acknowledged()
+        reconcile_with_alertmanager()
         rows, meta = page(_event_query(args), args, db.session)
         return {"history": rows, **meta}
 
@@ -187,12 +191,13 @@ def _value(text) -> float | None:
         return None
 
 
-def _record(alert: dict) -> None:
+def _record(alert: dict) -> AlertEvent | None:
+    """The event of one alert of Alertmanager's (webhook or v2 API shape), made or brought up to date."""
     labels = alert.get("labels") or {}
     started = _time(alert.get("startsAt"))
     fingerprint = str(alert.get("fingerprint", ""))[:32]
     if started is None or not fingerprint or "rule_id" not in labels:
-        return  # not one of ours
+        return None  # not one of ours
     annotations = alert.get("annotations") or {}
     event = db.session.execute(
         db.select(AlertEvent).filter_by(fingerprint=fingerprint, started_at=started)
@@ -214,6 +219,7 @@ def _record(alert: dict) -> None:
     event.summary = str(annotations.get("summary", ""))[:1000]
     if alert.get("status") == "resolved" and event.state != "resolved":
         resolve(event, _time(alert.get("endsAt")) or utcnow())
+    return event
 
 
 def resolve(event: AlertEvent, at: datetime) -> None:
@@ -223,23 +229,35 @@ def resolve(event: AlertEvent, at: datetime) -> None:
         current_app.extensions["alertmanager"].expire(event.silence_id)
 
 
-def reconcile_acknowledged() -> None:
-    """End acknowledged events whose alert is gone from Alertmanager.
+def reconcile_with_alertmanager() -> None:
+    """Bring events up to what Alertmanager holds: alerts a silence mutes, and the end of muted ones.
 
-    An acknowledged alert is silenced, and Alertmanager mutes a silenced alert's
-    resolution too: the webhook never says it ended. So the gateway asks which
-    alerts are still active before it shows events.
+    Alertmanager posts nothing to the webhook about an alert a silence mutes:
+    neither that it fires nor that it ends (an acknowledgement is a silence too).
+    So before events are shown, the gateway asks for Alertmanager's active
+    alerts when any alert may be muted: one a maintenance window suppresses is
+    recorded as an event marked ``silenced_by``; a muted event whose alert is
+    gone has ended.
     """
-    acked = open_events(db.select(AlertEvent).filter_by(state="acknowledged"))
-    if not acked:
+    windows = db.session.execute(db.select(AlertSilence)).scalars().all()
+    muted = open_events(
+        db.select(AlertEvent).filter(or_(AlertEvent.state == "acknowledged", AlertEvent.silenced_by.is_not(None)))
+    )
+    if not muted and not any(w.am_silences for w in windows):
         return
     try:
-        active = current_app.extensions["alertmanager"].active_fingerprints()
+        alerts = current_app.extensions["alertmanager"].active_alerts()
     except Unavailable:
-        log.warning("Alertmanager does not answer: acknowledged events stay as they are for now")
+        log.warning("Alertmanager does not answer: muted events stay as they are for now")
         return  # events are still worth reading while Alertmanager is away
-    ended = [e for e in acked if e.fingerprint not in active]
-    for event in ended:
-        resolve(event, utcnow())
-    if ended:
-        db.session.commit()
+    owners = {entry["id"]: w.id for w in windows for entry in w.am_silences}
+    for alert in alerts:
+        owner = next((owners[s] for s in (alert.get("status") or {}).get("silencedBy") or () if s in owners), None)
+        event = _record(alert) if owner else None
+        if event is not None and event.state == "firing" and event.silenced_by is None:
+            event.silenced_by = owner
+    active = {a["fingerprint"] for a in alerts}
+    for event in muted:
+        if event.fingerprint not in active:
+            resolve(event, utcnow())
+    db.session.commit()

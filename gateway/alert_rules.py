@@ -13,7 +13,13 @@ import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
 
-from gateway.alert_channels import channel_warnings, default_channels, delivery, normalise_channels
+from gateway.alert_channels import (
+    channel_warnings,
+    default_channels,
+    delivery,
+    normalise_channels,
+    notification_templates,
+)
 from gateway.alert_events import open_events, resolve
 from gateway.auth import audit
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
@@ -22,6 +28,7 @@ from gateway.metrics import METRIC_NAME
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, page
 from rules_compiler.alertmanager import render_alertmanager_config
 from rules_compiler.alerts import (
+    GROUPINGS,
     SEVERITIES,
     STARTER_RULES,
     STARTER_RULES_DISABLED,
@@ -119,6 +126,11 @@ class RuleSchema(ma.Schema):
     )
     severity = ma.fields.String(load_default="warning", validate=ma.validate.OneOf(SEVERITIES))
     enabled = ma.fields.Boolean(load_default=True)
+    group_by = ma.fields.String(
+        load_default="host",
+        validate=ma.validate.OneOf(GROUPINGS),
+        metadata={"description": "host: a notification per host; rule: one listing every host (alert storms)"},
+    )
     created_at = UtcDateTime(dump_only=True)
     updated_at = UtcDateTime(dump_only=True)
     warnings = ma.fields.Function(
@@ -185,11 +197,14 @@ def publish() -> None:
     rules = [to_rule(r) for r in rows if r.enabled]
     revision = secrets.token_hex(6)
     interval = int(current_app.config["ALERT_EVALUATION_INTERVAL_S"])
-    current_app.extensions["alert_deployer"].deploy(
+    deployer = current_app.extensions["alert_deployer"]
+    templates = notification_templates()
+    deployer.deploy(
         render_alert_rules(rules, interval, revision),
-        render_alertmanager_config(rules, delivery()),
+        render_alertmanager_config(rules, delivery(str(deployer.templates_path(templates)))),
         revision,
         len(rules),
+        templates,
     )
 
 

@@ -79,6 +79,7 @@ DEFAULTS = {
     "PUSHER_RECHECK_S": 60,  # how long a worker trusts that a host id is a pushing host's
     # Alerting: where Alertmanager is, and where it reaches this gateway's webhook.
     "ALERTMANAGER_URL": "http://127.0.0.1:9093",
+    "ALERTMANAGER_LOG": "",  # its log, read for each channel's last failure; empty: <STATE_DIR>/logs/alertmanager.log
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
@@ -90,6 +91,15 @@ DEFAULTS = {
     "ALERT_EVENTS_GROUP_INTERVAL": "10s",
     "ALERT_ACK_SILENCE_S": 86400,
     "ALERT_DEFAULT_CHANNELS": "",  # comma-separated channels of the starter rules
+    # Silences (gateway/alert_silences.py): how far ahead a recurring window's occurrences become
+    # Alertmanager silences, and how often each worker re-makes what Alertmanager lost (0: never).
+    "ALERT_SILENCE_AHEAD_S": 86400,
+    "ALERT_SILENCE_RECONCILE_S": 60,
+    # Notifications: messages a minute per channel from rules grouped per rule (0: no limit), and the
+    # links they carry: the gateway as people reach it (empty: GATEWAY_URL) and Grafana.
+    "ALERT_CHANNEL_MAX_PER_MIN": 30,
+    "PUBLIC_URL": "",
+    "GRAFANA_URL": "http://127.0.0.1:3000",
     "SMTP_SMARTHOST": "",
     "SMTP_FROM": "fleetwatch@localhost",
     "SMTP_AUTH_USERNAME": "",
@@ -146,8 +156,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     # which must come after gateway.cli has set PROMETHEUS_MULTIPROC_DIR (see gateway/cli.py).
     from gateway import (
         agents,
+        alert_deliveries,
         alert_events,
         alert_rules,
+        alert_silences,
         auth,
         cluster,
         compat_alerts,
@@ -231,6 +243,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         report_schedules,
         alert_rules,
         alert_events,
+        alert_silences,
+        alert_deliveries,
         ingest,
         agents,
         compat_metrics,

@@ -90,8 +90,7 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("keyfile", keyfile)
                 self.cfg.set("ssl_context", tls_context)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
-            # Report schedules: a thread in each worker, none in the master (the DB decides who runs).
-            self.cfg.set("post_worker_init", lambda _worker: app.extensions["report_scheduler"].start())
+            self.cfg.set("post_worker_init", lambda _worker: _worker_threads(app))
 
         def load(self):
             return app
@@ -103,6 +102,14 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     Gateway().run()
     return 0
+
+
+def _worker_threads(app) -> None:
+    """Each worker's background threads, none in the master (the DB decides who does what)."""
+    from gateway.alert_silences import start_reconciler
+
+    app.extensions["report_scheduler"].start()  # report schedules
+    start_reconciler(app)  # silences kept in force in Alertmanager
 
 
 def _webhook_over_tls(app, certfile: str) -> None:
@@ -121,6 +128,7 @@ def _webhook_over_tls(app, certfile: str) -> None:
 def _install_alert_rules(app) -> None:
     """Put the DB's alert rules (the starter set on a first start) in force before serving."""
     from gateway.alert_rules import install_rules_on_start
+    from gateway.alert_silences import reconcile_on_start
     from gateway.errors import ApiError
     from rules_compiler.alerts import RuleInvalid
     from rules_compiler.deploy import DeployFailed
@@ -131,6 +139,7 @@ def _install_alert_rules(app) -> None:
         except (DeployFailed, ApiError, RuleInvalid) as exc:
             # Serving beats not serving: the rules go in force with the next rule change.
             app.logger.warning("alert rules not installed: %s %s", exc, getattr(exc, "details", ""))
+        reconcile_on_start()
 
 
 def create_user(args: argparse.Namespace) -> int:

@@ -155,6 +155,8 @@ class AlertRuleRow(Stamped, db.Model):
     channels: Mapped[list] = mapped_column(JSON, default=list)
     severity: Mapped[str] = mapped_column(String(16), default="warning")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # "host": one notification per host (and rule); "rule": one listing every host of the rule.
+    group_by: Mapped[str] = mapped_column(String(8), default="host", server_default="host")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
@@ -178,6 +180,26 @@ class AlertEvent(Stamped, db.Model):
     acknowledged_by: Mapped[str | None] = mapped_column(String(254))
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     silence_id: Mapped[str | None] = mapped_column(String(64))
+    # The silence (maintenance window) that muted it when it fired: recorded, not notified.
+    silenced_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertSilence(Stamped, db.Model):
+    """A silence or maintenance window (rules_compiler/silences.py); Alertmanager holds the silences made of it."""
+
+    __tablename__ = "alert_silences"
+    prefix = "silence"
+    scope: Mapped[dict] = mapped_column(JSON, default=dict)  # {"hosts": [], "tags": {}, "rule_ids": []}
+    starts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    recurring: Mapped[dict | None] = mapped_column(JSON)
+    comment: Mapped[str] = mapped_column(String(500), default="")
+    author: Mapped[str] = mapped_column(String(254), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Alertmanager's silences made for its windows: [{"id", "starts_at", "ends_at", "matchers"}]. Every
+    # worker reconciles; a write goes through only at the version it read (see gateway/alert_silences.py).
+    am_silences: Mapped[list] = mapped_column(JSON, default=list)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 def private_file(path: Path) -> Path:

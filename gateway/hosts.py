@@ -15,6 +15,7 @@ from flask import current_app
 from flask.views import MethodView
 from sqlalchemy import func
 
+from gateway.alert_silences import maintenance
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.discovery import DiscoveredHost, discovered_hosts, heartbeat
@@ -152,7 +153,7 @@ class HostListArgs(PageArgs):
         validate=Pattern(TAG_FILTER, error="expected key:value pairs separated by commas, e.g. role:web,zone:us-west"),
         metadata={"description": "role:web,zone:us-west (all must match)"},
     )
-    status = ma.fields.String(validate=ma.validate.OneOf(["ok", "warn", "crit"]))
+    status = ma.fields.String(validate=ma.validate.OneOf(["ok", "warn", "crit", "maintenance"]))
 
 
 class HostListSchema(Page):
@@ -263,13 +264,15 @@ def _round(value: float | None) -> float | None:
 HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "source", "exporter", "last_seen_at")
 
 
-def _with_state(host, state: dict) -> dict:
+def _with_state(host, state: dict, maintenance: dict[str, str]) -> dict:
     """A host (an ORM object or a row of HOST_FIELDS) and its state, ready for JSON."""
     s = state.get(host.id, {})
     seen = [t for t in (s.get("last_seen"), host.last_seen_at and _timestamp(host.last_seen_at)) if t]
     status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
     if host.pushes:
         status, reasons = _push_status(reasons, host.last_seen_at)
+    if host.id in maintenance:  # a maintenance window is open on it: its alerts are muted
+        status, reasons = "maintenance", [f"maintenance: {maintenance[host.id]}", *reasons]
     return {
         **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
         "exporter": shown_exporter(host),
@@ -334,7 +337,8 @@ class Hosts(MethodView):
                 hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
         pushed = frozenset(h.id for h in hosts if h.pushes)
         state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
-        rows = [_with_state(h, state) for h in hosts]
+        in_maintenance = maintenance([h.id for h in hosts])
+        rows = [_with_state(h, state, in_maintenance) for h in hosts]
         if "status" in args:
             rows = [r for r in rows if r["status"] == args["status"]]
             total = len(rows)
@@ -383,7 +387,7 @@ class HostById(MethodView):
                 resolution=args.get("resolution"),
             )
         return {
-            "host": _with_state(host, state),
+            "host": _with_state(host, state, maintenance([host.id])),
             "metrics": series,
             "range": args["range"],
             "resolution": resolution,

@@ -16,6 +16,7 @@ from rules_compiler.catalog import CATALOG, UnknownMetric, resolve
 from rules_compiler.promql import check_re2, is_label_name, quote, seconds
 
 SEVERITIES = ("info", "warning", "critical")
+GROUPINGS = ("host", "rule")  # one notification per host and rule, or one per rule listing its hosts
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
 GROUP = "fleet-alerts"
 # The labels that name an alert's subject beyond the host: they must survive every
@@ -147,6 +148,7 @@ class AlertRule:
     channels: tuple[Channel, ...] = ()
     severity: str = "warning"
     enabled: bool = True
+    group_by: str = "host"
 
 
 def parse_expression(text: str) -> Expression:
@@ -369,6 +371,7 @@ def to_rule(row) -> AlertRule:
         channels=tuple(parse_channel(c) for c in row.channels or ()),
         severity=row.severity,
         enabled=row.enabled,
+        group_by=row.group_by or "host",
     )
 
 

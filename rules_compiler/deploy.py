@@ -22,6 +22,7 @@ import orjson
 import urllib3
 
 from rules_compiler.alerts import GROUP
+from rules_compiler.notify_templates import templates_name
 
 
 class DeployFailed(Exception):
@@ -58,12 +59,27 @@ class AlertDeployer:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def deploy(self, rules_text: str, alertmanager_text: str, revision: str, rule_count: int) -> None:
+    def templates_path(self, templates_text: str) -> Path:
+        """Where the notification templates ``templates_text`` go: named by content, beside the config."""
+        return self.alertmanager_path.parent / "templates" / templates_name(templates_text)
+
+    def deploy(
+        self, rules_text: str, alertmanager_text: str, revision: str, rule_count: int, templates_text: str = ""
+    ) -> None:
         """Check, install, reload and confirm; call inside ``locked()``.
+
+        ``templates_text`` goes to ``templates_path(templates_text)``, which the config
+        names: a new file beside the live one, so amtool checks the config with it and
+        the config in force never points at templates it was not checked with.
 
         Raises:
             DeployFailed: nothing installed (400: a check refused it; 503: a service did not reload).
         """
+        templates = self.templates_path(templates_text) if templates_text else None
+        if templates is not None and not templates.exists():
+            templates.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(templates.with_name(f".{templates.name}.staged"), templates_text.encode())
+            os.replace(templates.with_name(f".{templates.name}.staged"), templates)
         staged = [
             (self._stage(self.rules_path, rules_text), self.rules_path, [self.promtool, "check", "rules"]),
             (
@@ -89,6 +105,10 @@ class AlertDeployer:
         except DeployFailed:
             self._restore(previous)
             raise
+        if templates is not None:  # the previous config's templates are needed no more
+            for old in templates.parent.glob("fleetwatch-*.tmpl"):
+                if old != templates:
+                    old.unlink(missing_ok=True)
 
     def _stage(self, target: Path, text: str) -> Path:
         # Beside the target (same filesystem, so the rename is atomic) and not

@@ -21,7 +21,12 @@ def regex_any(values: list[str]) -> str:
     Prometheus turns an alternation of plain literals into a set lookup, and an
     escaped non-metacharacter takes that fast path away.
     """
-    return quote("|".join(RE2_META.sub(r"\\\1", v) for v in values))
+    return quote(re2_any(values))
+
+
+def re2_any(values: list[str]) -> str:
+    """An RE2 pattern (unquoted) matching exactly one of ``values``, as Alertmanager's regex matchers take it."""
+    return "|".join(RE2_META.sub(r"\\\1", v) for v in values)
 
 
 # What Python's re takes and RE2 (Prometheus's regex engine) does not: lookaround, backreferences, atomic groups.

@@ -13,8 +13,7 @@ import logging
 import os
 import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import yaml
 from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, http_login, login, make_app
 from fleetwatch.testing.tls import self_signed_certificate
 from fleetwatch.testing.waits import free_port, wait_until
+from fleetwatch.testing.webhooks import Receiver
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import (
     STARTER_RULES,
@@ -35,48 +35,17 @@ from rules_compiler.alerts import (
     parse_scope,
     render_alert_rules,
 )
+from rules_compiler.notify_templates import render_templates
 
 GOLDEN = Path(__file__).parent / "golden"
 NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
-
-
-class Receiver:
-    """An HTTP server on loopback that records every webhook POST."""
-
-    def __init__(self):
-        self.posts: list[dict] = []
-        received = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # http.server's hook name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alerts(self, status: str | None = None, **labels) -> list[dict]:
-        """Every alert in every POST so far with ``status`` (if given) whose labels include ``labels``."""
-        return [
-            a
-            for p in self.posts
-            for a in p.get("alerts", ())
-            if all(a["labels"].get(k) == v for k, v in labels.items()) and status in (None, a["status"])
-        ]
 
 
 @pytest.fixture
 def receiver():
     r = Receiver()
     yield r
-    r.server.shutdown()
+    r.stop()
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +134,21 @@ def test_unknown_metric_lists_the_valid_ones():
 def _starter_rules() -> list[AlertRule]:
     channels = (parse_channel("email:ops@example.com"), parse_channel("webhook:https://hooks.example.com/x"))
     return [
-        AlertRule(rid, name, parse_expression(e), parse_duration(d), parse_scope(s), channels, sev)
+        # Heartbeat rules grouped per rule: a rack down is one message (one a minute on a shared channel at most).
+        AlertRule(rid, name, parse_expression(e), parse_duration(d), parse_scope(s), channels, sev,
+                  group_by="rule" if "heartbeat" in e else "host")
         for rid, name, e, d, s, sev in STARTER_RULES
-    ]
+    ]  # fmt: skip
 
 
 def _delivery() -> Delivery:
-    return Delivery("http://127.0.0.1:8080/api/v1/alerts/webhook", "token", smtp_smarthost="127.0.0.1:25")
+    return Delivery(
+        "http://127.0.0.1:8080/api/v1/alerts/webhook",
+        "token",
+        smtp_smarthost="127.0.0.1:25",
+        templates_file="/var/lib/fleetwatch/alertmanager/templates/fleetwatch-0123456789ab.tmpl",
+        channel_max_per_min=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -197,11 +174,13 @@ def test_hostile_names_and_tags_compile_to_files_promtool_and_amtool_accept(tmp_
         parse_scope({"tags": {"role": 'we"b}\n', "zone": "!=a{b}\\"}}),
         (parse_channel("slack:https://hooks.slack.com/services/T/B/X#ops-team"),),
     )
-    rules, am = tmp_path / "rules.yml", tmp_path / "am.yml"
+    rules, am, templates = tmp_path / "rules.yml", tmp_path / "am.yml", tmp_path / "fleetwatch.tmpl"
     rules.write_text(render_alert_rules([rule], 30, "r1"))
-    am.write_text(render_alertmanager_config([rule], _delivery()))
+    templates.write_text(render_templates('https://gw.example.com/{{ "x" }}"', "https://grafana.example.com"))
+    am.write_text(render_alertmanager_config([rule], replace(_delivery(), templates_file=str(templates))))
     subprocess.run(["promtool", "check", "rules", str(rules)], check=True, capture_output=True)
-    subprocess.run(["amtool", "check-config", str(am)], check=True, capture_output=True)
+    checked = subprocess.run(["amtool", "check-config", str(am)], check=True, capture_output=True, text=True)
+    assert " - 1 templates\n  SUCCESS" in checked.stdout  # amtool parsed them
     compiled = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
     assert compiled["alert"] == "rule-900"
     assert 'fleet_host_info{role="we\\"b}\\n"}' in compiled["expr"]

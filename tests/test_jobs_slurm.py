@@ -141,7 +141,8 @@ def test_cpu_efficiency_of_the_burner_is_near_full_and_of_the_sleeper_near_zero(
     series = get(client, headers, f"/v1/jobs/{jobs['burn']}/metrics")
     assert series["resolution"] == "5s" and series["tier"] == "raw"
     cpu = [p["value"] for p in series["series"]["cpu_pct"]]
-    assert len(cpu) >= 5 and max(cpu) > 20, cpu
+    # As busy as the cgroup says it was on average (less than a core where the machine is shared).
+    assert len(cpu) >= 5 and max(cpu) >= 0.5 * own_burn, (cpu, own_burn)
     assert series["series"]["memory_mb"][-1]["value"] > 1 and series["series"]["gpu_pct"] == []
 
     fleet = get(client, headers, "/v1/jobs/efficiency?by=user&since=1h")["groups"]
