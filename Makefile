@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports bench-hosts system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports bench-backends bench-hosts bench-stream system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -33,6 +33,9 @@ bench-ingest: system-deps $(STAMP)
 bench-alerts: system-deps $(STAMP)
 	$(PY) bench/alerts.py $(ARGS)
 
+bench-stream: system-deps $(STAMP)
+	$(PY) bench/stream.py $(ARGS)
+
 bench-hosts: system-deps $(STAMP)
 	$(PY) bench/hosts_import.py $(ARGS)
 
@@ -44,6 +47,9 @@ bench-slurm: $(STAMP)
 
 bench-reports: system-deps $(STAMP)
 	$(PY) bench/reports.py $(ARGS)
+
+bench-backends: system-deps $(STAMP)
+	$(PY) bench/backends.py $(ARGS)
 
 system-deps:
 	@scripts/system-deps.sh

@@ -12,7 +12,9 @@ import threading
 from pathlib import Path
 
 from fleetwatch import backfill
+from fleetwatch.replicas import Layout
 from fleetwatch.stack import Ports, ServiceFailed, Stack, StackConfig, slurm_answers
+from fleetwatch.victoria import BACKENDS
 from rules_compiler.catalog import CATALOG
 from rules_compiler.host_ids import DERIVATIONS
 from rules_compiler.promql import seconds
@@ -40,8 +42,14 @@ def _days(low: int, high: int):
 
 
 def _base_port(value: str) -> int:
-    if not value.isdigit() or not 1024 <= int(value) <= 65531:
-        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65531, got {value!r}")
+    if not value.isdigit() or not 1024 <= int(value) <= 65529:  # N+6: --backend victoriametrics
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65529, got {value!r}")
+    return int(value)
+
+
+def _gateways(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 gateways, got {value!r}")
     return int(value)
 
 
@@ -83,9 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra flag for fleetwatch-exporter (repeatable)",
     )
     up.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="prometheus",
+        help="storage and rule evaluation: Prometheus, or VictoriaMetrics with vmagent and vmalert "
+        "(their ports N+5, N+6; docs/backends.md)",
+    )
+    up.add_argument(
         "--no-slurm",
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
+    )
+    up.add_argument(
+        "--gateways",
+        type=_gateways,
+        default=1,
+        metavar="N",
+        help="N gateway processes behind HAProxy on the gateway's port, on a PostgreSQL in the state dir "
+        "(default 1: one gateway on SQLite; docs/replicas.md)",
     )
     backfill.add_parser(sub)
     rules = sub.add_parser(
@@ -127,6 +150,8 @@ def up(args: argparse.Namespace) -> int:
         longterm_retention=args.longterm_retention,
         exporter_args=args.exporter_arg,
         slurm=slurm if slurm or args.no_slurm else None,
+        gateways=args.gateways,
+        backend=args.backend,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,7 +169,7 @@ def up(args: argparse.Namespace) -> int:
     print(f"  slurm         {slurm_line}")
     if not os.environ.get("FLEETWATCH_ADMIN_EMAIL"):
         print(
-            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} "
+            f"  first admin   FLEETWATCH_STATE_DIR={config.state_dir.resolve()} {_database_env(config)}"
             f"{Path(sys.executable).parent}/fleetwatch-gateway create-user --role admin EMAIL\n"
             "                (or start with FLEETWATCH_ADMIN_EMAIL and FLEETWATCH_ADMIN_PASSWORD set)"
         )
@@ -163,6 +188,13 @@ def up(args: argparse.Namespace) -> int:
     stack.stop()
     print("fleetwatch: stopped", flush=True)
     return rc
+
+
+def _database_env(config: StackConfig) -> str:
+    """DATABASE_URL=… for a shell command on the replicas' PostgreSQL; nothing with one gateway (SQLite)."""
+    if config.gateways < 2:
+        return ""
+    return f"DATABASE_URL={Layout(config.listen_host, config.ports.gateway, config.gateways).database_url()} "
 
 
 def main(argv: list[str] | None = None) -> int:

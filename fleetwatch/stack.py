@@ -46,11 +46,13 @@ class Ports(NamedTuple):
     exporter: int = 9101
     gateway: int = 8080
     longterm: int = 9091  # the long-term Prometheus (downsampled tier)
+    vmagent: int = 8429  # --backend victoriametrics only
+    vmalert: int = 8880
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
         """N, N+1, … in the order documented in the README."""
-        return cls(base, base + 1, base + 2, base + 3, base + 4)
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6)
 
 
 @dataclass
@@ -65,9 +67,11 @@ class StackConfig:
     longterm_retention: str = "90d"  # the downsampled tier
     exporter_args: list[str] = field(default_factory=list)
     gateway_workers: int = 2
+    gateways: int = 1  # 2+: that many behind HAProxy on PostgreSQL (fleetwatch/replicas.py)
     gateway_env: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_* settings beyond the stack's own
     slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
+    backend: str = "prometheus"  # or "victoriametrics" (fleetwatch/victoria.py)
 
 
 class ServiceFailed(RuntimeError):
@@ -247,6 +251,10 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     ]
     paths["local_target"] = state / "file_sd" / "local.json"
     _write_atomic(paths["local_target"], json.dumps(local, indent=2) + "\n")
+    if config.backend == "victoriametrics":
+        from fleetwatch.victoria import render_vm_configs
+
+        paths.update(render_vm_configs(config, paths))
     return paths
 
 
@@ -255,7 +263,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
     state = config.state_dir.resolve()
     host, ports = config.listen_host, config.ports
     logs = state / "logs"
-    return [
+    services = [
         Service(
             # Receives only the downsampled series, by remote_write from the raw tier. Started
             # first and so stopped last: the raw tier flushes its remote-write queue on the
@@ -347,6 +355,15 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             },
         ),
     ]
+    if config.backend == "victoriametrics":
+        from fleetwatch.victoria import vm_services
+
+        services = vm_services(config, paths, services)
+    if config.gateways > 1:
+        from fleetwatch.replicas import Layout, replicated
+
+        services = replicated(services, Layout(host, ports.gateway, config.gateways), state)
+    return services
 
 
 class Stack:
@@ -360,7 +377,7 @@ class Stack:
     def start(self) -> Stack:
         try:
             for service in self.services:
-                if service.name == "gateway":
+                if service.name.startswith("gateway"):
                     # What the exporter found, now that it runs: the gateway adds this host on its first start.
                     service.env["FLEETWATCH_LOCAL_HOST"] = json.dumps(self.local_host())
                 service.start()
@@ -404,6 +421,17 @@ class Stack:
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",
             "api docs": f"http://{host}:{ports.gateway}/api/docs",
+            # With --gateways N: the replicas behind HAProxy and their PostgreSQL.
+            **{
+                s.name: s.ready_url.removesuffix("/health")
+                for s in self.services
+                if s.name.startswith(("gateway-", "postgres"))
+            },
+            **(
+                {"vmagent": f"http://{host}:{ports.vmagent}", "vmalert": f"http://{host}:{ports.vmalert}"}
+                if self.config.backend == "victoriametrics"
+                else {}
+            ),
         }
 
     def __enter__(self) -> Stack:

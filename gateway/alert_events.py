@@ -16,6 +16,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 from sqlalchemy import or_
 
+from gateway import event_log
 from gateway.alert_channels import WEBHOOK_PATH, WEBHOOK_SECRET
 from gateway.auth import PUBLIC, access, audit
 from gateway.db import AlertEvent, AlertSilence, add_with_id, db, secret, utcnow
@@ -126,6 +127,7 @@ class Acknowledge(MethodView):
             )
             event.state, event.acknowledged_by, event.acknowledged_at = "acknowledged", who, utcnow()
             audit("alert_acknowledge", event.id, silence_id=event.silence_id, comment=body.get("comment", ""))
+            event_log.alert_changed(event, silence_id=event.silence_id, comment=body.get("comment") or None)
             db.session.commit()
         return {"id": event.id, "status": "acknowledged"}
 
@@ -202,7 +204,8 @@ def _record(alert: dict) -> AlertEvent | None:
     event = db.session.execute(
         db.select(AlertEvent).filter_by(fingerprint=fingerprint, started_at=started)
     ).scalar_one_or_none()
-    if event is None:
+    new = event is None
+    if new:
         event = add_with_id(
             AlertEvent(
                 fingerprint=fingerprint,
@@ -217,6 +220,8 @@ def _record(alert: dict) -> AlertEvent | None:
         )
     event.value = _value(annotations.get("value"))
     event.summary = str(annotations.get("summary", ""))[:1000]
+    if new:
+        event_log.alert_changed(event)
     if alert.get("status") == "resolved" and event.state != "resolved":
         resolve(event, _time(alert.get("endsAt")) or utcnow())
     return event
@@ -225,6 +230,7 @@ def _record(alert: dict) -> AlertEvent | None:
 def resolve(event: AlertEvent, at: datetime) -> None:
     """End ``event`` at ``at``; its acknowledgement's silence ends with it."""
     event.state, event.ended_at = "resolved", at
+    event_log.alert_changed(event)
     if event.silence_id:
         current_app.extensions["alertmanager"].expire(event.silence_id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 # in the environment (JSON-parsed: 5, 2.5, true; text otherwise), or by ``test_config``.
 DEFAULTS = {
     "STATE_DIR": "state",  # the gateway's files: DB, rule files, file_sd targets, exports
+    "METRICS_DIR": "",  # the workers' request metrics; empty: <STATE_DIR>/gateway-metrics (one per replica)
     "SQLALCHEMY_DATABASE_URI": "",  # empty: $DATABASE_URL, else sqlite:///<STATE_DIR>/gateway.db
     # Serving (fleetwatch-gateway serve; its flags win over these).
     "BIND": "127.0.0.1:8080",
@@ -27,6 +29,10 @@ DEFAULTS = {
     "THREADS": 8,
     "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
     "KEYFILE": "",
+    # Proxies in front that append the client's address to X-Forwarded-For (HAProxy: 1). Trusted for
+    # that many hops (X-Forwarded-For, -Proto, -Host: gateway/http_security.py), so only set it where
+    # clients cannot reach the gateway but through them.
+    "PROXY_HOPS": 0,
     # Prometheus and the tiers of history (rules_compiler/downsampling.py).
     "PROMETHEUS_URL": "http://127.0.0.1:9090",
     "LONGTERM_URL": "",  # the downsampled tier; empty: the raw tier answers every range; `fleetwatch up` sets it
@@ -46,8 +52,7 @@ DEFAULTS = {
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
-    # Security (docs/security.md): proxies believed, login backoff per account, the scrape token.
-    "TRUSTED_PROXIES": 0,  # reverse-proxy hops whose X-Forwarded-For/-Proto/-Host are believed
+    # Security (docs/security.md): login backoff per account, the scrape token (proxies: PROXY_HOPS).
     "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S
     "LOGIN_BACKOFF_MAX_S": 900,
     "METRICS_TOKEN": "",  # or METRICS_TOKEN_FILE; neither: /metrics answers loopback callers only
@@ -83,6 +88,12 @@ DEFAULTS = {
     "GATEWAY_URL": "http://127.0.0.1:8080",
     "GATEWAY_CA_FILE": "",  # what Alertmanager trusts for GATEWAY_URL; `serve --certfile` sets its certificate
     "PROMTOOL": "promtool",
+    # Another backend (docs/backends.md): who evaluates the alert rules, where its rules API answers, what
+    # a deploy reloads (comma-separated base URLs; /-/reload is appended). Empty: PROMETHEUS_URL's.
+    "RULES_DIALECT": "prometheus",  # "vmalert": files without keep_firing_for, checked by `vmalert -dryRun`
+    "VMALERT": "vmalert",
+    "RULES_URL": "",
+    "RELOAD_URLS": "",
     "AMTOOL": "amtool",
     "ALERT_EVALUATION_INTERVAL_S": 30,
     "ALERT_GROUP_WAIT": "5s",
@@ -109,6 +120,13 @@ DEFAULTS = {
     "JOBS_SYNC_S": 15.0,
     "JOBS_SYNC_LOOKBACK_S": 86400,
     "JOBS_METRICS_MAX": 1000,
+    # Live updates (gateway/stream.py, docs/live-updates.md).
+    "STREAM_MAX_PER_WORKER": 250,  # open streams one worker holds (each a thread beyond THREADS); then 503
+    "STREAM_POLL_S": 1.0,  # how often a worker reads new events from the log for its streams
+    "STREAM_STATUS_POLL_S": 5.0,  # how often the lease holder compares host statuses
+    "STREAM_HEARTBEAT_S": 15.0,
+    "STREAM_EVENTS_KEEP_S": 86400,  # purge older events; a Last-Event-ID older than that gets `reset`
+    "STREAM_EVENTS_KEEP_ROWS": 100_000,
     # Scheduled reports (docs/reports.md): one thread per worker, the DB decides who runs.
     "REPORT_SCHEDULER": True,  # false: this gateway makes no reports (another replica does)
     "REPORT_SCHEDULER_TICK_S": 30,  # how often each worker looks for due reports (at most 60)
@@ -169,12 +187,14 @@ def create_app(test_config: dict | None = None) -> Flask:
         http_security,
         ingest,
         jobs,
+        locks,
         metrics,
         observability,
         processes,
         report_schedules,
         reports,
         sessions,
+        stream,
         users,
     )
     from gateway.alert_channels import WEBHOOK_SECRET
@@ -189,6 +209,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
+    from gateway.status_watch import StatusWatch
     from rules_compiler.deploy import AlertDeployer
 
     app = Flask(__name__)
@@ -200,6 +221,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     make_state_private(state_dir, config["SQLALCHEMY_DATABASE_URI"])
 
     db.init_app(app)
+    sqlite = config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:")
     prometheus = Prometheus(config["PROMETHEUS_URL"], config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"])
     longterm = config["LONGTERM_URL"]
     app.extensions.update(
@@ -218,6 +240,12 @@ def create_app(test_config: dict | None = None) -> Flask:
             alertmanager_url=config["ALERTMANAGER_URL"],
             promtool=config["PROMTOOL"],
             amtool=config["AMTOOL"],
+            # Replicas share the DB, not a lock file: they take turns on an advisory lock.
+            lock=None if sqlite else lambda: locks.held(db.engine, locks.DEPLOY),
+            dialect=config["RULES_DIALECT"],
+            vmalert=config["VMALERT"],
+            rules_url=config["RULES_URL"],
+            reload_urls=tuple(u.strip() for u in str(config["RELOAD_URLS"]).split(",") if u.strip()),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(
@@ -226,7 +254,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         last_seen=LastSeen(),
         series_budgets={},
         targets_writer=TargetsWriter(app),
+        # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
+        # (started in each gunicorn worker: gateway/cli.py).
+        stream_slots=threading.BoundedSemaphore(config["STREAM_MAX_PER_WORKER"]),
     )
+    app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
@@ -247,6 +279,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         alert_deliveries,
         ingest,
         agents,
+        stream,
         compat_metrics,
         compat_alerts,
         cluster,
@@ -261,11 +294,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.before_request(_require_json_body)
 
     with app.app_context():
-        migrate(db.engine)
+        with locks.held(db.engine, locks.STARTUP):  # replicas started together migrate in turn
+            migrate(db.engine)
+            _bootstrap_admin(app)
+            if config["LOCAL_HOST"]:
+                register_local_host(config["LOCAL_HOST"])
         request_metrics.watch_db(db.engine)
-        _bootstrap_admin(app)
-        if config["LOCAL_HOST"]:
-            register_local_host(config["LOCAL_HOST"])
         app.extensions["targets_writer"].write()  # what the DB holds, whatever a stopped worker left unwritten
         # Made now: made inside a rule write, secret() would commit that write's session early.
         secret(WEBHOOK_SECRET)

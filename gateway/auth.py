@@ -174,12 +174,22 @@ def authorize() -> None:
         count_request(f"{principal.id}:{kind}", limit)
 
 
+# Views a browser reaches with EventSource, which cannot set headers: they also take ?access_token=.
+QUERY_TOKEN_ENDPOINTS: set[str] = set()
+
+
+def request_token() -> str:
+    """The request's access token: Authorization's bearer, or ``?access_token=`` on QUERY_TOKEN_ENDPOINTS."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token
+    if request.endpoint in QUERY_TOKEN_ENDPOINTS and request.args.get("access_token"):
+        return request.args["access_token"]
+    raise Unauthorized("missing bearer token", {"header": "Authorization: Bearer <token>"})
+
+
 def _token_principal() -> Principal:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing bearer token", {"header": "Authorization: Bearer <token>"})
-    return live_session(decode_token(token, "access"))
+    return live_session(decode_token(request_token(), "access"))
 
 
 def live_session(claims: dict) -> Principal:

@@ -59,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     # create_app, and why this module imports neither at its top).
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
-    metrics_dir = Path(config["STATE_DIR"]) / "gateway-metrics"
+    metrics_dir = Path(config["METRICS_DIR"] or Path(config["STATE_DIR"]) / "gateway-metrics")
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -78,10 +78,13 @@ def serve(args: argparse.Namespace) -> int:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", threads)
+            # gthread, with threads for open streams beyond those of the REST API (docs/live-updates.md).
+            self.cfg.set("threads", threads + app.config["STREAM_MAX_PER_WORKER"])
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", None)
+            # Should an access log be turned on: the path without its query, where ?access_token= may be.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
             if os.access("/dev/shm", os.W_OK):
                 # The workers' heartbeat is a utime() per request: on tmpfs, not a journalled disk.
                 self.cfg.set("worker_tmp_dir", "/dev/shm")
@@ -90,7 +93,7 @@ def serve(args: argparse.Namespace) -> int:
                 self.cfg.set("keyfile", keyfile)
                 self.cfg.set("ssl_context", tls_context)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
-            self.cfg.set("post_worker_init", lambda _worker: _worker_threads(app))
+            self.cfg.set("post_worker_init", lambda worker: _worker_threads(app, worker))
 
         def load(self):
             return app
@@ -104,12 +107,15 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_threads(app) -> None:
+def _worker_threads(app, worker) -> None:
     """Each worker's background threads, none in the master (the DB decides who does what)."""
     from gateway.alert_silences import start_reconciler
 
     app.extensions["report_scheduler"].start()  # report schedules
     start_reconciler(app)  # silences kept in force in Alertmanager
+    app.extensions["status_watch"].start()  # host status changes into the live-update log
+    # Open streams end (their clients reconnect elsewhere) as soon as the worker is told to stop.
+    app.extensions["serving"] = lambda: worker.alive
 
 
 def _webhook_over_tls(app, certfile: str) -> None:

@@ -367,3 +367,34 @@ class JobSync(db.Model):
     __tablename__ = "job_sync"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     ran_at: Mapped[float] = mapped_column(db.Float)  # Unix time
+
+
+class StreamEvent(db.Model):
+    """The live-update log (gateway/event_log.py): what every stream of every worker reads, in ``pk`` order."""
+
+    __tablename__ = "stream_events"
+    __table_args__ = {"sqlite_autoincrement": True}  # an id is never handed out twice, even after a purge
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # host.status | alert.event
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    admin_extra: Mapped[dict | None] = mapped_column(JSON)  # fields only admins' streams carry
+
+
+class HostStatusSeen(db.Model):
+    """Each host's status as the status watcher last recorded it: what a change is measured against."""
+
+    __tablename__ = "host_status_seen"
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list] = mapped_column(JSON, default=list)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lease(db.Model):
+    """Who does a fleet-wide chore now (one holder among all workers and replicas) and until when."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(db.Float)  # Unix seconds

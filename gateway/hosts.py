@@ -417,3 +417,12 @@ class HostById(MethodView):
         db.session.commit()
         targets_changed()
         return {"id": host_id, "status": "deleted"}
+
+
+def fleet_statuses() -> dict[str, tuple[str, list[str]]]:
+    """Every host's status and reasons now, as the host list shows them (for the status watcher)."""
+    hosts = db.session.execute(db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes)).all()
+    pushed = frozenset(h.id for h in hosts if h.pushes)
+    state = fleet_state(current_app.extensions["prometheus"], [h.id for h in hosts], whole_fleet=True, pushed=pushed)
+    muted = maintenance([h.id for h in hosts])
+    return {h.id: (row["status"], row["status_reasons"]) for h in hosts for row in [_with_state(h, state, muted)]}

@@ -1,7 +1,7 @@
 """HTTP hardening on every answer: trusted proxies, HSTS, nosniff, no-store, and a CSP for the API docs.
 
 Behind a reverse proxy the client's address is in X-Forwarded-For, which anyone
-can write: it is believed only from FLEETWATCH_TRUSTED_PROXIES hops (werkzeug's
+can write: it is believed only from FLEETWATCH_PROXY_HOPS hops (werkzeug's
 ProxyFix), never by default, so a forged header cannot dodge the login limits.
 """
 
@@ -20,8 +20,10 @@ INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 def init_app(app: Flask) -> None:
     """Trust the configured proxies and add the security headers to every answer."""
-    hops = int(app.config["TRUSTED_PROXIES"])
+    hops = int(app.config["PROXY_HOPS"])
     if hops > 0:
+        # remote_addr is then the client's, not the proxy's: login limits per client, the audit log true;
+        # and a TLS proxy's X-Forwarded-Proto makes the answer HTTPS, so it carries HSTS.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.after_request(_headers)
 

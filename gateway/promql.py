@@ -69,7 +69,14 @@ class Prometheus:
 
     def ready(self) -> bool:
         try:
-            return self._http.request("GET", f"{self.url}/-/ready", timeout=2.0).status == 200
+            status = self._http.request("GET", f"{self.url}/-/ready", timeout=2.0).status
+            if status in (400, 404):
+                # Behind a path prefix (VictoriaMetrics' /prometheus, a cluster's /select/0/prometheus)
+                # there is no /-/ready: a query that needs no data says the same.
+                status = self._http.request(
+                    "GET", f"{self.url}/api/v1/query", fields={"query": "1"}, timeout=2.0
+                ).status
+            return status == 200
         except urllib3.exceptions.HTTPError:
             return False
 

@@ -5,7 +5,8 @@ amtool, and only then renamed over the live one; Prometheus and Alertmanager
 are reloaded and Prometheus is asked which rule revision it runs. Should any
 step after the rename fail, the previous files go back and are reloaded, so
 what is in force is always a set that passed the checks. One lock file
-serialises deployments from every gateway worker.
+serialises deployments from every gateway worker; gateway replicas on
+PostgreSQL pass a lock of their own (``lock``: an advisory lock in the DB).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import fcntl
 import os
 import subprocess
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +46,32 @@ class AlertDeployer:
     promtool: str = "promtool"
     amtool: str = "amtool"
     timeout_s: float = 10.0
+    lock: Callable[[], AbstractContextManager] | None = None  # None: a lock file beside the rules (one machine)
+    # Another rule evaluator (docs/backends.md): "vmalert" checks with `vmalert -dryRun`;
+    # its rules API and the URLs reloaded when they are not Prometheus's own.
+    dialect: str = "prometheus"
+    vmalert: str = "vmalert"
+    rules_url: str = ""  # empty: prometheus_url
+    reload_urls: tuple[str, ...] = ()  # empty: (prometheus_url,)
 
     def __post_init__(self):
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.timeout_s), retries=False)
+        self.rules_url = self.rules_url or self.prometheus_url
+        self.reload_urls = tuple(self.reload_urls) or (self.prometheus_url,)
+        self._evaluator = "vmalert" if self.dialect == "vmalert" else "Prometheus"
+
+    def _rules_check(self, path: Path) -> list[str]:
+        if self.dialect == "vmalert":
+            return [self.vmalert, "-dryRun", f"-rule={path}"]
+        return [self.promtool, "check", "rules", str(path)]
 
     @contextmanager
     def locked(self):
         """Held across read-compile-install, so concurrent writers install complete sets in turn."""
+        if self.lock is not None:
+            with self.lock():
+                yield
+            return
         self.rules_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.rules_path.parent / ".alerts.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -80,17 +101,15 @@ class AlertDeployer:
             templates.parent.mkdir(parents=True, exist_ok=True)
             _write_private(templates.with_name(f".{templates.name}.staged"), templates_text.encode())
             os.replace(templates.with_name(f".{templates.name}.staged"), templates)
+        rules_tmp = self._stage(self.rules_path, rules_text)
+        alertmanager_tmp = self._stage(self.alertmanager_path, alertmanager_text)
         staged = [
-            (self._stage(self.rules_path, rules_text), self.rules_path, [self.promtool, "check", "rules"]),
-            (
-                self._stage(self.alertmanager_path, alertmanager_text),
-                self.alertmanager_path,
-                [self.amtool, "check-config"],
-            ),
+            (rules_tmp, self.rules_path, self._rules_check(rules_tmp)),
+            (alertmanager_tmp, self.alertmanager_path, [self.amtool, "check-config", str(alertmanager_tmp)]),
         ]
         try:
             for tmp, _, check in staged:
-                self._check([*check, str(tmp)])
+                self._check(check, tmp)
         except DeployFailed:
             for tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)
@@ -99,7 +118,8 @@ class AlertDeployer:
         for tmp, target, _ in staged:
             os.replace(tmp, target)
         try:
-            self._reload(self.prometheus_url, "Prometheus")
+            for url in self.reload_urls:
+                self._reload(url, self._evaluator)
             self._reload(self.alertmanager_url, "Alertmanager")
             self._confirm(revision, rule_count)
         except DeployFailed:
@@ -118,13 +138,13 @@ class AlertDeployer:
         _write_private(tmp, text.encode())
         return tmp
 
-    def _check(self, argv: list[str]) -> None:
+    def _check(self, argv: list[str], staged: Path) -> None:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DeployFailed(f"{Path(argv[0]).name} could not run: {exc}", {"command": argv[:2]}) from None
         if done.returncode != 0:
-            output = (done.stdout + done.stderr).replace(str(Path(argv[-1]).parent) + "/", "")
+            output = (done.stdout + done.stderr).replace(str(staged.parent) + "/", "")
             raise DeployFailed(
                 f"{Path(argv[0]).name} refused the generated file", {"output": output.strip()[-2000:]}, status=400
             )
@@ -140,25 +160,25 @@ class AlertDeployer:
             )
 
     def _confirm(self, revision: str, rule_count: int) -> None:
-        """Wait until Prometheus reports exactly the installed group at ``revision``."""
+        """Wait until the evaluator's rules API reports exactly the installed group at ``revision``."""
         deadline = time.monotonic() + self.timeout_s
         seen = None
         while time.monotonic() < deadline:
             try:
-                r = self._http.request(
-                    "GET", f"{self.prometheus_url.rstrip('/')}/api/v1/rules", fields={"type": "alert"}
-                )
+                r = self._http.request("GET", f"{self.rules_url.rstrip('/')}/api/v1/rules", fields={"type": "alert"})
                 groups = orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
             except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
                 groups = None
             if groups is not None:
                 ours = [g for g in groups if g["name"] == GROUP]
                 rules = ours[0]["rules"] if ours else []
-                seen = {rule["annotations"].get("fleet_revision") for rule in rules}
+                seen = {rule.get("annotations", {}).get("fleet_revision") for rule in rules}
                 if len(rules) == rule_count and (rule_count == 0 or seen == {revision}):
                     return
             time.sleep(0.05)
-        raise DeployFailed("Prometheus did not take the new rules", {"expected": revision, "seen": sorted(seen or [])})
+        raise DeployFailed(
+            f"{self._evaluator} did not take the new rules", {"expected": revision, "seen": sorted(seen or [])}
+        )
 
     def _restore(self, previous: dict[Path, bytes | None]) -> None:
         for target, content in previous.items():
@@ -168,7 +188,7 @@ class AlertDeployer:
                 tmp = target.with_name(f".{target.name}.restore")
                 _write_private(tmp, content)
                 os.replace(tmp, target)
-        for url in (self.prometheus_url, self.alertmanager_url):
+        for url in (*self.reload_urls, self.alertmanager_url):
             try:
                 self._http.request("POST", f"{url.rstrip('/')}/-/reload")
             except urllib3.exceptions.HTTPError:

@@ -9,6 +9,8 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 # PostgreSQL: the tests run the gateway on it too (DATABASE_URL); nothing starts it but them.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# fleetwatch up --gateways N puts HAProxy in front of the gateway replicas (docs/replicas.md).
+command -v haproxy >/dev/null || need+=(haproxy)
 command -v openssl >/dev/null || need+=(openssl)  # the TLS test makes a certificate
 # A one-node Slurm the tests start themselves (tests/slurm_cluster.py); nothing else runs it.
 command -v slurmctld >/dev/null || need+=(slurm-wlm)
@@ -16,6 +18,12 @@ command -v munged >/dev/null || need+=(munge)
 command -v slurmrestd >/dev/null || need+=(slurmrestd)
 compgen -G '/usr/lib/*/slurm-wlm/auth_jwt.so' >/dev/null || need+=(slurm-wlm-jwt-plugin)  # slurmrestd's tokens
 command -v curl >/dev/null || need+=(curl)  # the README's first five minutes (tests/test_first_minutes.py runs them)
+# `fleetwatch up --backend victoriametrics`: the single node, vmagent and vmalert (docs/backends.md).
+command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+command -v vmagent >/dev/null || need+=(victoria-metrics)
+command -v vmalert >/dev/null || need+=(victoria-metrics)
+# Only to validate docker-compose.yml offline (`docker-compose config`); no Docker engine is needed.
+command -v docker-compose >/dev/null || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

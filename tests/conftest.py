@@ -33,6 +33,7 @@ SERVICE_FIXTURES = {
     "world",
     "tiers",
     "slurm_cluster",
+    "vm_stack",
 }
 
 
@@ -96,6 +97,8 @@ def stack(tmp_path_factory, node_exporter, mailbox):
             "FLEETWATCH_ALERT_GROUP_INTERVAL": "1s",
             "FLEETWATCH_ALERT_REPEAT_INTERVAL": "2s",
             "FLEETWATCH_ALERT_EVENTS_GROUP_INTERVAL": "1s",
+            "FLEETWATCH_STREAM_STATUS_POLL_S": "1",  # live updates (tests/test_stream.py)
+            "FLEETWATCH_STREAM_POLL_S": "0.2",
         },
     )
     s = Stack(config)

@@ -8,25 +8,35 @@ configs, and every dashboard query runs against the real Prometheus of the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pynvml
 import pytest
 import requests
 import yaml
 
+from fleetwatch.testing.api import api_session
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKER = ROOT / "deploy" / "docker"
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+# The dashboards of hosts, by host_id with the tag variables (jobs.json is by job: tests/test_jobs_slurm.py).
+FLEET_DASHBOARDS = [p for p in DASHBOARDS if p.name in {"fleet.json", "hosts.json", "gpus.json", "alerts.json"}]
 
-SERVICE_PORTS = {"prometheus": 9090, "alertmanager": 9093, "grafana": 3000, "exporter": 9101}
+# Published on the host: only what has authentication of its own (or serves nothing secret).
+SERVICE_PORTS = {"gateway": 8080, "grafana": 3000, "exporter": 9101}
+INTERNAL = ("prometheus", "prometheus-longterm", "alertmanager")
+COMPOSE_ENV = {"GF_SECURITY_ADMIN_PASSWORD": "test-only", "FLEETWATCH_ADMIN_PASSWORD": "test-only"}
 
 
 def compose() -> dict:
@@ -44,6 +54,35 @@ def test_compose_names_the_services_and_ports():
     for name, port in SERVICE_PORTS.items():
         published = {str(p) for p in services[name]["ports"]}
         assert f"{port}:{port}" in published, f"{name}: {published}"
+    for name in INTERNAL:  # on the compose network only
+        assert "ports" not in services[name] and services[name]["expose"], name
+
+
+def test_compose_runs_the_gateway_whose_files_prometheus_and_alertmanager_read():
+    services = compose()["services"]
+    gateway = services["gateway"]
+    dockerfile = ROOT / gateway["build"]["context"] / gateway["build"]["dockerfile"]
+    assert dockerfile.is_file() and dockerfile.parent == DOCKER
+    text = dockerfile.read_text()
+    assert "fleetwatch-gateway" in text and "/bin/promtool" in text and "/bin/amtool" in text
+    assert re.search(r"^USER 65534", text, re.M), "the same user as Prometheus' and Alertmanager's images"
+    env = gateway["environment"]
+    assert env["FLEETWATCH_ADMIN_PASSWORD"].startswith("${FLEETWATCH_ADMIN_PASSWORD:?")
+    assert env["FLEETWATCH_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert env["FLEETWATCH_LONGTERM_URL"] == "http://prometheus-longterm:9090"
+    assert env["FLEETWATCH_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    scrape = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert env["FLEETWATCH_SCRAPE_INTERVAL"] == scrape
+    assert "gateway-state:/var/lib/fleetwatch" in gateway["volumes"]
+    assert "gateway-state:/etc/prometheus/fleetwatch:ro" in services["prometheus"]["volumes"]
+    assert "gateway-state:/etc/alertmanager/fleetwatch:ro" in services["alertmanager"]["volumes"]
+    # Where the gateway writes them (gateway/app.py: STATE_DIR/rules, /alertmanager, /file_sd).
+    assert "/etc/alertmanager/fleetwatch/alertmanager/alertmanager.yml" in services["alertmanager"]["command"][0]
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    assert "/etc/prometheus/fleetwatch/rules/*.yml" in config["rule_files"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["fleetwatch"]["file_sd_configs"][0]["files"] == ["/etc/prometheus/fleetwatch/file_sd/*.json"]
+    assert jobs["fleetwatch-gateway"]["static_configs"][0]["targets"] == ["gateway:8080"]
 
 
 def test_compose_pins_images_and_flags():
@@ -56,7 +95,7 @@ def test_compose_pins_images_and_flags():
         "--storage.tsdb.retention.time=7d",
     } <= set(prom_flags)
     assert services["alertmanager"]["image"] == "prom/alertmanager:v0.25.0"
-    assert "--cluster.listen-address=" in services["alertmanager"]["command"]
+    assert services["alertmanager"]["command"][0].endswith(" --cluster.listen-address=")  # one instance: no gossip
     image, _, tag = services["grafana"]["image"].partition(":")
     assert image == "grafana/grafana-oss" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "Grafana pinned to a release"
 
@@ -94,17 +133,17 @@ def test_compose_mounts_only_files_that_exist():
 
 def test_docker_compose_config_accepts_the_file():
     binary = shutil.which("docker-compose")
-    env = {**os.environ, "GF_SECURITY_ADMIN_PASSWORD": "test-only"}
-    if binary is None:
-        # Debian's docker-compose is not installed here: the YAML checks above are what remains.
-        assert compose()["services"]
-        return
+    assert binary, "Debian's docker-compose is missing: scripts/system-deps.sh installs it"
+    env = {**os.environ, **COMPOSE_ENV}
     ok = subprocess.run([binary, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    # ... and refuses it without the admin password.
-    env.pop("GF_SECURITY_ADMIN_PASSWORD")
-    refused = subprocess.run([binary, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=env, capture_output=True)
-    assert refused.returncode != 0
+    # ... and refuses it without either admin password.
+    for name in COMPOSE_ENV:
+        without = {k: v for k, v in env.items() if k != name}
+        refused = subprocess.run(
+            [binary, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=without, capture_output=True
+        )
+        assert refused.returncode != 0, name
 
 
 # --- Prometheus and Alertmanager configs ------------------------------------------------------
@@ -120,7 +159,7 @@ def test_prometheus_config_passes_promtool():
 def test_prometheus_config_scrapes_the_compose_services():
     config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     assert config["storage"]["tsdb"]["out_of_order_time_window"] == "1h"
-    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    assert config["rule_files"][0] == "/etc/prometheus/rules/*.yml"
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
     assert jobs["fleetwatch"][0]["targets"] == ["exporter:9101"]
@@ -164,8 +203,19 @@ def test_dashboard_provider_reads_the_mounted_folder():
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
-def test_both_dashboards_are_there():
-    assert {p.name for p in DASHBOARDS} >= {"hosts.json", "gpus.json"}
+def test_the_dashboards_are_there():
+    assert {p.name for p in DASHBOARDS} >= {"fleet.json", "hosts.json", "gpus.json", "alerts.json"}
+
+
+def test_generated_dashboards_are_the_scripts_current_output(tmp_path):
+    """fleet, hosts and alerts.json come from scripts/grafana_dashboards.py: edit that, then run it."""
+    spec = importlib.util.spec_from_file_location("grafana_dashboards", ROOT / "scripts" / "grafana_dashboards.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.OUT = tmp_path
+    script.main()
+    for made in tmp_path.glob("*.json"):
+        assert made.read_text() == (GRAFANA / "dashboards" / made.name).read_text(), made.name
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
@@ -186,56 +236,138 @@ def test_dashboard_structure(path):
         for t in panel["targets"]:
             assert t["expr"], panel["title"]
             assert t["datasource"]["type"] == "prometheus" and t["datasource"]["uid"] in uids, panel["title"]
+            # Every host, however it reports: the fleet layer's host_id, never a scrape's instance.
+            assert "instance=" not in t["expr"], t["expr"]
+            if path in FLEET_DASHBOARDS:
+                assert "$host" in t["expr"] or "ALERTS" in t["expr"], t["expr"]
+            if t["datasource"]["uid"] == "prometheus-longterm":  # only what the long-term tier holds
+                assert re.search(r"fleet:\w+:(avg|max|min|count)(1m|5m|1h)", t["expr"]), t["expr"]
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    if path in FLEET_DASHBOARDS:
+        assert names[:3] == ["tag", "tag_value", "host"], "tag variables through fleet_host_info"
     for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] in uids, variable["name"]
+        assert variable["type"] == "textbox" or variable["datasource"]["uid"] in uids, variable["name"]
 
 
-def panel_queries(path: Path) -> list[tuple[str, str]]:
+def test_panels_past_seven_days_read_the_long_term_tier():
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel.get("timeFrom") and int(panel["timeFrom"].removesuffix("d")) > 7:
+                assert panel["datasource"]["uid"] == "prometheus-longterm", panel["title"]
+                assert all(t["datasource"]["uid"] == "prometheus-longterm" for t in panel["targets"])
+
+
+def panel_queries(path: Path) -> list[tuple[str, str, str]]:
+    """(panel title, expr, datasource uid) of every query of the dashboard."""
     dashboard = json.loads(path.read_text())
-    return [(panel["title"], t["expr"]) for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    return [
+        (panel["title"], t["expr"], t["datasource"]["uid"])
+        for panel in dashboard["panels"]
+        for t in panel.get("targets", [])
+    ]
 
 
-def variable_queries(path: Path) -> list[tuple[str, str]]:
-    """label_values(EXPR, LABEL) of each template variable, as the PromQL Grafana runs for it."""
+def variable_queries(path: Path) -> list[tuple[str, str, str]]:
+    """label_values(EXPR, LABEL) of each query variable, as the PromQL Grafana runs for it."""
     out = []
     for variable in json.loads(path.read_text())["templating"]["list"]:
+        if variable["type"] == "textbox":
+            continue
         query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+        m = re.fullmatch(r"label_values\((.+),\s*(\$?\w+)\)", query)
         assert m, f"{variable['name']}: {query}"
-        out.append((f"${variable['name']}", f"count by ({m.group(2)}) ({m.group(1)})"))
+        out.append((f"${variable['name']}", f"count by ({m.group(2)}) ({m.group(1)})", "prometheus"))
     return out
 
 
-def fill(expr: str, instance: str = ".*") -> str:
-    variables = {"$instance": instance, "$gpu": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
-    variables |= {"$user": ".*", "$jobid": ".*"}  # jobs.json
+HOST = socket.gethostname()  # the host_id of the stack's own exporter
+GPU_HOST = "gpu-health-row"  # the sick_gpu_node's
+
+
+def fill(expr: str, host: str = ".*") -> str:
+    variables = {
+        "$host": host,
+        "$gpu": ".*",
+        "$tag": "hostname",
+        "$tag_value": ".*",
+        "$__rate_interval": "1m",
+        "$__interval": "15s",
+        "$__range": "1h",
+        "$user": ".*",  # jobs.json
+        "$jobid": ".*",
+    }
     filled = re.sub(r"\$\w+", lambda m: variables.get(m.group(0), m.group(0)), expr)
     assert "$" not in filled, f"unfilled variable in {expr}"
     return filled
 
 
-ALL_QUERIES = [
-    (f"{p.name}: {title}", expr) for p in DASHBOARDS for title, expr in panel_queries(p) + variable_queries(p)
-]
+ALL_QUERIES = [(f"{p.name}: {title}", expr, uid) for p in DASHBOARDS for title, expr, uid in panel_queries(p)]
+ALL_QUERIES += [(f"{p.name}: {name}", expr, uid) for p in DASHBOARDS for name, expr, uid in variable_queries(p)]
 
 
-@pytest.mark.parametrize("title,expr", ALL_QUERIES, ids=[t for t, _ in ALL_QUERIES])
-def test_dashboard_query_is_valid_promql(prom, title, expr):
-    body = requests.get(f"{prom.url}/api/v1/query", params={"query": fill(expr)}, timeout=10).json()
+@pytest.mark.parametrize("title,expr,uid", ALL_QUERIES, ids=[t for t, _, _ in ALL_QUERIES])
+def test_dashboard_query_is_valid_promql(stack, title, expr, uid):
+    url = stack.urls()["longterm" if uid == "prometheus-longterm" else "prometheus"]
+    body = requests.get(f"{url}/api/v1/query", params={"query": fill(expr)}, timeout=10).json()
     assert body["status"] == "success", body  # a parse error is status "error"
 
 
-HOST_QUERIES = panel_queries(GRAFANA / "dashboards" / "hosts.json")
+@pytest.fixture(scope="module")
+def inventory(stack, prom, sick_gpu_node):
+    """The stack's host and the GPU node in the gateway's inventory, as users add hosts: in fleet_host_info."""
+    api = api_session(stack.urls()["gateway"])
+    exporter = stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
+    # The same address and host_id as the targets they have: Prometheus scrapes each once.
+    # The stack registers its own host itself: that one only gets the tag.
+    made, tagged = [], []
+    for host_id, address in ((HOST, exporter), (GPU_HOST, sick_gpu_node)):
+        body = {"id": host_id, "hostname": f"{host_id}.test", "exporter": address, "tags": {"role": "dashboards-test"}}
+        created = api.post(f"{api.base}/api/v1/hosts", json=body, timeout=30)
+        if created.status_code == 409:
+            before = api.get(f"{api.base}/api/v1/hosts/{host_id}", timeout=30).json()["host"]["tags"]
+            patched = api.patch(f"{api.base}/api/v1/hosts/{host_id}", json={"tags": body["tags"]}, timeout=30)
+            assert patched.status_code == 200, patched.text
+            tagged.append((host_id, before))
+        else:
+            assert created.status_code == 201, created.text
+            made.append(host_id)
+    prom.wait_for('count(fleet_host_info{role="dashboards-test"}) == 2', timeout_s=60)
+    yield api
+    for host_id in made:
+        api.delete(f"{api.base}/api/v1/hosts/{host_id}", timeout=30)
+    for host_id, tags in tagged:
+        api.patch(f"{api.base}/api/v1/hosts/{host_id}", json={"tags": tags}, timeout=30)
 
 
-@pytest.mark.parametrize("title,expr", HOST_QUERIES, ids=[t for t, _ in HOST_QUERIES])
-def test_hosts_dashboard_has_data_for_our_exporter(stack, prom, title, expr):
-    # The exporter `fleetwatch up` started: other tests add targets (a GPU-only fake among them) to the job.
-    instance = stack.urls()["exporter"].removeprefix("http://").removesuffix("/metrics")
-    prom.wait_for(f'up{{instance="{instance}"}} == 1')
-    # rate() over 1m needs two scrapes (1 s apart in the test stack).
-    result = prom.wait_for(fill(expr, re.escape(instance).replace("\\", "\\\\")), timeout_s=30)
-    assert {s["metric"].get("instance") for s in result} == {instance}, title
+@pytest.fixture(scope="module")
+def firing_alert(inventory, prom):
+    """An alert firing for the stack's host, so that the alerts dashboard has something to show."""
+    api = inventory
+    rule = {"name": "Dashboards test", "expression": "cpu.utilization >= 0", "duration": "1s"}
+    created = api.post(f"{api.base}/api/v1/alerts/rules", json=rule, timeout=30)
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    prom.wait_for(f'ALERTS{{alertname="{rule_id}",alertstate="firing",host_id="{HOST}"}}', timeout_s=60)
+    yield rule_id
+    api.delete(f"{api.base}/api/v1/alerts/rules/{rule_id}", timeout=30)
+
+
+HOST_QUERIES = [q for q in ALL_QUERIES if q[0].split(":")[0] in {p.name for p in FLEET_DASHBOARDS}]
+
+
+@pytest.mark.parametrize("title,expr,uid", HOST_QUERIES, ids=[t for t, _, _ in HOST_QUERIES])
+def test_dashboard_query_has_data_for_a_scraped_and_a_gpu_host(prom, sick_gpu_node, firing_alert, title, expr, uid):
+    if uid == "prometheus-longterm":
+        # The hourly series reach the long-term tier an hour after a start: the same
+        # selection over the raw tier's series they are made from has data now.
+        expr = re.sub(r"(fleet:\w+):(avg|max|min|count)(1m|5m|1h)", r"\1", expr)
+    hosts = f"{re.escape(HOST)}|{GPU_HOST}".replace("\\", "\\\\")
+    result = prom.wait_for(fill(expr, hosts), timeout_s=30)
+    shown = {s["metric"]["host_id"] for s in result if "host_id" in s["metric"]}
+    if "$host" in expr:
+        assert shown <= {HOST, GPU_HOST}, title
+    else:  # $tag_value and $host list the whole inventory (other tests add hosts too)
+        assert {HOST, GPU_HOST} & shown or not shown, title
 
 
 def row_queries(path: Path, row: str) -> list[tuple[str, str, str]]:
@@ -265,8 +397,13 @@ def sick_gpu_node(stack):
         nvmlDeviceGetRetiredPagesPendingStatus=1,
         nvmlDeviceGetRemappedRows=err(pynvml.NVML_ERROR_NOT_SUPPORTED),
     )
-    failed_remap = {"nvmlDeviceGetRemappedRows": (5, 1, 0, 1)}
-    node = GpuNode(stack.config.state_dir, "gpu-health-row", FakePynvml([sick_gpu(**failed_remap), mig_gpu(), v100]))
+    # A process on it: this test run (the top-processes panel needs a pid that exists).
+    failed_remap = {
+        "nvmlDeviceGetRemappedRows": (5, 1, 0, 1),
+        "nvmlDeviceGetComputeRunningProcesses": [SimpleNamespace(pid=os.getpid(), usedGpuMemory=1 << 30)],
+    }
+    lib = FakePynvml([sick_gpu(**failed_remap), mig_gpu(), v100])
+    node = GpuNode(stack.config.state_dir, GPU_HOST, lib, processes=True)
     node.lib.xid(0, 79)
     yield f"127.0.0.1:{node.port}"
     node.stop()
@@ -274,10 +411,9 @@ def sick_gpu_node(stack):
 
 @pytest.mark.parametrize("title,ref,expr", GPU_HEALTH_QUERIES, ids=[f"{t} {r}" for t, r, _ in GPU_HEALTH_QUERIES])
 def test_gpu_health_row_has_data_for_a_sick_gpu_node(prom, sick_gpu_node, title, ref, expr):
-    instance = sick_gpu_node
-    prom.wait_for(f'up{{instance="{instance}"}} == 1')
-    result = prom.wait_for(fill(expr, re.escape(instance).replace("\\", "\\\\")), timeout_s=30)
-    assert {s["metric"].get("instance") for s in result} == {instance}, title
+    prom.wait_for(f'up{{instance="{sick_gpu_node}"}} == 1')
+    result = prom.wait_for(fill(expr, GPU_HOST), timeout_s=30)
+    assert {s["metric"].get("host_id") for s in result} == {GPU_HOST}, title
 
 
 # --- the rules docker-compose's Prometheus loads ----------------------------------------------

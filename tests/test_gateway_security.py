@@ -327,7 +327,7 @@ def test_the_jwt_key_may_come_from_a_file(tmp_path):
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path, proxies):
     """Finding 10: behind a proxy every client shared one login bucket; without one, XFF is a free pass."""
     client = make_app(
-        tmp_path, f"http://127.0.0.1:{free_port()}", LOGIN_ATTEMPTS_PER_MIN=3, TRUSTED_PROXIES=proxies
+        tmp_path, f"http://127.0.0.1:{free_port()}", LOGIN_ATTEMPTS_PER_MIN=3, PROXY_HOPS=proxies
     ).test_client()
     wrong = {"email": "who@example.com", "password": "wrong"}
     codes = [
@@ -364,7 +364,7 @@ def test_security_headers_on_every_answer(client):
 
 
 def test_hsts_behind_a_trusted_tls_proxy(tmp_path):
-    client = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", TRUSTED_PROXIES=1).test_client()
+    client = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", PROXY_HOPS=1).test_client()
     r = client.get("/health", headers={"X-Forwarded-Proto": "https"})
     assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
+from fleetwatch import postgres
 from fleetwatch.testing.waits import free_port
 
 
@@ -17,34 +16,17 @@ class Postgres:
     """A throwaway PostgreSQL server (Debian's) on a loopback port, its data in a temp dir."""
 
     def __init__(self):
-
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        assert found, "PostgreSQL is not installed: `make test` installs Debian's postgresql package"
-        self.bin = Path(found[-1]).parent
+        self.bin = postgres.binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="fleetwatch-pg-"))
-        # PostgreSQL refuses to run as root: as root, run it as the package's postgres user.
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.dir, "postgres")
+        postgres.own_directory(self.dir)
         self.port = free_port()
 
     def _run(self, *argv: str) -> None:
-        subprocess.run([*self.as_user, *argv], check=True, capture_output=True)
+        subprocess.run([*postgres.as_server_user(), *argv], check=True, capture_output=True)
 
     def start(self):
-        self._run(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.dir / "data"),
-            "-A",
-            "trust",
-            "-U",
-            "fleetwatch",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        postgres.initdb(self.dir / "data", durable=False)
+        options = " ".join(postgres.server_options(self.port, self.dir, durable=False))
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -64,10 +46,6 @@ class Postgres:
 
     def new_database(self) -> str:
         """A fresh database's SQLAlchemy URL."""
-
-        import psycopg
-
         name = f"t{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=fleetwatch dbname=postgres", autocommit=True) as c:
-            c.execute(f"CREATE DATABASE {name}")
-        return f"postgresql+psycopg://fleetwatch@127.0.0.1:{self.port}/{name}"
+        postgres.create_database("127.0.0.1", self.port, name)
+        return postgres.url("127.0.0.1", self.port, name)

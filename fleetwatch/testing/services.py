@@ -62,6 +62,25 @@ def prometheus(tsdb: Path, config: str = PROMETHEUS_CONFIG, flags: tuple[str, ..
     return Server("prometheus", argv, f"{url}/-/ready", tsdb.with_name(f"{tsdb.name}.log"), url=url)
 
 
+def victoriametrics(data: Path, port: int = 0) -> Server:
+    """Debian's VictoriaMetrics single node taking remote write, its data in ``data``, its log beside it.
+
+    New samples are visible at once (no 30 s latency offset) and a series ends 5 min after
+    its last sample, as in Prometheus (../shared/facts/victoriametrics.md).
+    """
+    url = f"http://127.0.0.1:{port or free_port()}"
+    argv = [
+        find_binary("victoria-metrics"),
+        f"-httpListenAddr={url.removeprefix('http://')}",
+        f"-storageDataPath={data}",
+        "-retentionPeriod=7d",
+        "-search.latencyOffset=0s",
+        "-search.minStalenessInterval=5m",
+        "-loggerLevel=WARN",
+    ]
+    return Server("victoriametrics", argv, f"{url}/health", data.with_name(f"{data.name}.log"), url=url)
+
+
 def alertmanager(directory: Path, config: str) -> Server:
     """Debian's Alertmanager with ``config``, its state and log in ``directory``; no cluster port."""
     url = f"http://127.0.0.1:{free_port()}"
