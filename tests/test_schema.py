@@ -30,7 +30,7 @@ def test_a_db_made_before_migrations_is_adopted_and_keeps_its_rows(tmp_path):
     db.metadata.create_all(engine, tables=old)
     with engine.begin() as c:
         # Today's models, less the columns later migrations add to these tables
-        c.execute(sa.text("ALTER TABLE login_sessions DROP COLUMN refresh_id"))  # 0008
+        c.execute(sa.text("ALTER TABLE login_sessions DROP COLUMN refresh_id"))  # 0009
         c.execute(
             sa.text(
                 "INSERT INTO hosts (id, hostname, ips, tags, has_gpu, created_at) "
