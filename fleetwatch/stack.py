@@ -202,8 +202,10 @@ def _slurm_flags(slurm: bool | None) -> list[str]:
 def render_configs(config: StackConfig) -> dict[str, Path]:
     """Write every config the stack reads into the state directory; return their paths by name."""
     state = config.state_dir.resolve()
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    state.chmod(0o700)  # the gateway's DB, the scrape token and the logs lie here
+    state.mkdir(mode=0o711, parents=True, exist_ok=True)
+    # The gateway's DB, the scrape token and the logs lie here, each 0600: others list nothing, and
+    # pass through only to what runs as another user (the replicas' PostgreSQL).
+    state.chmod(0o711)
     for sub in ("prometheus/data", "longterm/data", "alertmanager/data", "rules", "file_sd", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(

@@ -209,16 +209,20 @@ def private_file(path: Path) -> Path:
     return path
 
 
-def private_dir(path: Path) -> Path:
-    """``path``, made if missing, mode 0700 whatever the umask."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """``path``, made if missing, mode 0700 (or ``mode``) whatever the umask."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    path.chmod(mode)
     return path
 
 
 def make_state_private(state_dir: Path, database_uri: str) -> None:
-    """The state dir 0700 and a SQLite DB 0600 (SQLite gives its -wal and -shm the DB file's mode)."""
-    private_dir(state_dir)
+    """The state dir 0711 and a SQLite DB 0600 (SQLite gives its -wal and -shm the DB file's mode).
+
+    0711, not 0700: others may pass through (to a PostgreSQL cluster there, run as the postgres user)
+    but list nothing; each secret in it is 0600 and the exports and secrets directories 0700.
+    """
+    private_dir(state_dir, 0o711)
     url = make_url(database_uri)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         db_path = Path(url.database)

@@ -298,7 +298,7 @@ def test_state_is_private_whatever_the_umask(tmp_path, stack):
         assert r.status_code == 200, r.get_json()
     finally:
         os.umask(old)
-    assert mode(state) == 0o700
+    assert mode(state) == 0o711  # others pass through, list nothing
     made = [p for p in state.rglob("*") if p.is_file()]
     names = {p.name for p in made}
     assert {"gateway-test.db", "gateway-test.db-wal", "ratelimit.db", "ratelimit.db-wal"} <= names, names
@@ -312,7 +312,7 @@ def test_state_is_private_whatever_the_umask(tmp_path, stack):
 
 def test_fleetwatch_up_keeps_its_logs_and_state_private(stack):
     state = stack.config.state_dir
-    assert mode(state) == 0o700
+    assert mode(state) == 0o711  # others pass through, list nothing
     logs = list((state / "logs").glob("*.log"))
     assert logs and all(mode(p) == 0o600 for p in logs), [(p.name, oct(mode(p))) for p in logs]
     assert mode(state / "secrets" / "metrics-token") == 0o600
