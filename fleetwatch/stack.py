@@ -92,7 +92,10 @@ class Service:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        # Logs name users, hosts and addresses: the owner's only, whatever the umask.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv,
                 stdout=out,
@@ -201,6 +204,10 @@ def _slurm_flags(slurm: bool | None) -> list[str]:
 def render_configs(config: StackConfig) -> dict[str, Path]:
     """Write every config the stack reads into the state directory; return their paths by name."""
     state = config.state_dir.resolve()
+    state.mkdir(mode=0o711, parents=True, exist_ok=True)
+    # The gateway's DB, the scrape token and the logs lie here, each 0600: others list nothing, and
+    # pass through only to what runs as another user (the replicas' PostgreSQL).
+    state.chmod(0o711)
     for sub in ("prometheus/data", "longterm/data", "alertmanager/data", "rules", "file_sd", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(
@@ -219,6 +226,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         "evaluation_interval": config.evaluation_interval,
         "out_of_order_window": config.out_of_order_window,
         "downsampled_series": SERIES_PATTERN,
+        "metrics_token_file": str(_metrics_token(state)),
     }
     paths = {
         "prometheus": state / "prometheus" / "prometheus.yml",
@@ -346,6 +354,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
                 "FLEETWATCH_ALERTMANAGER_URL": f"http://{near_backend}:{ports.alertmanager}",
                 "FLEETWATCH_GATEWAY_URL": f"http://{near}:{ports.gateway}",
                 "FLEETWATCH_ALERT_EVALUATION_INTERVAL_S": str(max(1, round(seconds(config.evaluation_interval)))),
+                "FLEETWATCH_METRICS_TOKEN_FILE": str(_metrics_token(state)),
                 "FLEETWATCH_PROMTOOL": find_binary("promtool"),
                 "FLEETWATCH_AMTOOL": find_binary("amtool"),
                 **config.gateway_env,
@@ -441,6 +450,15 @@ class Stack:
 def reach(bind: str) -> str:
     """The address to connect to a service bound to ``bind``: loopback for a wildcard bind."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bind, bind)
+
+
+def _metrics_token(state: Path) -> Path:
+    """The gateway's scrape token, made once: Prometheus sends it, the gateway's /metrics wants it."""
+    from gateway.db import secret_file
+
+    path = state / "secrets" / "metrics-token"
+    secret_file(path)
+    return path
 
 
 def _addresses() -> list[str]:

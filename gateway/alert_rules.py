@@ -25,7 +25,8 @@ from gateway.auth import audit
 from gateway.channel_policy import mask_channel
 from gateway.db import AlertEvent, AlertRuleRow, Setting, add_with_id, db, utcnow
 from gateway.errors import Blueprint, NotFound
-from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, page
+from gateway.metrics import METRIC_NAME
+from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, page
 from rules_compiler.alertmanager import render_alertmanager_config
 from rules_compiler.alerts import (
     GROUPINGS,
@@ -48,18 +49,78 @@ blp = Blueprint("alert-rules", __name__, url_prefix="/api/v1/alerts", descriptio
 STARTER_RULES_SETTING = "starter-rules"
 
 
+# What the rules compiler parses, as patterns the OpenAPI document can show (JSON Schema's regex
+# dialect: no inline flags, and \s is not Python's). A little stricter than the parser in places
+# (single spaces, durations within their 7-day bound); never looser.
+_WORD = lambda word: "".join(f"[{c.upper()}{c}]" for c in word)  # noqa: E731 - [Oo][Rr] for "or"
+DURATION = r"(?:[0-9]{1,4}[sm]|[0-9]{1,2}h|[0-7]d)"  # at most 7d, as parse_duration wants
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,2})?"
+_TERM = (
+    rf"(?:{METRIC_NAME[1:-1]} *(?:>=|<=|==|!=|>|<) *{_NUMBER}"
+    rf"|{_WORD('no')} +{_WORD('heartbeat')} +{_WORD('for')} +(?:[1-9][0-9]{{0,3}}[sm]|[1-9][0-9]?h|[1-7]d))"
+)
+EXPRESSION = rf"^ *{_TERM}(?: +(?:{_WORD('or')}|{_WORD('and')}) +{_TERM})* *$"
+# Channels: what amtool (Go's url.Parse and mail.ParseAddress) takes, in ASCII. Found by fuzzing:
+# control characters, a bad host or a stray % passed the compiler's looser checks and amtool refused
+# the whole file. No { or } in addresses: Go templates would read them.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?"
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`|~-]+"
+_EMAIL = rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+"
+_URL_TAIL = r"(?:[/?](?:[!#$&-~]|%[0-9A-Fa-f]{2})*)?"  # printable ASCII but space, " and a bare %
+_SLACK_TAIL = r"(?:[/?](?:[!$&-~]|%[0-9A-Fa-f]{2})*)?"  # and no #: it starts the channel
+CHANNEL = (
+    rf"^(?:email:{_EMAIL}|webhook:https?://{_HOST}{_URL_TAIL}"
+    rf"|slack:https?://{_HOST}{_SLACK_TAIL}(?:#[A-Za-z0-9_.-]{{1,80}})?)$"
+)
+SCOPE_DOC = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "tags": {
+                    "type": "object",
+                    "patternProperties": {"^[a-zA-Z_][a-zA-Z0-9_]*$": {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            },
+            "additionalProperties": False,
+        },
+        {
+            "type": "string",
+            "pattern": r"^(?:|all|[a-zA-Z_][a-zA-Z0-9_]* *!?=[^,\n]*(?:,[a-zA-Z_][a-zA-Z0-9_]* *!?=[^,\n]*)*)$",
+        },
+    ],
+    "description": 'all hosts if empty; {"tags": {"role": "web", "zone": "!=us-east"}} or "role=web,zone!=us-east"',
+}
+
+
 class RuleSchema(ma.Schema):
     id = ma.fields.String(dump_only=True)
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
     expression = ma.fields.String(
         required=True,
         validate=ma.validate.Length(min=1, max=2000),
-        metadata={"example": "cpu.utilization > 90 OR mem.used_pct > 90"},
+        # Checked by the compiler, whose 400 names the unknown metric and the valid ones; the pattern says the same.
+        metadata={"pattern": EXPRESSION, "example": "cpu.utilization > 90 OR mem.used_pct > 90"},
     )
-    duration = ma.fields.String(load_default="5m", metadata={"description": "static, or 30s / 10m / 1h / 1d"})
-    scope = ma.fields.Raw(load_default=dict, metadata={"example": {"tags": {"role": "web", "zone": "!=us-east"}}})
+    duration = ma.fields.String(
+        load_default="5m",
+        validate=Pattern(rf"^ *(?:static|{DURATION}) *$", error="static, or a number and s, m, h or d, at most 7d"),
+        metadata={"description": "static, or 30s / 10m / 1h / 1d, at most 7d"},
+    )
+    scope = ma.fields.Raw(
+        load_default=dict,
+        allow_none=True,
+        metadata={**SCOPE_DOC, "example": {"tags": {"role": "web", "zone": "!=us-east"}}},
+    )
     channels = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Length(max=2000)),
+        ma.fields.String(
+            validate=[
+                ma.validate.Length(max=2000),
+                Pattern(CHANNEL, error="not email:ADDRESS, webhook:URL or slack:URL[#channel]"),
+            ]
+        ),
         load_default=list,
         validate=ma.validate.Length(max=20),
         metadata={"example": ["email:ops@example.com", "slack:https://hooks.slack.com/services/T/B/X#ops"]},

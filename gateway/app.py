@@ -30,7 +30,8 @@ DEFAULTS = {
     "CERTFILE": "",  # serve HTTPS with this certificate and KEYFILE
     "KEYFILE": "",
     # Proxies in front that append the client's address to X-Forwarded-For (HAProxy: 1). Trusted for
-    # that many hops, so only set it where clients cannot reach the gateway but through them.
+    # that many hops (X-Forwarded-For, -Proto, -Host: gateway/http_security.py), so only set it where
+    # clients cannot reach the gateway but through them.
     "PROXY_HOPS": 0,
     # Prometheus and the tiers of history (rules_compiler/downsampling.py).
     "PROMETHEUS_URL": "http://127.0.0.1:9090",
@@ -54,6 +55,14 @@ DEFAULTS = {
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
+    # Security (docs/security.md): login backoff per account, the scrape token (proxies: PROXY_HOPS).
+    "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S
+    "LOGIN_BACKOFF_MAX_S": 900,
+    "METRICS_TOKEN": "",  # or METRICS_TOKEN_FILE; neither: /metrics answers loopback callers only
+    "METRICS_TOKEN_FILE": "",
+    "JWT_SECRET": "",  # or JWT_SECRET_FILE; neither: a key made once and kept in the DB
+    "JWT_SECRET_FILE": "",
+    "AUDIT_RETENTION_DAYS": 90,  # AUDIT-002; older entries go with the next audited action
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "ADMIN_EMAIL": None,  # the first admin, made on a start that finds none
     "ADMIN_PASSWORD": None,
@@ -181,6 +190,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         compat_metrics,
         host_import,
         hosts,
+        http_security,
         ingest,
         jobs,
         locks,
@@ -190,12 +200,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         processes,
         report_schedules,
         reports,
+        sessions,
         stream,
         users,
     )
     from gateway.alert_channels import WEBHOOK_SECRET
     from gateway.alertmanager import Alertmanager
-    from gateway.db import db, secret
+    from gateway.db import db, make_state_private, secret
     from gateway.errors import Api
     from gateway.inventory import TargetsWriter, register_local_host
     from gateway.key_scope import KeyBudgets
@@ -215,7 +226,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if config["LOG_JSON"]:
         observability.setup_logging(config["LOG_LEVEL"])
     state_dir = Path(config["STATE_DIR"])
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_state_private(state_dir, config["SQLALCHEMY_DATABASE_URI"])
 
     db.init_app(app)
     sqlite = config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:")
@@ -257,18 +268,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         key_budgets=KeyBudgets(),
     )
     app.extensions.update(stream_tail=stream.Tail(app), status_watch=StatusWatch(app))
-    if config["PROXY_HOPS"]:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        # remote_addr is then the client's, not the proxy's: login limits are per client, the audit log true.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(config["PROXY_HOPS"]), x_proto=0, x_host=0)
     request_metrics = observability.RequestMetrics(app)
     app.extensions["request_metrics"] = request_metrics
 
     api = Api(app)
     for module in (
         observability,
-        auth,
+        sessions,
         users,
         hosts,
         host_import,
@@ -293,6 +299,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     init_report_scheduler(app)  # its thread starts in each worker: gateway/cli.py
     _serve_swagger_assets(app)
 
+    http_security.init_app(app)
     app.before_request(auth.authorize)
     app.before_request(_require_json_body)
 

@@ -1,4 +1,4 @@
-"""Who is calling and may they: JWT login/refresh/logout, API keys, roles, per-user rate limits.
+"""Who is calling and may they: JWTs, API keys, roles, per-user rate limits (logging in: sessions.py).
 
 Access is decided for every request in one ``before_request`` hook, deny by
 default: a view is readable by viewers and writable by admins unless it says
@@ -7,6 +7,7 @@ otherwise with ``@access(...)``, so a forgotten decorator cannot open a hole.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import logging
@@ -18,18 +19,14 @@ import bcrypt
 import jwt
 import marshmallow as ma
 from flask import current_app, g, request
-from flask.views import MethodView
-from sqlalchemy import text
+from sqlalchemy import delete, text
 
-from gateway.db import AuditEvent, LoginSession, User, db, secret, utcnow
-from gateway.errors import Blueprint, Forbidden, Unauthorized
+from gateway.db import AuditEvent, db, secret, utcnow
+from gateway.errors import Forbidden, Unauthorized
 from gateway.key_scope import KeyScope
 from gateway.ratelimit import count_request
-from gateway.schemas import utc_text
 
 log = logging.getLogger(__name__)
-
-blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login, token refresh, logout")
 
 PUBLIC, VIEWER, ADMIN, AGENT = "public", "viewer", "admin", "agent"
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -51,24 +48,81 @@ def access(policy: str):
 
     def mark(fn):
         fn.access_policy = policy
+        fn._apidoc = {**getattr(fn, "_apidoc", {}), "access": policy}  # for the OpenAPI document
         return fn
 
     return mark
 
 
+# How the OpenAPI document shows each policy: the scheme Swagger UI's Authorize button fills, and who.
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_SECURITY = {PUBLIC: [], VIEWER: [{"bearerAuth": []}], ADMIN: [{"bearerAuth": []}], AGENT: [{"apiKey": []}]}
+_WHO = {
+    PUBLIC: "none (no login)",
+    VIEWER: "Viewer (a bearer access token of a Viewer or an Admin)",
+    ADMIN: "Admin (a bearer access token of an Admin)",
+    AGENT: "an agent's API key (X-API-Key, or Authorization: Bearer fwk_…)",
+}
+
+
+def default_policy(method: str) -> str:
+    return ADMIN if method in WRITES else VIEWER
+
+
+def document_access(doc: dict, doc_info: dict, method: str) -> dict:
+    """Put an operation's security and required role in its OpenAPI ``doc``, from its access policy."""
+    policy = doc_info.get("access") or default_policy(method.upper())
+    doc["security"] = _SECURITY[policy]
+    docstring = doc_info["docstring"]
+    docstring["description"] = f"Access: {_WHO[policy]}." + (
+        f"\n\n{docstring['description']}" if docstring.get("description") else ""
+    )
+    if policy != PUBLIC:
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        responses = doc.setdefault("responses", {})
+        responses.setdefault("401", {"description": "no or a bad token/key", **error})
+        responses.setdefault("403", {"description": "the caller's role may not do this", **error})
+    return doc
+
+
+# bcrypt reads at most 72 bytes (and bcrypt>=4.1 raises past them: a 500 at login). New hashes are
+# bcrypt over base64(SHA-256(password)), marked so: every byte counts, whatever the length. Hashes
+# without the mark (made before) are plain bcrypt, checked as they were made.
+PREHASHED = "$fws$"
+BCRYPT_MAX_BYTES = 72
+PASSWORD_MAX_CHARS = 1024
+
+
+def _prehash(password: str) -> bytes:
+    return base64.b64encode(hashlib.sha256(password.encode()).digest())  # 44 bytes, no NUL
+
+
+def password_field(min_chars: int, **kwargs) -> ma.fields.String:
+    """A password as every schema takes it: ``min_chars`` to 1,024 characters."""
+    return ma.fields.String(validate=ma.validate.Length(min=min_chars, max=PASSWORD_MAX_CHARS), **kwargs)
+
+
 def hash_password(password: str) -> str:
     rounds = current_app.config["BCRYPT_ROUNDS"]
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    return PREHASHED + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(rounds)).decode()
 
 
 @functools.lru_cache(maxsize=4)
 def _dummy_hash(rounds: int) -> str:
     # Checked for an unknown email at the same cost as a real hash: no user enumeration by timing.
-    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds)).decode()
+    return PREHASHED + bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds)).decode()
 
 
 def check_password(password: str, hashed: str | None) -> bool:
-    ok = bcrypt.checkpw(password.encode(), (hashed or _dummy_hash(current_app.config["BCRYPT_ROUNDS"])).encode())
+    stored = hashed or _dummy_hash(current_app.config["BCRYPT_ROUNDS"])
+    if stored.startswith(PREHASHED):
+        ok = bcrypt.checkpw(_prehash(password), stored.removeprefix(PREHASHED).encode())
+    else:  # a hash from before PREHASHED: plain bcrypt, which never held more than 72 bytes
+        raw = password.encode()
+        ok = len(raw) <= BCRYPT_MAX_BYTES and bcrypt.checkpw(raw, stored.encode())
     return ok and hashed is not None
 
 
@@ -81,6 +135,11 @@ def audit(action: str, target: str | None = None, **details) -> None:
     principal = g.get("principal")
     user_id = details.pop("user_id", None) or (principal.id if principal else None)
     db.session.add(AuditEvent(user_id=user_id, action=action, target=target, ip=request.remote_addr, details=details))
+    # AUDIT-002: each write drops what is past retention, in the same transaction. A condition
+    # the DB checks, not a timer in one worker: it holds for any number of workers and replicas,
+    # and on the `at` index it costs next to nothing when there is nothing to drop.
+    cutoff = utcnow() - timedelta(days=float(current_app.config["AUDIT_RETENTION_DAYS"]))
+    db.session.execute(delete(AuditEvent).where(AuditEvent.at < cutoff))
     log.info(
         "audit %s", action, extra={"user_id": user_id, "action": action, "target": target, "ip": request.remote_addr}
     )
@@ -92,9 +151,12 @@ def _policy(method: str) -> str | None:
         return None  # no such route: Flask answers 404/405 in our error shape
     if request.blueprint == "api-docs":
         return PUBLIC  # flask-smorest's OpenAPI document and Swagger UI
+    if method == "HEAD":
+        # Flask answers HEAD with the GET view: it must pass GET's check, or its status
+        # and Content-Length tell a viewer what an admin-only list holds.
+        method = "GET"
     fn = getattr(getattr(view, "view_class", None), method.lower(), view)
-    default = ADMIN if method in WRITES else VIEWER
-    return getattr(fn, "access_policy", getattr(view, "access_policy", default))
+    return getattr(fn, "access_policy", getattr(view, "access_policy", default_policy(method)))
 
 
 def authorize() -> None:
@@ -190,11 +252,11 @@ def forget_api_key(key_hash: str) -> None:
     current_app.extensions.setdefault("api_keys", {})[key_hash] = (time.monotonic() + ttl, None)
 
 
-def issue_token(user: Principal, kind: str, ttl: timedelta) -> tuple[str, int]:
+def issue_token(user: Principal, kind: str, ttl: timedelta, **extra) -> tuple[str, int]:
     """A signed token for ``user``'s login session; returns it with its expiry (Unix seconds)."""
     now = int(time.time())
     exp = now + int(ttl.total_seconds())
-    claims = {"sub": user.id, "sid": user.session_id, "typ": kind, "role": user.role, "iat": now, "exp": exp}
+    claims = {"sub": user.id, "sid": user.session_id, "typ": kind, "role": user.role, "iat": now, "exp": exp, **extra}
     return jwt.encode(claims, secret("jwt"), algorithm="HS256"), exp
 
 
@@ -211,85 +273,3 @@ def decode_token(token: str, kind: str) -> dict:
     if claims["typ"] != kind:
         raise Unauthorized(f"expected an {kind} token")
     return claims
-
-
-class LoginSchema(ma.Schema):
-    email = ma.fields.Email(required=True)
-    password = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=1024))
-
-
-class RefreshSchema(ma.Schema):
-    refresh_token = ma.fields.String(required=True)
-
-
-class TokenSchema(ma.Schema):
-    token = ma.fields.String(metadata={"description": '"Bearer <access token>", as the spec shows it'})
-    access_token = ma.fields.String()
-    token_type = ma.fields.String()
-    role = ma.fields.String(metadata={"example": "Admin"})
-    expires_at = ma.fields.String()
-    refresh_token = ma.fields.String()
-    refresh_expires_at = ma.fields.String()
-
-
-class StatusSchema(ma.Schema):
-    status = ma.fields.String()
-
-
-def _tokens(user: Principal, with_refresh: bool) -> dict:
-    access_token, exp = issue_token(user, "access", current_app.config["ACCESS_TOKEN_TTL"])
-    out = {
-        "token": f"Bearer {access_token}",
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "role": user.role.capitalize(),
-        "expires_at": utc_text(exp),
-    }
-    if with_refresh:
-        refresh, rexp = issue_token(user, "refresh", current_app.config["REFRESH_TOKEN_TTL"])
-        out |= {"refresh_token": refresh, "refresh_expires_at": utc_text(rexp)}
-    return out
-
-
-@blp.route("/login")
-class Login(MethodView):
-    @access(PUBLIC)
-    @blp.arguments(LoginSchema)
-    @blp.response(200, TokenSchema)
-    def post(self, body):
-        """Log in with email and password: an access token (15 min) and a refresh token (7 d)."""
-        count_request(f"login:{request.remote_addr}", current_app.config["LOGIN_ATTEMPTS_PER_MIN"])
-        user = db.session.execute(db.select(User).filter_by(email=body["email"].lower())).scalar_one_or_none()
-        if not check_password(body["password"], user.password_hash if user else None) or user.status != "active":
-            audit("login_failed", body["email"].lower(), user_id=user.id if user else None)
-            db.session.commit()
-            raise Unauthorized("wrong email or password")
-        session = LoginSession(user_pk=user.pk, expires_at=utcnow() + current_app.config["REFRESH_TOKEN_TTL"])
-        db.session.add(session)
-        db.session.flush()
-        audit("login", user.email, user_id=user.id)
-        db.session.commit()
-        return _tokens(Principal("user", user.id, user.role, user.email, session.id), with_refresh=True)
-
-
-@blp.route("/refresh")
-class Refresh(MethodView):
-    @access(PUBLIC)
-    @blp.arguments(RefreshSchema)
-    @blp.response(200, TokenSchema)
-    def post(self, body):
-        """Trade a refresh token for a new access token (same session)."""
-        return _tokens(live_session(decode_token(body["refresh_token"], "refresh")), with_refresh=False)
-
-
-@blp.route("/logout")
-class Logout(MethodView):
-    @access(VIEWER)
-    @blp.response(200, StatusSchema)
-    def post(self):
-        """End this login: its access and refresh tokens stop working at once."""
-        session = db.session.get(LoginSession, g.principal.session_id)
-        session.revoked_at = utcnow()
-        audit("logout", g.principal.email)
-        db.session.commit()
-        return {"status": "ok"}

@@ -7,12 +7,36 @@ import gc
 import getpass
 import os
 import shutil
+import ssl
 import sys
 from pathlib import Path
 
 # gateway.app alone at the top: it imports Flask and nothing that imports prometheus_client,
 # which must wait until serve() has set PROMETHEUS_MULTIPROC_DIR (see there).
 from gateway.app import read_config
+
+# TLS-001: TLS 1.2 and 1.3 only; for 1.2, forward-secret AEAD suites only (Mozilla's "intermediate"
+# list). TLS 1.3's suites are all of that kind and are not set here.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+    )
+)
+
+
+def tls_context(_config, default_ssl_context_factory) -> ssl.SSLContext:
+    """gunicorn's ssl_context hook: its context, narrowed to TLS 1.2+ and modern ciphers."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    return context
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -67,6 +91,7 @@ def serve(args: argparse.Namespace) -> int:
             if certfile:  # TLS (§12.1) without a proxy in front: agents verify this certificate
                 self.cfg.set("certfile", certfile)
                 self.cfg.set("keyfile", keyfile)
+                self.cfg.set("ssl_context", tls_context)
             self.cfg.set("child_exit", lambda _server, worker: multiprocess.mark_process_dead(worker.pid))
             self.cfg.set("post_worker_init", lambda worker: _worker_threads(app, worker))
 

@@ -23,6 +23,7 @@ from rules_compiler.catalog import CATALOG
 
 blp = Blueprint("compat-alerts", __name__, url_prefix="/api/alerts", description="Seed 000's API: alert rules, history")
 
+LIST = {"type": "array", "items": {"type": "object"}}  # the answers' shape, for the OpenAPI document
 CONDITIONS = {"gt": ">", "lt": "<", "eq": "=="}
 # Seed 000 names metrics with underscores (gpu_utilization); the catalog, with dots.
 METRICS = {name.replace(".", "_"): name for name in CATALOG}
@@ -35,7 +36,14 @@ def _metric(value: str) -> None:
 
 class SeedRuleSchema(ma.Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
-    metric = ma.fields.String(required=True, validate=_metric, metadata={"example": "gpu_utilization"})
+    metric = ma.fields.String(
+        required=True,
+        validate=_metric,
+        metadata={
+            "enum": sorted((set(METRICS) | set(CATALOG)) - {"cpu.core", "cpu_core"}),
+            "example": "gpu_utilization",
+        },
+    )
     condition = ma.fields.String(required=True, validate=ma.validate.OneOf(list(CONDITIONS)))
     threshold = ma.fields.Float(required=True, allow_nan=False)
     duration = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0, max=7 * 86400))  # seconds
@@ -94,11 +102,24 @@ def as_seed(row: AlertRuleRow) -> dict:
 
 @blp.route("")
 class SeedRules(MethodView):
+    @blp.doc(
+        responses={
+            "200": {"description": "the rules, seed 000's shape", "content": {"application/json": {"schema": LIST}}}
+        }
+    )
     def get(self):
         """Every alert rule, as seed 000's AlertRule."""
         rows = db.session.execute(db.select(AlertRuleRow).order_by(AlertRuleRow.pk)).scalars()
         return jsonify([as_seed(r) for r in rows])
 
+    @blp.doc(
+        responses={
+            "201": {
+                "description": "the rule, seed 000's shape",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        }
+    )
     @blp.arguments(SeedRuleSchema)
     def post(self, body):
         """Create a rule (admin); answers once Prometheus evaluates it."""
@@ -108,6 +129,11 @@ class SeedRules(MethodView):
 @blp.route("/history")
 class SeedHistory(MethodView):
     @blp.arguments(AlertHistoryArgs, location="query")
+    @blp.doc(
+        responses={
+            "200": {"description": "alert events, newest first", "content": {"application/json": {"schema": LIST}}}
+        }
+    )
     def get(self, args):
         """Alert firings, newest first, as seed 000's AlertEvent."""
         query = db.select(AlertEvent).order_by(AlertEvent.started_at.desc(), AlertEvent.pk.desc())

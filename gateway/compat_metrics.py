@@ -32,11 +32,25 @@ FIELDS = {
     "temperatureC": "gpu.temperature_c",
     "powerUsageW": "gpu.power_w",
 }
+# MetricSnapshot objects, for the OpenAPI document.
+SNAPSHOTS = {
+    "description": "MetricSnapshot objects",
+    "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+}
 HISTORY_POINTS = 1000  # per GPU and reading, at most: the step grows with the span
 
 
 class Instant(ma.fields.Field):
     """A time as RFC 3339 text or Unix milliseconds (what a JavaScript Date gives either way); out: Unix seconds."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # Unix milliseconds up to the year 9999, past which Python has no datetime.
+        either = [
+            {"type": "string", "format": "date-time"},
+            {"type": "number", "minimum": 0, "maximum": 253402300799999},
+        ]
+        self.metadata = {**self.metadata, "openapi": {"anyOf": either, **self.metadata}}
 
     def _deserialize(self, value, attr, data, **kwargs):
         try:
@@ -79,6 +93,7 @@ def _selectors(node_id: str | None) -> list[str]:
 
 @blp.route("/current")
 class Current(MethodView):
+    @blp.doc(responses={"200": SNAPSHOTS})
     def get(self):
         """The latest MetricSnapshot of every GPU of every node."""
         return jsonify(snapshots(current_app.extensions["prometheus"].query_many(_selectors(None))))
@@ -86,6 +101,7 @@ class Current(MethodView):
 
 @blp.route("/gpu/<node_id>")
 class GpuByNode(MethodView):
+    @blp.doc(responses={"200": SNAPSHOTS})
     def get(self, node_id):
         """The latest MetricSnapshot of each GPU of one node (404: no such host; [] a host without GPUs)."""
         get_host(node_id, discovered=True)
@@ -94,6 +110,7 @@ class GpuByNode(MethodView):
 
 @blp.route("/history")
 class History(MethodView):
+    @blp.doc(responses={"200": SNAPSHOTS})
     @blp.arguments(SnapshotHistoryArgs, location="query")
     def get(self, args):
         """MetricSnapshots between ``from`` and ``to`` (of one node with ``nodeId``), from the raw tier."""

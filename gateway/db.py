@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
@@ -19,7 +21,7 @@ from sqlalchemy import (
     event,
     false,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -56,7 +58,12 @@ class User(Stamped, db.Model):
 
 
 class LoginSession(db.Model):
-    """One login: its access and refresh tokens carry the id; logout revokes both at once."""
+    """One login: its access and refresh tokens carry the id; logout revokes both at once.
+
+    Each refresh hands out a new refresh token and only the newest is honoured
+    (``refresh_id``): an older one coming back means a copy is in other hands,
+    and the session ends.
+    """
 
     __tablename__ = "login_sessions"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: secrets.token_hex(16))
@@ -64,6 +71,7 @@ class LoginSession(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class ApiKey(Stamped, db.Model):
@@ -220,6 +228,35 @@ class AlertSilence(Stamped, db.Model):
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+def private_file(path: Path) -> Path:
+    """``path``, made empty if missing, mode 0600 whatever the umask: the gateway's files hold secrets."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+    return path
+
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """``path``, made if missing, mode 0700 (or ``mode``) whatever the umask."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    path.chmod(mode)
+    return path
+
+
+def make_state_private(state_dir: Path, database_uri: str) -> None:
+    """The state dir 0711 and a SQLite DB 0600 (SQLite gives its -wal and -shm the DB file's mode).
+
+    0711, not 0700: others may pass through (to a PostgreSQL cluster there, run as the postgres user)
+    but list nothing; each secret in it is 0600 and the exports and secrets directories 0700.
+    """
+    private_dir(state_dir, 0o711)
+    url = make_url(database_uri)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_path = Path(url.database)
+        for path in (db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm")):
+            if path == db_path or path.exists():  # a DB made before this release has them 0644
+                private_file(path)
+
+
 class ReportSchedule(Stamped, db.Model):
     """A report an admin asked for on a calendar: what (scope, metrics, formats), when, to whom."""
 
@@ -277,12 +314,39 @@ def add_with_id(row: Stamped, public_id: str | None = None) -> Stamped:
     return row
 
 
+SECRET_SETTINGS = {"jwt": "JWT_SECRET"}  # secrets an operator may give instead of the DB's
+
+
+def configured_secret(name: str) -> str:
+    """A secret setting: FLEETWATCH_<NAME> itself, or what the file FLEETWATCH_<NAME>_FILE names holds; else ''."""
+    config = current_app.config
+    if config[name]:
+        return str(config[name])
+    path = config[f"{name}_FILE"]
+    return secret_file(Path(path)) if path else ""
+
+
+def secret_file(path: Path) -> str:
+    """The secret held in ``path``: made (random, 0600, in a 0700 folder) by whichever process comes first."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another worker, replica or `fleetwatch up` made it meanwhile
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def secret(name: str) -> str:
-    """The named secret, created on first use; concurrent first uses agree on one value."""
-    # Secrets never change once made: read each from the DB once per process and app.
+    """The named secret: from its setting if given (SECRET_SETTINGS), else made on first use and kept in the DB."""
+    # Secrets never change once made: read each once per process and app.
     cache = current_app.extensions.setdefault("secrets", {})
     if name not in cache:
-        cache[name] = _stored_secret(name)
+        setting = SECRET_SETTINGS.get(name)
+        cache[name] = (configured_secret(setting) if setting else "") or _stored_secret(name)
     return cache[name]
 
 

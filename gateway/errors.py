@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
 import flask_smorest
 import marshmallow as ma
 from flask import jsonify
+from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
@@ -87,6 +90,15 @@ class Api(flask_smorest.Api):
 
     ERROR_SCHEMA = ErrorSchema
 
+    def init_app(self, app, *, spec_kwargs=None):
+        from gateway.auth import SECURITY_SCHEMES
+
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        app.json = JsonProvider(app)
+        for name, scheme in SECURITY_SCHEMES.items():
+            self.spec.components.security_scheme(name, scheme)
+        self.ma_plugin.converter.add_attribute_function(_exact_schema)
+
     def _register_error_handlers(self):
         super()._register_error_handlers()
         self._app.register_error_handler(ApiError, self.handle_api_error)
@@ -102,7 +114,9 @@ class Api(flask_smorest.Api):
             message = "invalid request: " + _summarise(details)
         else:
             message = data.get("message") or error.description or error.name
-        return error_response(error.code or 500, message, _plain(details), data.get("headers"))
+        # werkzeug's own headers too: a 405's Allow (RFC 9110), a 401's WWW-Authenticate…
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"} | (data.get("headers") or {})
+        return error_response(error.code or 500, message, _plain(details), headers)
 
     def handle_api_error(self, error: ApiError):
         return error_response(error.status, error.message, error.details, error.headers)
@@ -121,13 +135,67 @@ class Api(flask_smorest.Api):
         return error_response(500, "internal error; it has been logged")
 
 
+def _exact_schema(_converter, field, ret: dict, **_kwargs) -> dict:
+    """A field's ``metadata["openapi"]`` is its whole schema: for what apispec cannot say (patternProperties…)."""
+    exact = field.metadata.get("openapi")
+    if exact is None:
+        return {}
+    ret.clear()
+    return dict(exact)
+
+
+def _too_deep(data) -> json.JSONDecodeError:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    return json.JSONDecodeError("JSON nested too deeply", text or " ", 0)
+
+
+def _whole_characters(data, value):
+    """``value`` parsed from ``data``, refused as bad JSON where a \\uD800-\\uDFFF escape stands alone.
+
+    JSON may escape half a surrogate pair; no UTF-8 text (the DB's, the logs') can hold one.
+    """
+    raw = data if isinstance(data, bytes) else str(data).encode(errors="surrogatepass")
+    if b"\\u" in raw and re.search(rb"\\u[dD][89a-fA-F]", raw):
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode()
+        except UnicodeEncodeError:
+            raise json.JSONDecodeError("a lone UTF-16 surrogate (\\uD800-\\uDFFF) is no character", " ", 0) from None
+    return value
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, where a body nested past Python's recursion limit, or holding half a character, is a 400."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return _whole_characters(s, super().loads(s, **kwargs))
+        except RecursionError:
+            raise _too_deep(s) from None
+
+
 class Parser(FlaskParser):
     # webargs answers 422 by default; the spec's clients expect 400 for bad input.
     DEFAULT_VALIDATION_STATUS = 400
 
+    def _raw_load_json(self, req):
+        try:
+            return _whole_characters(req.get_data(cache=True), super()._raw_load_json(req))
+        except RecursionError:  # webargs parses with the json module itself, not Flask's provider
+            raise _too_deep(req.get_data(cache=True)) from None
+
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_access_doc)
+
+    @staticmethod
+    def _prepare_access_doc(doc, doc_info, *, method, **_kwargs):
+        from gateway.auth import document_access  # auth imports this module
+
+        return document_access(doc, doc_info, method)
 
 
 def _plain(details) -> dict:

@@ -117,6 +117,7 @@ def _existing(ids: list[str]) -> dict[str, Host]:
 @blp.route("/import")
 class HostImport(MethodView):
     @accepts("text/csv")
+    @blp.doc(requestBody={"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}})
     @blp.arguments(ImportArgs, location="query")
     @blp.response(201, ImportResultSchema)
     def post(self, args):

@@ -23,7 +23,7 @@ from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.gpu_health import problems_query, reasons_by_host
 from gateway.inventory import targets_changed
 from gateway.promql import selector
-from gateway.schemas import ChangeSchema, Page, PageArgs, UtcDateTime, fast_json, utc_text
+from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
 
@@ -44,21 +44,32 @@ def shown_exporter(host) -> str | None:
 
 
 def _tag_key(key: str) -> None:
-    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}", key) or key in RESERVED_TAGS:
+    # Names starting with __ are Prometheus's own (__name__, __meta_*): never a host's tag.
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,62}", key) or key in RESERVED_TAGS or key.startswith("__"):
         raise ma.ValidationError(
-            f"tag name {key!r} must be a Prometheus label name (letters, digits, _) "
-            f"and not one of {', '.join(sorted(RESERVED_TAGS))}"
+            f"tag name {key!r} must be a Prometheus label name (letters, digits, _), not start with __, "
+            f"and not be one of {', '.join(sorted(RESERVED_TAGS))}"
         )
 
 
 class IPText(ma.fields.IP):
     """An IPv4/IPv6 address, validated, kept as its text (it is stored as JSON)."""
 
+    def __init__(self, **kwargs):
+        # apispec would say format "ip", which JSON Schema does not know: say which two it means.
+        super().__init__(
+            metadata={"openapi": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}}, **kwargs
+        )
+
     def _deserialize(self, value, attr, data, **kwargs):
         return str(super()._deserialize(value, attr, data, **kwargs))
 
     def _serialize(self, value, attr, obj, **kwargs):
         return value
+
+
+# _tag_key's rule as the document shows it (JSON Schema's dialect).
+TAG_NAME = r"^(?!__)(?!(?:" + "|".join(sorted(RESERVED_TAGS)) + r")$)[a-zA-Z_][a-zA-Z0-9_]{0,62}$"
 
 
 class Tags(ma.fields.Dict):
@@ -69,28 +80,48 @@ class Tags(ma.fields.Dict):
             validate=ma.validate.Length(max=32),
             **kwargs,
         )
+        self.metadata = {
+            **self.metadata,
+            "openapi": {
+                "type": "object",
+                "maxProperties": 32,
+                "patternProperties": {TAG_NAME: {"type": "string", "maxLength": 200}},
+                "additionalProperties": False,
+                "example": {"role": "web", "zone": "us-west"},
+                **{k: v for k, v in self.metadata.items() if k == "description"},
+            },
+        }
+
+
+HOST_PORT = r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$"
 
 
 class ExporterField(ma.fields.String):
-    """A HOST:PORT to scrape in; out, what ``shown_exporter`` says."""
+    """A HOST:PORT to scrape, or "push" (its agent pushes); out, what ``shown_exporter`` says."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text != PUSH and not re.fullmatch(HOST_PORT, text):
+            raise ma.ValidationError('expected HOST:PORT, or "push"')
+        return text
 
     def _serialize(self, value, attr, obj, **kwargs):
         return shown_exporter(obj)
 
 
 class HostSchema(ma.Schema):
-    id = ma.fields.String(validate=ma.validate.Regexp(HOST_ID))
-    hostname = ma.fields.String(required=True, validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    id = ma.fields.String(validate=Pattern(HOST_ID))
+    hostname = ma.fields.String(required=True, validate=Pattern(HOSTNAME, error="not a valid hostname"))
     ips = ma.fields.List(IPText(), load_default=list, validate=ma.validate.Length(max=64))
     tags = Tags(load_default=dict)
     has_gpu = ma.fields.Boolean(load_default=False)
     agent_version = ma.fields.String(allow_none=True, validate=ma.validate.Length(max=64))
     exporter = ExporterField(
         allow_none=True,
-        validate=ma.validate.Regexp(r"^([A-Za-z0-9.\-\[\]:]+:\d{1,5}|push)$", error='expected HOST:PORT or "push"'),
         metadata={
+            "pattern": rf"^(?:{PUSH}|{HOST_PORT[1:-1]})$",
             "description": 'where Prometheus scrapes its exporter; default <first ip or hostname>:9101; "push" for '
-            "a host whose agent pushes its points (setting an address makes it a scraped host)"
+            "a host whose agent pushes its points (setting an address makes it a scraped host)",
         },
     )
     last_seen_at = UtcDateTime(dump_only=True, allow_none=True)
@@ -107,19 +138,36 @@ class HostPatchSchema(HostSchema):
     class Meta:
         exclude = ("id",)
 
-    hostname = ma.fields.String(validate=ma.validate.Regexp(HOSTNAME, error="not a valid hostname"))
+    hostname = ma.fields.String(validate=Pattern(HOSTNAME, error="not a valid hostname"))
     ips = ma.fields.List(IPText(), validate=ma.validate.Length(max=64))
     tags = Tags()
     has_gpu = ma.fields.Boolean()
 
 
+# key:value pairs, commas between; the keys are tag names. Spaces, not \s: Python's and JSON Schema's differ.
+TAG_FILTER = r"^ *(?:[A-Za-z_][A-Za-z0-9_]*:[^,]*)?(?: *, *(?:[A-Za-z_][A-Za-z0-9_]*:[^,]*)?)* *$"
+
+
 class HostListArgs(PageArgs):
-    tags = ma.fields.String(metadata={"description": "role:web,zone:us-west (all must match)"})
+    tags = ma.fields.String(
+        validate=Pattern(TAG_FILTER, error="expected key:value pairs separated by commas, e.g. role:web,zone:us-west"),
+        metadata={"description": "role:web,zone:us-west (all must match)"},
+    )
     status = ma.fields.String(validate=ma.validate.OneOf(["ok", "warn", "crit", "maintenance"]))
 
 
 class HostListSchema(Page):
     hosts = ma.fields.List(ma.fields.Nested(HostSchema))
+
+
+class HostDetailSchema(ma.Schema):
+    host = ma.fields.Nested(HostSchema)
+    metrics = ma.fields.Dict(
+        keys=ma.fields.String(), metadata={"description": "each detail metric's points over the range"}
+    )
+    range = ma.fields.String()
+    resolution = ma.fields.String(allow_none=True)
+    tier = ma.fields.String(allow_none=True)
 
 
 class DetailArgs(ma.Schema):
@@ -303,19 +351,26 @@ class Hosts(MethodView):
         """Add a host (admin); its exporter becomes a scrape target."""
         if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
             raise Conflict(f"host {body['id']} exists", {"id": body["id"]})
-        fields = {k: v for k, v in body.items() if k != "id"}
-        if fields.get("exporter") == PUSH:  # declared for an agent whose API key may not discover hosts
-            fields.update(exporter=None, pushes=True)
-        host = add_with_id(Host(**fields), body.get("id"))
+        host = add_with_id(Host(**{k: v for k, v in body.items() if k not in ("id", "exporter")}), body.get("id"))
+        _set_exporter(host, body)
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
         targets_changed()
         return {"id": host.id, "status": "created"}
 
 
+def _set_exporter(host: Host, body: dict) -> None:
+    """ "push": its agent pushes, nothing to scrape; an address (or null): Prometheus scrapes it from now on."""
+    if "exporter" in body:
+        host.pushes = body["exporter"] == PUSH
+        host.exporter = None if host.pushes else body["exporter"]
+
+
 @blp.route("/<host_id>")
 class HostById(MethodView):
     @blp.arguments(DetailArgs, location="query")
+    # Documented, not dumped: the answer is built as it is sent.
+    @blp.doc(responses={"200": {"description": "OK", "content": {"application/json": {"schema": HostDetailSchema}}}})
     def get(self, args, host_id):
         """One host with the series of its main metrics over ``range``."""
         host = get_host(host_id, discovered=True)
@@ -345,11 +400,9 @@ class HostById(MethodView):
         """Change a host's hostname, addresses, tags or exporter address (admin)."""
         host = get_host(host_id)
         for key, value in body.items():
-            setattr(host, key, value)
-        if "exporter" in body:
-            # An address to scrape: Prometheus scrapes it from now on; "push": its agent pushes.
-            host.pushes = body["exporter"] == PUSH
-            host.exporter = None if host.pushes else body["exporter"]
+            if key != "exporter":
+                setattr(host, key, value)
+        _set_exporter(host, body)
         audit("host_update", host.id, **body)
         db.session.commit()
         targets_changed()

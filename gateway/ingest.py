@@ -23,7 +23,7 @@ from gateway.errors import ApiError, Blueprint
 from gateway.hosts import HOST_ID
 from gateway.point_checks import check_points, in_order
 from gateway.process_masking import PolicySchema, masking, policy
-from gateway.schemas import fast_json
+from gateway.schemas import Pattern, fast_json
 
 blp = Blueprint("ingest", __name__, url_prefix="/api/v1/ingest", description="Metric points pushed by agents")
 
@@ -38,14 +38,14 @@ class IngestPointSchema(ma.Schema):
 
 
 class IngestSchema(ma.Schema):
-    host_id = ma.fields.String(required=True, metadata={"example": "host-001"})
+    host_id = ma.fields.String(required=True, validate=Pattern(HOST_ID.pattern), metadata={"example": "host-001"})
     hostname = ma.fields.String(metadata={"description": "used when the host is discovered by this push"})
     agent_version = ma.fields.String()
     metrics = ma.fields.List(ma.fields.Nested(IngestPointSchema), required=True)
 
 
 class HeartbeatSchema(ma.Schema):
-    host_id = ma.fields.String(required=True)
+    host_id = ma.fields.String(required=True, validate=Pattern(HOST_ID.pattern))
     hostname = ma.fields.String()
     agent_version = ma.fields.String()
     has_gpu = ma.fields.Boolean()
@@ -81,7 +81,7 @@ def _body() -> dict:
             # NaN and Infinity are not JSON, yet some clients write them: read them, so the
             # points that hold them are refused one by one and their neighbours still stored.
             body = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # orjson stops at 1,024 levels, json at Python's stack
             raise ApiError(f"malformed JSON: {exc}", {"body": "malformed"}) from None
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", {"body": type(body).__name__})
@@ -94,7 +94,7 @@ def _body() -> dict:
 @blp.route("/metrics")
 class IngestMetrics(MethodView):
     @access(AGENT)
-    @blp.doc(requestBody={"content": {"application/json": {"schema": IngestSchema}}})
+    @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": IngestSchema}}})
     @blp.response(200, IngestResult)
     def post(self):
         """Store an agent's points; each is checked on its own and the valid ones are stored."""
@@ -154,7 +154,7 @@ class IngestMetrics(MethodView):
 @blp.route("/heartbeat")
 class Heartbeat(MethodView):
     @access(AGENT)
-    @blp.doc(requestBody={"content": {"application/json": {"schema": HeartbeatSchema}}})
+    @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": HeartbeatSchema}}})
     @blp.response(200, HeartbeatAnswer)
     def post(self):
         """An agent's alive signal (REQ-AGENT-006): the host's last_seen_at; a new host is discovered.

@@ -9,7 +9,7 @@ import marshmallow as ma
 
 from gateway.db import Job
 from gateway.metrics import Point
-from gateway.schemas import Page, PageArgs, UtcDateTime
+from gateway.schemas import Page, PageArgs, Pattern, UtcDateTime
 from rules_compiler.promql import seconds
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -37,7 +37,7 @@ class NodesField(ma.fields.List):
     """A list of node names in the API; ",a,b," in the jobs table (see gateway/job_sync.py)."""
 
     def __init__(self, **kwargs):
-        super().__init__(ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$")), **kwargs)
+        super().__init__(ma.fields.String(validate=Pattern(r"^[A-Za-z0-9._-]{1,253}$")), **kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
         return [n for n in (value or "").split(",") if n]
@@ -47,15 +47,24 @@ class JobArgs(PageArgs):
     state = ma.fields.String(validate=ma.validate.Length(max=16))
     user = ma.fields.String(validate=ma.validate.Length(max=64))
     partition = ma.fields.String(validate=ma.validate.Length(max=64))
-    node = ma.fields.String(validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{1,253}$"))
+    node = ma.fields.String(validate=Pattern(r"^[A-Za-z0-9._-]{1,253}$"))
     since = ma.fields.Function(
         deserialize=_since,
-        metadata={"description": "started, submitted or ended after: 7d, 12h or an RFC 3339 time", "type": "string"},
+        metadata={
+            "description": "started, submitted or ended after: 7d, 12h or an RFC 3339 time",
+            "openapi": {
+                "description": "started, submitted or ended after: 7d, 12h or an RFC 3339 time",
+                "anyOf": [
+                    {"type": "string", "pattern": "^[0-9]{1,6}[smhd]$"},
+                    {"type": "string", "format": "date-time"},
+                ],
+            },
+        },
     )
 
 
 class JobSchema(ma.Schema):
-    id = ma.fields.String(required=True, validate=ma.validate.Regexp(JOB_ID))
+    id = ma.fields.String(required=True, validate=Pattern(JOB_ID))
     scheduler = ma.fields.String(dump_only=True)
     user = ma.fields.String(load_default="", validate=ma.validate.Length(max=64))
     name = ma.fields.String(load_default="", validate=ma.validate.Length(max=200))
@@ -71,9 +80,9 @@ class JobSchema(ma.Schema):
     start_time = UtcDateTime(attribute="start_at", allow_none=True)
     end_time = UtcDateTime(attribute="end_at", allow_none=True)
     runtime_s = ma.fields.Method("_runtime", dump_only=True)
-    cpu_usage_pct = ma.fields.Float(dump_only=True)
-    memory_usage_bytes = ma.fields.Float(dump_only=True)
-    gpu_usage_pct = ma.fields.Float(dump_only=True)
+    cpu_usage_pct = ma.fields.Float(dump_only=True, allow_none=True)  # none until a sample arrives
+    memory_usage_bytes = ma.fields.Float(dump_only=True, allow_none=True)
+    gpu_usage_pct = ma.fields.Float(dump_only=True, allow_none=True)
     summary = ma.fields.Dict(dump_only=True)
     created_at = UtcDateTime(dump_only=True)
     updated_at = UtcDateTime(dump_only=True)
@@ -96,7 +105,7 @@ class PushSchema(ma.Schema):
     memoryUsageMb = ma.fields.Float(validate=ma.validate.Range(min=0, max=2**40))
     gpuUsage = ma.fields.Float(validate=ma.validate.Range(min=0, max=100))
     timestamp = UtcDateTime(metadata={"description": "when measured; default now"})
-    node = ma.fields.String(load_default="", validate=ma.validate.Regexp(r"^[A-Za-z0-9._-]{0,253}$"))
+    node = ma.fields.String(load_default="", validate=Pattern(r"^[A-Za-z0-9._-]{0,253}$"))
 
 
 class JobSeriesSchema(ma.Schema):

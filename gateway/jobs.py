@@ -65,6 +65,16 @@ def _apply(job: Job, data: dict) -> None:
 @blp.route("/health")
 class Health(MethodView):
     @access(PUBLIC)
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "OK",
+                "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}
+                },
+            }
+        }
+    )
     def get(self):
         """Seed 004's health check: the service and its DB answer."""
         db.session.execute(db.select(1))

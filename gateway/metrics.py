@@ -11,9 +11,10 @@ from flask.views import MethodView
 from gateway.db import Host, db
 from gateway.discovery import discovered_hosts
 from gateway.errors import Blueprint, NotFound
-from gateway.schemas import fast_json
+from gateway.hosts import HOST_ID
+from gateway.schemas import Pattern, fast_json
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
-from rules_compiler.catalog import catalog_listing
+from rules_compiler.catalog import catalog_listing, name_pattern
 
 blp = Blueprint("metrics", __name__, url_prefix="/api/v1/metrics", description="Metrics by friendly name")
 
@@ -31,11 +32,30 @@ class LabelsField(ma.fields.Field):
         return labels
 
 
+METRIC_NAME = name_pattern()  # every friendly name the catalog resolves
+
+
 class QueryArgs(ma.Schema):
-    host_id = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
-    metric = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    host_id = ma.fields.String(required=True, validate=Pattern(HOST_ID.pattern, error="not a host id"))
+    metric = ma.fields.String(
+        required=True,
+        # Checked by the catalog's resolve(), whose 400 lists the valid names; the pattern says the same.
+        metadata={
+            "pattern": METRIC_NAME,
+            "description": "a friendly name from GET /api/v1/metrics/catalog, e.g. cpu.utilization",
+        },
+    )
     range = ma.fields.String(load_default="1h", validate=ma.validate.OneOf(list(RANGES)))
-    labels = LabelsField(load_default=dict)
+    labels = LabelsField(
+        load_default=dict,
+        metadata={
+            "type": "string",
+            # A JSON object of strings; the pattern takes those without escapes, the API any.
+            "pattern": r'^ *\{ *(?:"[^"\\\x00-\x1f]*" *: *"[^"\\\x00-\x1f]*"'
+            r'(?: *, *"[^"\\\x00-\x1f]*" *: *"[^"\\\x00-\x1f]*")*)? *\} *$',
+            "example": '{"gpu_index":"0"}',
+        },
+    )
     resolution = ma.fields.String(
         validate=ma.validate.OneOf(RESOLUTIONS),
         metadata={"description": "raw, 1m, 5m or 1h average; default: raw up to 6h, 1m up to 24h, 5m up to 7d, 1h"},

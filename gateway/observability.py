@@ -7,12 +7,15 @@ prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import os
 import time
 from datetime import UTC, datetime
 
+import marshmallow as ma
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,8 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.alert_channels import channel_warnings
 from gateway.auth import PUBLIC, access
-from gateway.db import AlertRuleRow, Host, db
-from gateway.errors import Blueprint
+from gateway.db import AlertRuleRow, Host, configured_secret, db
+from gateway.errors import Blueprint, Forbidden, Unauthorized
 from gateway.job_metrics import JobCollector
 
 blp = Blueprint("health", __name__, description="Liveness, readiness and the gateway's own metrics")
@@ -147,9 +150,25 @@ class HostInfoCollector:
         yield seen
 
 
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(metadata={"example": "ok"})
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(metadata={"description": "ready or not ready"})
+    db = ma.fields.String(metadata={"description": "ok, or down: <why>"})
+    prometheus = ma.fields.String(metadata={"description": "ok or down"})
+    undeliverable_channels = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "rule id: why its channels cannot deliver (listed only when some cannot)"},
+    )
+
+
 @blp.route("/health")
 class Health(MethodView):
     @access(PUBLIC)
+    @blp.response(200, HealthSchema)
     def get(self):
         """Liveness: the process answers."""
         return {"status": "ok"}
@@ -158,6 +177,8 @@ class Health(MethodView):
 @blp.route("/ready")
 class Ready(MethodView):
     @access(PUBLIC)
+    @blp.response(200, ReadySchema)
+    @blp.alt_response(503, schema=ReadySchema, description="the DB or Prometheus does not answer")
     def get(self):
         """Readiness: the DB and Prometheus answer; 503 says which does not. Undeliverable channels are listed."""
         checks, undeliverable = {}, {}
@@ -176,11 +197,42 @@ class Ready(MethodView):
         return body, 200 if ready else 503
 
 
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:  # a unix socket's peer, or nothing
+        return False
+    # ::ffff:127.0.0.1 is how an IPv4 loopback caller reaches a dual-stack listener.
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def _check_scraper() -> None:
+    """/metrics lists every host and tag: a bearer scrape token when one is set, else loopback callers only."""
+    token = configured_secret("METRICS_TOKEN")
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("/metrics wants the scrape token", {"header": "Authorization: Bearer <token>"})
+    elif not _is_loopback(request.remote_addr):
+        raise Forbidden(
+            "/metrics answers only loopback callers unless FLEETWATCH_METRICS_TOKEN is set",
+            {"remote_addr": request.remote_addr},
+        )
+
+
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @access(PUBLIC)
+    @access(PUBLIC)  # Prometheus is no user: it proves itself with the scrape token
+    @blp.doc(
+        responses={"200": {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {"schema": {}}}}}
+    )
     def get(self):
-        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus to scrape."""
+        """The gateway's own metrics (all workers) and fleet_host_info, for Prometheus to scrape.
+
+        With FLEETWATCH_METRICS_TOKEN set: `Authorization: Bearer <that token>` (401 without); unset: loopback
+        callers only (403 for others).
+        """
+        _check_scraper()
         registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             MultiProcessCollector(registry)

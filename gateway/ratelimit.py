@@ -1,4 +1,4 @@
-"""Per-user request counters (§8.9) that hold across every gateway worker.
+"""Per-user request counters (§8.9) and per-account login failures, held across every gateway worker.
 
 One atomic upsert per request. With the default SQLite DB the counters live
 in a file of their own beside it, written through one plain sqlite3
@@ -19,7 +19,7 @@ from pathlib import Path
 from flask import current_app, g
 from sqlalchemy import text
 
-from gateway.db import db
+from gateway.db import db, private_file
 from gateway.errors import ApiError
 
 UPSERT = (
@@ -30,6 +30,15 @@ UPSERT = (
     "THEN :now ELSE rate_counters.window_start END "
     "RETURNING count, window_start"
 )
+# A failed login: count one more in a row and remember when; a quiet spell of :reset starts over.
+FAILED = (
+    "INSERT INTO rate_counters (key, window_start, count) VALUES (:k, :now, 1) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    "count = CASE WHEN :now - rate_counters.window_start >= :reset THEN 1 ELSE rate_counters.count + 1 END, "
+    "window_start = :now RETURNING count, window_start"
+)
+PEEK = "SELECT count, window_start FROM rate_counters WHERE key = :k"
+FORGET = "DELETE FROM rate_counters WHERE key = :k"
 
 
 class LocalCounters:
@@ -39,10 +48,10 @@ class LocalCounters:
         self.path = path
         self._local = threading.local()
 
-    def hit(self, key: str, now: float, window_s: float) -> tuple[int, float]:
+    def run(self, sql: str, params: dict) -> tuple | None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn = sqlite3.connect(private_file(self.path), timeout=10, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # Counters, not records: a power cut may forget the last few, never corrupt the file.
             conn.execute("PRAGMA synchronous=OFF")
@@ -51,11 +60,16 @@ class LocalCounters:
                 "(key TEXT PRIMARY KEY, window_start REAL NOT NULL, count INTEGER NOT NULL)"
             )
             self._local.conn = conn
-        return conn.execute(UPSERT, {"k": key, "now": now, "w": window_s}).fetchone()
+        return conn.execute(sql, params).fetchone()
 
 
-def shared_counter(key: str, now: float, window_s: float) -> tuple[int, float]:
-    row = db.session.execute(text(UPSERT), {"k": key, "now": now, "w": window_s}).one()
+def _run(sql: str, **params) -> tuple | None:
+    """One statement on the counters, in their own SQLite file or in the shared DB; committed at once."""
+    local = current_app.extensions["rate_counters"]
+    if local:
+        return local.run(sql, params)
+    result = db.session.execute(text(sql), params)
+    row = result.first() if result.returns_rows else None  # a DELETE returns none
     db.session.commit()
     return row
 
@@ -70,14 +84,36 @@ def counters_for(app) -> LocalCounters | None:
 def count_request(key: str, limit: int, window_s: float = 60.0) -> None:
     """Count one request against ``key``; 429 past ``limit`` in the window that began with the first one."""
     now = time.time()
-    local = current_app.extensions["rate_counters"]
-    count, started = local.hit(key, now, window_s) if local else shared_counter(key, now, window_s)
+    count, started = _run(UPSERT, k=key, now=now, w=window_s)
     g.rate_limit_remaining = max(0, limit - count)
     if count > limit:
-        retry = max(1, int(started + window_s - now + 0.999))
-        raise ApiError(
-            f"rate limit of {limit} requests a minute exceeded; retry in {retry} s",
-            {"limit": limit, "retry_after_s": retry},
-            status=429,
-            headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
-        )
+        _too_many(f"rate limit of {limit} requests a minute exceeded", started + window_s - now, {"limit": limit})
+
+
+def _too_many(message: str, wait_s: float, details: dict):
+    retry = max(1, int(wait_s + 0.999))
+    raise ApiError(
+        f"{message}; retry in {retry} s",
+        {**details, "retry_after_s": retry},
+        status=429,
+        headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
+    )
+
+
+def check_backoff(key: str, free: int, max_wait_s: float) -> None:
+    """429 while ``key`` (an account) waits out its backoff: 1 s after ``free`` failures in a row, then doubling."""
+    row = _run(PEEK, k=key)
+    if row is None or row[0] < free:
+        return
+    wait = min(2.0 ** (row[0] - free), max_wait_s) - (time.time() - row[1])
+    if wait > 0:
+        _too_many("too many failed logins for this account", wait, {"failures": row[0]})
+
+
+def count_failure(key: str, reset_s: float = 86400.0) -> None:
+    """One more failure in a row for ``key``; the count starts over after ``reset_s`` without one."""
+    _run(FAILED, k=key, now=time.time(), reset=reset_s)
+
+
+def forget(key: str) -> None:
+    _run(FORGET, k=key)

@@ -15,7 +15,7 @@ from flask import current_app, request, send_file
 from flask.views import MethodView
 
 from gateway.auth import PUBLIC, access, audit
-from gateway.db import Host, db, secret
+from gateway.db import Host, db, private_dir, private_file, secret
 from gateway.errors import ApiError, Blueprint, NotFound
 from gateway.metrics import QueryArgs
 from gateway.process_masking import masking
@@ -29,6 +29,7 @@ LINK_TTL_S = 3600
 
 
 class ExportSchema(QueryArgs):
+    labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), load_default=dict)
     format = ma.fields.String(load_default="csv", validate=ma.validate.OneOf(["csv"]))
     range = ma.fields.String(load_default="24h", validate=ma.validate.OneOf(list(RANGES)))
 
@@ -41,9 +42,7 @@ class ExportResult(ma.Schema):
 
 
 def _exports_dir() -> Path:
-    path = Path(current_app.config["STATE_DIR"]) / "exports"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(current_app.config["STATE_DIR"]) / "exports")
 
 
 def signature(name: str, expires: int) -> str:
@@ -108,7 +107,7 @@ class Export(MethodView):
         _purge_expired(directory)
         safe_metric = "".join(c if c.isalnum() else "-" for c in body["metric"])
         name = f"{safe_metric}-{secrets.token_hex(8)}.csv"
-        (directory / name).write_text(out.getvalue())
+        private_file(directory / name).write_text(out.getvalue())
         expires = int(time.time()) + LINK_TTL_S
         audit("export", body["host_id"], metric=body["metric"], range=body["range"], rows=rows)
         db.session.commit()

@@ -11,6 +11,22 @@ import orjson
 from sqlalchemy import func, select
 
 
+class Pattern(ma.validate.Regexp):
+    """The whole value must match; apispec shows the regex as the OpenAPI ``pattern``.
+
+    Regexp's ``match`` lets "name\\n" through a ``…$`` pattern (Python's $ matches before a final
+    newline, JSON Schema's does not): what the document refuses, the API must refuse too.
+    """
+
+    def __call__(self, value):
+        if not isinstance(value, str) or self.regex.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
+MAX_OFFSET = 10**9  # far past any list here, far below SQLite's 2**63 (past it: OverflowError, a 500)
+
+
 def accepts(*mimetypes: str):
     """Mark a view method that takes a body other than JSON (e.g. text/csv); every other write takes JSON."""
 
@@ -23,7 +39,7 @@ def accepts(*mimetypes: str):
 
 class PageArgs(ma.Schema):
     limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=1000))
-    offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0))
+    offset = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0, max=MAX_OFFSET))
 
 
 class Page(ma.Schema):

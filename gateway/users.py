@@ -8,12 +8,22 @@ import marshmallow as ma
 from flask import g
 from flask.views import MethodView
 
-from gateway.auth import ADMIN, API_KEY_PREFIX, access, audit, forget_api_key, hash_api_key, hash_password
+from gateway.auth import (
+    ADMIN,
+    API_KEY_PREFIX,
+    access,
+    audit,
+    forget_api_key,
+    hash_api_key,
+    hash_password,
+    password_field,
+)
 from gateway.db import ApiKey, AuditEvent, User, add_with_id, db, utcnow
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
 from gateway.hosts import HOST_ID
 from gateway.key_scope import PATTERN
 from gateway.schemas import Page, PageArgs, UtcDateTime, page
+from gateway.sessions import end_sessions
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="Users, API keys, audit log (admins)")
 
@@ -22,6 +32,11 @@ ROLES = ("viewer", "admin")
 
 class Role(ma.fields.String):
     """Accepts "viewer"/"Viewer"/"ADMIN"…; stored lower-case, shown capitalised as the spec does."""
+
+    def __init__(self, **kwargs):
+        # The document says what _deserialize takes: either role, in any case.
+        pattern = "^(?:" + "|".join("".join(f"[{c.upper()}{c}]" for c in role) for role in ROLES) + ")$"
+        super().__init__(metadata={"pattern": pattern, "example": "Viewer"}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         role = str(super()._deserialize(value, attr, data, **kwargs)).lower()
@@ -36,7 +51,7 @@ class Role(ma.fields.String):
 class UserSchema(ma.Schema):
     id = ma.fields.String(dump_only=True)
     email = ma.fields.Email(required=True)
-    password = ma.fields.String(load_only=True, required=True, validate=ma.validate.Length(min=12, max=1024))
+    password = password_field(12, load_only=True, required=True)
     role = Role(required=True)
     status = ma.fields.String(dump_only=True)
     created_at = UtcDateTime(dump_only=True)
@@ -45,7 +60,7 @@ class UserSchema(ma.Schema):
 class UserPatchSchema(ma.Schema):
     role = Role()
     status = ma.fields.String(validate=ma.validate.OneOf(["active", "disabled"]))
-    password = ma.fields.String(load_only=True, validate=ma.validate.Length(min=12, max=1024))
+    password = password_field(12, load_only=True)
 
 
 class UserListSchema(Page):
@@ -78,7 +93,7 @@ class ApiKeySchema(ma.Schema):
     @ma.validates_schema
     def _bound(self, data: dict, **_) -> None:
         # No default binding: a key for every host is a choice an admin makes by writing "*".
-        if ("host_id" in data) == ("host_pattern" in data):
+        if (data.get("host_id") is None) == (data.get("host_pattern") is None):  # a null names nothing either
             raise ma.ValidationError(
                 'give host_id (one host) or host_pattern ("gpu-*"; "*" for a fleet-wide relay key), not both',
                 "host_pattern",
@@ -158,6 +173,8 @@ class UserById(MethodView):
                 setattr(user, field, body[field])
         if "password" in body:
             user.password_hash = hash_password(body["password"])
+        if "password" in body or body.get("status") == "disabled":
+            end_sessions(user.pk)  # a password set by an admin, or a disabled user: no old token lives on
         audit(
             "user_update",
             user.id,

@@ -462,6 +462,16 @@ def resolve(name: str) -> tuple[CatalogMetric, dict[str, str]]:
     raise UnknownMetric(name, valid_names())
 
 
+def name_pattern() -> str:
+    """Every name ``resolve`` accepts as one regex (JSON Schema's dialect too), for the API's document."""
+    plain = (re.escape(n).replace(r"\_", "_") for n in sorted(CATALOG) if n not in ("cpu.core", "gpu.throttled"))
+    families = (
+        r"cpu\.core\.[0-9]{1,4}",
+        r"gpu\.throttled(?:\.(?:" + "|".join(sorted(THROTTLE_REASONS)) + "))?",
+    )
+    return "^(?:" + "|".join((*families, *plain)) + ")$"
+
+
 def catalog_listing() -> list[dict]:
     """Name, unit, description and labels of every metric, for GET /api/v1/metrics/catalog."""
     return [

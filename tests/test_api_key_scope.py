@@ -143,3 +143,20 @@ def test_keys_from_before_binding_are_fleet_wide_relay_keys(tmp_path):
     with engine.connect() as connection:
         row = connection.execute(sa.text("SELECT host_pattern, allow_discovery FROM api_keys")).one()
     assert (row.host_pattern, bool(row.allow_discovery)) == ("*", True)
+
+
+def test_a_key_naming_no_host_with_nulls_is_a_400(gw):
+    """Found by fuzzing: {"host_id": null} and no host_pattern names no host (it was a 500)."""
+    _, client = gw
+    r = client.post("/api/v1/api-keys", json={"name": "k", "host_id": None, "max_hosts": None}, headers=client.admin)
+    assert r.status_code == 400 and "host_pattern" in r.get_json()["error"]["message"], r.get_json()
+
+
+def test_half_a_character_in_a_body_is_a_400(gw):
+    """Found by fuzzing: a lone \\udac3 escape parses in Python but no UTF-8 database takes it (it was a 500)."""
+    _, client = gw
+    body = '{"name": "\\udac3x", "host_pattern": "*"}'
+    r = client.post("/api/v1/api-keys", data=body, headers={**client.admin, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "VALIDATION_ERROR", r.get_json()
+    listed = client.get("/api/v1/api-keys", headers=client.admin).get_json()
+    assert all(k["name"] != "\udac3x" for k in listed["api_keys"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -99,3 +101,37 @@ def test_ready_is_503_and_says_prometheus_is_down(tmp_path):
     r = app.test_client().get("/ready")
     assert r.status_code == 503
     assert r.get_json() == {"status": "not ready", "db": "ok", "prometheus": "down"}
+
+
+def test_failed_logins_back_off_per_account_across_workers(gateway):
+    """Finding 10: past 5 wrong passwords an account waits 1 s, 2 s, 4 s… whichever worker or address asks."""
+    url, _ = gateway
+    creds = ("backoff@example.com", "backoff-password-1")
+    r = requests.post(
+        f"{url}/api/v1/users",
+        json={"email": creds[0], "password": creds[1], "role": "viewer"},
+        headers=http_login(url, ADMIN),
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+
+    def attempt(password: str):
+        # A new connection each time, so the kernel spreads the attempts over the workers.
+        return requests.post(
+            f"{url}/api/v1/auth/login",
+            json={"email": creds[0], "password": password},
+            headers={"Connection": "close"},
+            timeout=10,
+        )
+
+    assert [attempt("wrong-password").status_code for _ in range(5)] == [401] * 5
+    refused = attempt("wrong-password")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 2
+    assert attempt(creds[1]).status_code == 429  # the right password too: no guessing during the wait
+    http_login(url, ADMIN)  # another account is not held back
+    time.sleep(wait)
+    assert attempt(creds[1]).status_code == 200
+    assert attempt("wrong-password").status_code == 401  # a success starts the count again

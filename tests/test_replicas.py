@@ -47,6 +47,9 @@ def replicas():
             "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
             "FLEETWATCH_BCRYPT_ROUNDS": "4",
             "FLEETWATCH_API_KEY_CACHE_S": "1",
+            # The per-address limit is under test here; the per-account backoff (after 5 wrong
+            # passwords) would answer 429 first, as it should (tests/test_gateway_limits.py).
+            "FLEETWATCH_LOGIN_FAILURES_BEFORE_BACKOFF": "1000",
         },
     )
     # Free ports for PostgreSQL and the replicas too: they sit above the gateway's port.

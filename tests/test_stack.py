@@ -195,4 +195,6 @@ def test_gateway_runs_in_the_stack_and_is_scraped(stack, prom):
     url = stack.urls()["gateway"]
     assert requests.get(f"{url}/health", timeout=5).json() == {"status": "ok"}
     assert requests.get(f"{url}/ready", timeout=5).json()["prometheus"] == "ok"
-    prom.wait_for('up{job="fleetwatch-gateway"} == 1')
+    prom.wait_for('up{job="fleetwatch-gateway"} == 1')  # 0 if the scrape token were refused
+    # Prometheus scrapes it with the stack's scrape token; nobody else reads the fleet's hosts there
+    assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
