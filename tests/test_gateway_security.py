@@ -51,6 +51,7 @@ ADMIN_READS = {
     ("GET", "/api/v1/reports/schedules"),
     ("GET", "/api/v1/reports/schedules/<schedule_id>"),
     ("GET", "/api/v1/reports/schedules/<schedule_id>/runs"),
+    ("GET", "/api/v1/privacy/process-masking"),  # the patterns themselves name what is hidden
 }
 VIEWER_WRITES = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/password")}
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
