@@ -256,9 +256,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             reload_urls=tuple(u.strip() for u in str(config["RELOAD_URLS"]).split(",") if u.strip()),
         ),
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
-        point_store=PointStore(
-            config["REMOTE_WRITE_URL"], config["INGEST_WRITE_TIMEOUT_S"], config["INGEST_WRITE_BATCH"]
-        ),
+        point_store=PointStore(config),
         last_seen=LastSeen(),
         series_budgets={},
         targets_writer=TargetsWriter(app),

@@ -131,14 +131,7 @@ class IngestMetrics(MethodView):
         series, conflicts = in_order(valid)
         errors += conflicts
         if series:
-            current_app.extensions["point_store"].store(
-                series,
-                errors,
-                counters,
-                config["INGEST_MAX_INFLIGHT_POINTS"],
-                config["INGEST_WRITE_BATCH"],
-                config["INGEST_MAX_SPLIT_WRITES"],
-            )
+            current_app.extensions["point_store"].store(series, errors, counters)
         rejected = len(errors)
         counters.ingest_points.labels("accepted").inc(len(points) - rejected)
         if rejected:

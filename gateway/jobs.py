@@ -211,16 +211,9 @@ class JobMetrics(MethodView):
             raise ApiError(
                 "nothing to record: send cpuUsage, memoryUsageMb or gpuUsage", {"fields": list(request.json or {})}
             )
-        config, counters = current_app.config, current_app.extensions["request_metrics"]
+        counters = current_app.extensions["request_metrics"]
         errors: list = []
-        current_app.extensions["point_store"].store(
-            series,
-            errors,
-            counters,
-            config["INGEST_MAX_INFLIGHT_POINTS"],
-            config["INGEST_WRITE_BATCH"],
-            config["INGEST_MAX_SPLIT_WRITES"],
-        )
+        current_app.extensions["point_store"].store(series, errors, counters)
         if errors:
             raise ApiError(f"refused by the store: {errors[0]['reason']}", {"errors": errors})
         if "cpuUsage" in data:

@@ -21,23 +21,28 @@ log = logging.getLogger(__name__)
 class PointStore:
     """One worker process's way into Prometheus for pushed points; built by the app factory."""
 
-    def __init__(self, url: str, timeout_s: float, batch: int):
-        self.writer = RemoteWriter(url, timeout_s)
+    def __init__(self, config):
+        """``config``: the app's; its INGEST_* bounds are read at each request (a test may lower them)."""
+        self._config = config
+        self.writer = RemoteWriter(config["REMOTE_WRITE_URL"], config["INGEST_WRITE_TIMEOUT_S"])
         # Requests that arrive while a remote write is in flight share the next one (REQ-INGEST-004).
-        self.group = GroupWriter(self.writer, 2 * batch)
+        self.group = GroupWriter(self.writer, 2 * config["INGEST_WRITE_BATCH"])
         self._lock = threading.Lock()
         self._in_flight = 0  # points of this worker's requests not yet stored
 
-    def store(self, series: list, errors: list, counters, max_in_flight: int, batch: int, split_writes: int) -> None:
+    def store(self, series: list, errors: list, counters) -> None:
         """Store ``series`` of ``(labels, samples)``; samples Prometheus refuses for good go to ``errors``.
 
-        Finding the refused samples of a refused batch takes at most ``split_writes`` more
+        Finding the refused samples of a refused batch takes at most INGEST_MAX_SPLIT_WRITES more
         remote writes; the points still unsent then are refused with their batch's reason.
 
         Raises:
-            Unavailable: this worker already has ``max_in_flight`` points in flight (Retry-After: 1),
+            Unavailable: this worker already has INGEST_MAX_INFLIGHT_POINTS points in flight (Retry-After: 1),
                 or Prometheus does not answer (Retry-After: 5); the agent sends the same request again.
         """
+        config = self._config
+        max_in_flight, batch = config["INGEST_MAX_INFLIGHT_POINTS"], config["INGEST_WRITE_BATCH"]
+        split_writes = config["INGEST_MAX_SPLIT_WRITES"]
         total = sum(len(samples) for _, samples in series)
         with self._lock:
             refused = self._in_flight + total > max_in_flight
