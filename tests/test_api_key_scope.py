@@ -160,3 +160,29 @@ def test_half_a_character_in_a_body_is_a_400(gw):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "VALIDATION_ERROR", r.get_json()
     listed = client.get("/api/v1/api-keys", headers=client.admin).get_json()
     assert all(k["name"] != "\udac3x" for k in listed["api_keys"])
+
+
+@pytest.mark.integration
+def test_a_key_bound_to_one_host_cannot_push_job_figures_for_another(tmp_path):
+    """Job figures (POST /v1/jobs/{id}/metrics) go through the key's binding as /api/v1/ingest does."""
+    with services.prometheus(tmp_path / "prom") as prom:
+        client = make_app(tmp_path, prom.url).test_client()
+        client.admin = bearer(login(client, ADMIN)["access_token"])
+        relay = new_key(client, host_pattern="*", allow_discovery=True)[1]["key"]
+        r = client.post("/v1/jobs", json={"id": "job-b", "user": "u", "nodes": ["gpu-01", "gpu-02"]},
+                        headers={"X-API-Key": relay})  # fmt: skip
+        assert r.status_code == 201, r.get_json()
+        bound = new_key(client, host_id="gpu-01")[1]["key"]
+        for node in ("gpu-02", ""):  # no node: its figures would be stored as host "external"
+            r = client.post(
+                "/v1/jobs/job-b/metrics", json={"cpuUsage": 50.0, "node": node}, headers={"X-API-Key": bound}
+            )
+            assert r.status_code == 403 and "gpu-01" in r.get_json()["error"]["message"], (node, r.get_json())
+        r = client.post(
+            "/v1/jobs/job-b/metrics", json={"cpuUsage": 40.0, "node": "gpu-01"}, headers={"X-API-Key": bound}
+        )
+        assert r.status_code == 202, r.get_json()
+        stored = PromClient(prom.url).query('{__name__="fleet:job_cpu_pct", jobid="job-b"}')
+        assert {s["metric"]["host_id"]: float(s["value"][1]) for s in stored} == {"gpu-01": 40.0}
+        job = client.get("/v1/jobs/job-b", headers=client.admin).get_json()
+        assert job["cpu_usage_pct"] == 40.0, job  # the refused pushes changed nothing
