@@ -216,13 +216,13 @@ class JobMetrics(MethodView):
                 "nothing to record: send cpuUsage, memoryUsageMb or gpuUsage", {"fields": list(request.json or {})}
             )
         # The key's binding and budgets, as for /api/v1/ingest: a key bound to one host writes no other's series.
-        budgets = current_app.extensions["key_budgets"]
-        budgets.admit_host(g.principal.scope, host_id)
-        over = budgets.admit_series(g.principal.scope, [labels for labels, _ in series])
+        budgets, scope = current_app.extensions["key_budgets"], g.principal.scope
+        new_host = budgets.admit_host(scope, host_id)
+        over = budgets.admit_series(scope, [labels for labels, _ in series], new_host)
         budgets.record()
         db.session.commit()  # admitted before the store, as ingest does: a 503 then leaves the budget counted
         if over:  # nothing stored: the job's figures are one measurement, not points to keep in part
-            limit = g.principal.scope.max_series or current_app.config["API_KEY_MAX_SERIES"]
+            limit = budgets.series_budget(scope)
             raise Forbidden(f"series budget: this API key has {limit} series", {"max_series": limit})
         counters = current_app.extensions["request_metrics"]
         errors: list = []
