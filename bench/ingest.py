@@ -270,29 +270,30 @@ def main() -> int:
 
 
 def print_replicas(rates: dict, args, direct_small: float) -> None:
-    """The 1- and N-gateway figures, and the gateways a fleet needs at the slower of the two's per-gateway rate."""
+    """The 1- and N-gateway figures, and the gateways a fleet needs at one gateway's steady rate."""
     cores, many = os.cpu_count(), args.gateways
     print(f"on PostgreSQL, {args.workers} workers x {args.threads} threads each, 100-point batches, one relay key:")
     for count, (first, steady) in rates.items():
-        name = "1 gateway        " if count == 1 else f"{count} behind HAProxy"
+        name = "1 gateway" if count == 1 else f"{count} behind HAProxy"
         print(
-            f"  {name}: steady {steady * 100 * 60 / 1e6:5.2f} M points/min ({steady:5.0f} req/s, "
-            f"{steady * 100 * 60 / 1e6 / cores:.2f} M/min per core), first pushes of {args.new_hosts} new hosts "
-            f"{first:4.0f} req/s"
+            f"  {name:<17}: steady {steady * 100 * 60 / 1e6:5.2f} M points/min ({steady:4.0f} req/s, "
+            f"{steady * 100 * 60 / 1e6 / cores:.2f} M/min per core); first pushes of {args.new_hosts} new hosts: "
+            f"{first:3.0f} req/s"
         )
-    print(f"  ratio {many}/1 gateways, steady: {rates[many][1] / rates[1][1]:.2f}; first pushes: "
+    print(f"  ratio {many}/1 gateways: steady {rates[many][1] / rates[1][1]:.2f}, first pushes "
           f"{rates[many][0] / rates[1][0]:.2f}")  # fmt: skip
     one_steady, one_first = (rate * 100 / direct_small for rate in (rates[1][1], rates[1][0]))
-    print(f"  direct remote-write, 100 samples/request: {direct_small / 100:5.0f} req/s; "
+    print(f"  direct remote-write, 100 samples/request: {direct_small / 100:4.0f} req/s; "
           f"1 gateway / direct: steady {one_steady:.2f}, first pushes {one_first:.2f}")  # fmt: skip
-    per_gateway = min(rates[1][1], rates[many][1] / many) * 100  # points/s one gateway took here
+    per_gateway = rates[1][1] * 100  # points/s: one gateway, with the cores it shared here
+    per_core = max(steady for _, steady in rates.values()) * 100 / cores
     here = agent_points()
     for series, why in ((here, "what the agent pushes per sample on this machine"), (40, "the fleet bench's ~40")):
         need = args.fleet * series / args.fleet_interval
         print(
-            f"  {args.fleet:,} hosts x {series} series / {args.fleet_interval:g} s = {need:,.0f} points/s: "
-            f"{-(-need // per_gateway):.0f} gateways at {per_gateway:,.0f} points/s each ({why}; "
-            f"{-(-need // (per_gateway / cores)):.0f} cores' worth)"
+            f"  {args.fleet:,} hosts x {series} series / {args.fleet_interval:g} s = {need:,.0f} points/s ({why}): "
+            f"{-(-need // per_gateway):.0f} gateways at {per_gateway:,.0f} points/s each, "
+            f"{-(-need // per_core):.0f} cores at {per_core:,.0f} points/s per core"
         )
 
 

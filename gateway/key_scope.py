@@ -7,10 +7,12 @@ or allows discovery. The hosts and series each key has created are rows in
 the DB, so the budgets hold across gunicorn workers and gateway replicas;
 each worker remembers what the DB already admitted, and re-reads the keys'
 revocations and budgets once per API_KEY_ADMITTED_S, so a steady agent costs
-no query. Their rows are committed with the request's other writes (the
-host's discovery): one short write transaction for a new host, as before
-keys were bound. Checked before the write, a budget may be overshot by the
-pushes that take its last places in the same instant.
+no query. Their rows, and the counts of them on the key's row (a budget is
+checked against those, not a count(*) of up to a million rows), are committed
+with the request's other writes (the host's discovery): one short write
+transaction for a new host, as before keys were bound. Checked before the
+write, a budget may be overshot by the pushes that take its last places in
+the same instant.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from flask import current_app, g
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db import ApiKey, Host, KeyHost, KeySeries, db
@@ -128,12 +130,12 @@ class KeyBudgets:
         if (scope.pk, host_id) in self._hosts:
             return False
         pk, host = KeyHost.key_pk, KeyHost.host_id
-        # One round trip for the three facts a first push needs (a count of at most max_hosts rows).
+        # One round trip for the three facts a first push needs.
         admitted, known, used = db.session.execute(
             select(
                 exists().where(pk == scope.pk, host == host_id),
                 exists().where(Host.id == host_id),
-                select(func.count()).where(pk == scope.pk).scalar_subquery(),
+                select(ApiKey.hosts_used).where(ApiKey.pk == scope.pk).scalar_subquery(),
             )
         ).one()
         if not admitted:
@@ -176,7 +178,7 @@ class KeyBudgets:
         refused = []
         if fresh:
             limit = self.series_budget(scope)
-            count = db.session.execute(select(func.count()).where(KeySeries.key_pk == scope.pk)).scalar_one()
+            count = db.session.execute(select(ApiKey.series_used).where(ApiKey.pk == scope.pk)).scalar_one()
             room = max(0, limit - count)
             fresh, refused = fresh[:room], fresh[room:]
             rows = [{"key_pk": scope.pk, "series": digests[s]} for s in fresh]
@@ -193,12 +195,23 @@ class KeyBudgets:
         """Write what this request admitted (rows another worker wrote first are left as they are)."""
         pending = g.pop("key_budget_rows", None) or {}
         dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+        used, key_pk, keys = {}, None, ApiKey.__table__
         for model, rows in pending.items():
             if rows:
                 # RETURNING makes SQLAlchemy send one INSERT of up to 1,000 rows ("insertmanyvalues"), one
-                # cached statement; without it psycopg sends, and PostgreSQL runs, one INSERT per row.
+                # cached statement (without it psycopg sends, and PostgreSQL runs, one INSERT per row),
+                # and tells which rows are new: the key's counts grow by those alone.
                 table = model.__table__
-                db.session.execute(dialect.insert(table).on_conflict_do_nothing().returning(table.c.key_pk), rows)
+                statement = dialect.insert(table).on_conflict_do_nothing().returning(table.c.key_pk)
+                added = len(db.session.execute(statement, rows).all())
+                if added:
+                    column = _USED[model]
+                    used[column], key_pk = keys.c[column] + added, rows[0]["key_pk"]
+        if used:  # the key's row stays locked (PostgreSQL) until the request commits: its new places in turn
+            db.session.execute(update(keys).where(keys.c.pk == key_pk).values(used))
+
+
+_USED = {KeyHost: "hosts_used", KeySeries: "series_used"}  # ApiKey's count of each table's rows
 
 
 def _pending() -> dict:

@@ -105,19 +105,26 @@ def test_a_keys_host_budget_is_kept_in_the_db_for_every_worker(gw, tmp_path):
 
 
 @pytest.mark.integration
-def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(backend, tmp_path, request):
+    url = request.getfixturevalue("postgres").new_database() if backend == "postgresql" else None
+    on = {"SQLALCHEMY_DATABASE_URI": url} if url else {}
     with services.prometheus(tmp_path / "prom") as prom:
-        first = make_app(tmp_path, prom.url).test_client()
+        first = make_app(tmp_path, prom.url, **on).test_client()
         first.admin = bearer(login(first, ADMIN)["access_token"])
         key = new_key(first, host_pattern="*", allow_discovery=True, max_series=3)[1]["key"]
         ts = datetime.now(UTC).isoformat()
         cores = [{"metric": f"cpu.core.{n}", "ts": ts, "value": 1.0} for n in range(5)]
         assert push(first, key, "h-s1", cores[:2]).get_json()["accepted"] == 2
-        other = make_app(tmp_path, prom.url).test_client()  # a second worker: the count is the DB's
+        other = make_app(tmp_path, prom.url, **on).test_client()  # a second worker: the count is the DB's
         answer = push(other, key, "h-s2", cores).get_json()
         assert (answer["accepted"], answer["rejected"]) == (1, 4), answer
         assert "series budget" in answer["errors"][0]["reason"]
         assert push(other, key, "h-s2", cores[:1]).get_json()["accepted"] == 1  # a series it has: still taken
+        third = make_app(tmp_path, prom.url, **on).test_client()  # knows nothing: finds h-s1's series in the DB
+        assert push(third, key, "h-s1", cores[:2]).get_json()["accepted"] == 2  # counted once, not again
+        r = push(third, key, "h-s3", cores[:1])  # the budget is full: 3 series, whoever counts
+        assert r.status_code == 400 and "series budget" in r.get_json()["error"]["message"], r.get_json()
         stored = PromClient(prom.url).query('count by (host_id) ({__name__="fleet:cpu_core"})')
         assert {s["metric"]["host_id"]: int(s["value"][1]) for s in stored} == {"h-s1": 2, "h-s2": 1}
 
