@@ -146,8 +146,9 @@ def gateways_up(state: Path, prom_url: str, database: str, count: int, args) -> 
     return [*gateways, proxy.up()]
 
 
-def binding_rates(url: str, args, hosts: int) -> tuple[float, float]:
-    """Requests/s of 100-point pushes: first pushes of ``hosts`` new hosts, then steady ones of hosts already known."""
+def binding_rates(url: str, args, hosts: int) -> tuple[float, float, float]:
+    """Requests/s: first 100-point pushes of ``hosts`` new hosts; steady ones of hosts already known; steady ones
+    of ``args.fleet_series`` points, an agent's push at its interval (one sample's points)."""
     key = api_key(api_session(url), "bench-replicas")
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     push = f"{url}/api/v1/ingest/metrics"
@@ -160,11 +161,14 @@ def binding_rates(url: str, args, hosts: int) -> tuple[float, float]:
     warm = json_bodies(steady_hosts * 2 * args.workers * args.gateways, 100, 1, now - 2900, steady_hosts)
     hammer(push, warm, 1, headers, args.clients, 3600)
     steady = json_bodies(int(args.duration * 1500), 100, 1, now - 2000, steady_hosts)
-    return first_rate, hammer(push, steady, 1, headers, args.clients, args.duration)
+    steady_rate = hammer(push, steady, 1, headers, args.clients, args.duration)
+    del steady
+    agents = json_bodies(int(args.duration * 2000), args.fleet_series, 1, now - 1000, steady_hosts)
+    return first_rate, steady_rate, hammer(push, agents, 1, headers, args.clients, args.duration)
 
 
-def replica_rates(state: Path, prom_url: str, args) -> dict[int, tuple[float, float]]:
-    """{gateways: (first-push, steady) requests/s}: one gateway, then ``args.gateways`` behind HAProxy (PostgreSQL)."""
+def replica_rates(state: Path, prom_url: str, args) -> dict[int, tuple[float, float, float]]:
+    """{gateways: binding_rates(...)}: one gateway, then ``args.gateways`` behind HAProxy, on PostgreSQL."""
     pg = Postgres().start()
     rates = {}
     try:
@@ -208,6 +212,7 @@ def main() -> int:
     p.add_argument("--new-hosts", type=int, default=400, help="hosts whose first push is measured (--gateways)")
     p.add_argument("--fleet", type=int, default=10_000, help="hosts of the fleet sized from the figures")
     p.add_argument("--fleet-interval", type=float, default=5.0, help="seconds between a host's pushes")
+    p.add_argument("--fleet-series", type=int, default=40, help="points in a host's push (one sample of its series)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         state = Path(tmp)
@@ -270,31 +275,31 @@ def main() -> int:
 
 
 def print_replicas(rates: dict, args, direct_small: float) -> None:
-    """The 1- and N-gateway figures, and the gateways a fleet needs at one gateway's steady rate."""
-    cores, many = os.cpu_count(), args.gateways
-    print(f"on PostgreSQL, {args.workers} workers x {args.threads} threads each, 100-point batches, one relay key:")
-    for count, (first, steady) in rates.items():
+    """The 1- and N-gateway figures, and the gateways a fleet needs at one gateway's rate."""
+    cores, many, size = os.cpu_count(), args.gateways, args.fleet_series
+    print(f"on PostgreSQL, {args.workers} workers x {args.threads} threads each, one relay key:")
+    for count, (first, steady, agents) in rates.items():
         name = "1 gateway" if count == 1 else f"{count} behind HAProxy"
         print(
-            f"  {name:<17}: steady {steady * 100 * 60 / 1e6:5.2f} M points/min ({steady:4.0f} req/s, "
-            f"{steady * 100 * 60 / 1e6 / cores:.2f} M/min per core); first pushes of {args.new_hosts} new hosts: "
-            f"{first:3.0f} req/s"
+            f"  {name:<17}: 100-point batches {steady * 100 * 60 / 1e6:4.2f} M points/min ({steady:4.0f} req/s, "
+            f"{steady * 100 * 60 / 1e6 / cores:.2f} M/min per core); {size}-point pushes {agents:4.0f} req/s; "
+            f"first pushes of {args.new_hosts} new hosts {first:3.0f} req/s"
         )
-    print(f"  ratio {many}/1 gateways: steady {rates[many][1] / rates[1][1]:.2f}, first pushes "
-          f"{rates[many][0] / rates[1][0]:.2f}")  # fmt: skip
+    ratios = ", ".join(f"{what} {rates[many][i] / rates[1][i]:.2f}" for i, what in enumerate(("first", "100", size)))
+    print(f"  ratio {many}/1 gateways: {ratios}")
     one_steady, one_first = (rate * 100 / direct_small for rate in (rates[1][1], rates[1][0]))
     print(f"  direct remote-write, 100 samples/request: {direct_small / 100:4.0f} req/s; "
-          f"1 gateway / direct: steady {one_steady:.2f}, first pushes {one_first:.2f}")  # fmt: skip
-    per_gateway = rates[1][1] * 100  # points/s: one gateway, with the cores it shared here
-    per_core = max(steady for _, steady in rates.values()) * 100 / cores
-    here = agent_points()
-    for series, why in ((here, "what the agent pushes per sample on this machine"), (40, "the fleet bench's ~40")):
-        need = args.fleet * series / args.fleet_interval
-        print(
-            f"  {args.fleet:,} hosts x {series} series / {args.fleet_interval:g} s = {need:,.0f} points/s ({why}): "
-            f"{-(-need // per_gateway):.0f} gateways at {per_gateway:,.0f} points/s each, "
-            f"{-(-need // per_core):.0f} cores at {per_core:,.0f} points/s per core"
-        )
+          f"1 gateway / direct: 100-point batches {one_steady:.2f}, first pushes {one_first:.2f}")  # fmt: skip
+    # Each agent posts one sample's points per interval: the request rate is what a fleet asks.
+    need = args.fleet / args.fleet_interval
+    per_gateway = rates[1][2]
+    per_core = max(agents for *_, agents in rates.values()) / cores
+    print(
+        f"  {args.fleet:,} hosts / {args.fleet_interval:g} s = {need:,.0f} pushes/s of {size} points "
+        f"({need * size * 60 / 1e6:.1f} M points/min; the agent's default collectors make {agent_points()} here): "
+        f"{-(-need // per_gateway):.0f} gateways at {per_gateway:,.0f} req/s each, "
+        f"{-(-need // per_core):.0f} cores at {per_core:,.0f} req/s per core"
+    )
 
 
 if __name__ == "__main__":
