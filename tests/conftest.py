@@ -34,7 +34,7 @@ SERVICE_FIXTURES = {
     "tiers",
     "slurm_cluster",
     "vm_stack",
-    "backend",
+    "backend_stack",
 }
 
 

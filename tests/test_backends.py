@@ -35,7 +35,7 @@ ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @pytest.fixture(scope="module", params=["prometheus", "victoriametrics"])
-def backend(request, tmp_path_factory):
+def backend_stack(request, tmp_path_factory):
     """The stack on one backend; Prometheus's raw tier takes two hours of history (an out-of-order window of 3 h)."""
     config = stack_config(tmp_path_factory.mktemp(f"{request.param}-state"), backend=request.param)
     if request.param == "prometheus":
@@ -48,13 +48,13 @@ def backend(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(backend):
-    return api_session(backend.urls()["gateway"])
+def api(backend_stack):
+    return api_session(backend_stack.urls()["gateway"])
 
 
 @pytest.fixture(scope="module")
-def raw(backend) -> PromClient:
-    return PromClient(backend.urls()["prometheus"])
+def raw(backend_stack) -> PromClient:
+    return PromClient(backend_stack.urls()["prometheus"])
 
 
 def rfc3339(ts: float) -> str:
@@ -88,7 +88,7 @@ def test_hosts_are_listed_with_the_status_their_metrics_give(api):
         seen = HOST in hosts and hosts[HOST]["last_seen_at"] is not None
         return hosts if seen and None not in summarised else None
 
-    hosts = wait_until(listed, what="the pushed hosts with their CPU and the scraped one seen")
+    hosts = wait_until(listed, 60, "the pushed hosts with their CPU and the scraped one seen")
     calm, busy, mine = hosts["be-calm"], hosts["be-busy"], hosts[HOST]
     assert (calm["status"], calm["status_reasons"], calm["metrics_summary"]["cpu_pct"]) == ("ok", [], 20.0), calm
     assert busy["status_reasons"] == ["warn: cpu_pct at 88"] and busy["metrics_summary"]["cpu_pct"] == 88.0, busy
@@ -150,7 +150,7 @@ def test_rule_fires_and_resolves(api):
 
 
 @pytest.fixture(scope="module")
-def history(backend, api, tmp_path_factory) -> str:
+def history(backend_stack, api, tmp_path_factory) -> str:
     """Two hours of a host's CPU in the raw tier, and the downsampling rules evaluated over them into both tiers.
 
     A live group first evaluates up to its interval after the start (an hour
@@ -158,21 +158,21 @@ def history(backend, api, tmp_path_factory) -> str:
     (docs/backends.md) fills the levels: `fleetwatch backfill` on Prometheus,
     `vmalert -replay` on VictoriaMetrics.
     """
-    urls, host = backend.urls(), "be-history"
+    urls, host = backend_stack.urls(), "be-history"
     push(api, host, 55.0, 1)  # an agent's first push puts the host in the inventory
     now = int(time.time())
     start = now - 2 * 3600
     samples = [encode_sample(50.0 + (t % 600) / 60, t * 1000) for t in range(start, now - 30, 15)]
     labels = encode_labels([("__name__", "fleet:cpu_utilization"), ("host_id", host)])
     RemoteWriter(f"{urls['prometheus']}/api/v1/write").write([encode_series(labels, samples)])
-    if backend.config.backend == "prometheus":
-        state = backend.config.state_dir
+    if backend_stack.config.backend == "prometheus":
+        state = backend_stack.config.state_dir
         into = [state / "prometheus" / "data", state / "longterm" / "data"]
         assert backfill(Prometheus(urls["prometheus"], 60), ["cpu.utilization"], start, now, into) > 0
-        restart(backend, "longterm", "prometheus")  # blocks are loaded as a tier opens (else within a minute)
+        restart(backend_stack, "longterm", "prometheus")  # blocks are loaded as a tier opens (else within a minute)
     else:
         requests.get(f"{urls['prometheus']}/internal/force_flush", timeout=10)
-        replay(backend, start, now, tmp_path_factory.mktemp("replay"))
+        replay(backend_stack, start, now, tmp_path_factory.mktemp("replay"))
     return host
 
 
@@ -227,21 +227,21 @@ def test_metric_query_at_every_resolution(api, history, range_, resolution, tier
     assert all(50 <= p["value"] <= 60 and p["ts"].endswith("Z") for p in body["datapoints"])
 
 
-def test_downsampled_series_and_only_those_reach_the_long_term_tier(backend, history):
-    longterm = PromClient(backend.urls()["longterm"])
+def test_downsampled_series_and_only_those_reach_the_long_term_tier(backend_stack, history):
+    longterm = PromClient(backend_stack.urls()["longterm"])
     # Hourly points of the two replayed hours: the last one may be further back than an instant query looks.
     hours = longterm.wait_for(f'count_over_time(fleet:cpu_utilization:avg1h{{host_id="{history}"}}[3h])')
     assert float(hours[0]["value"][1]) >= 2, hours
     # What the rule engine records enters where its live results do; only the downsampled name gets through.
     now_ms = int(time.time() * 1000)
-    RemoteWriter(recorded_write_url(backend)).write(
+    RemoteWriter(recorded_write_url(backend_stack)).write(
         [
             encode_series(encode_labels([("__name__", name), ("host_id", "be-probe")]), [encode_sample(1.0, now_ms)])
             for name in ("fleet:backend_probe:avg5m", "fleet:backend_probe")
         ]
     )
     longterm.wait_for('fleet:backend_probe:avg5m{host_id="be-probe"}')
-    PromClient(backend.urls()["prometheus"]).wait_for('fleet:backend_probe{host_id="be-probe"}')
+    PromClient(backend_stack.urls()["prometheus"]).wait_for('fleet:backend_probe{host_id="be-probe"}')
     names = longterm.query('count by (__name__) ({__name__=~".+"})')
     assert names and all(is_downsampled(s["metric"]["__name__"]) for s in names), names
     assert longterm.query(f'fleet:cpu_utilization{{host_id="{history}"}}') == []
