@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from pathlib import Path
 from fleetwatch.replicas import REPLICA_PORT_OFFSET
 from fleetwatch.stack import Ports, Stack, StackConfig
 from fleetwatch.testing.api import ADMIN
-from fleetwatch.testing.waits import free_port
+from fleetwatch.testing.waits import free_port, port_free
 
 LIFTED_LIMITS = {
     "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",
@@ -60,7 +59,9 @@ def stack_config(
     if config.gateways > 1:
         # PostgreSQL and the replicas listen at fixed offsets above the gateway's port: free ones too.
         above = range(REPLICA_PORT_OFFSET, REPLICA_PORT_OFFSET + config.gateways + 1)
-        while not all(_free(config.ports.gateway + i) for i in above):
+        while not all(
+            port_free(config.ports.gateway + i) and config.ports.gateway + i not in config.ports for i in above
+        ):
             config.ports = config.ports._replace(gateway=free_port())
     return config
 
@@ -92,12 +93,3 @@ def recorded_write_url(stack: Stack) -> str:
     if stack.config.backend == "victoriametrics":
         return f"{urls['vmagent']}/api/v1/write"  # vmalert writes through vmagent's fan-out
     return f"{urls['prometheus']}/api/v1/write"  # Prometheus's own remote_write forwards from the raw tier
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
