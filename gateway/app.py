@@ -207,7 +207,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     from gateway.alert_channels import WEBHOOK_SECRET
     from gateway.alertmanager import Alertmanager
-    from gateway.db import db, make_state_private, secret
+    from gateway.budget_rows import AdmittedSeries
+    from gateway.db import HostSeries, HostSeriesCount, db, make_state_private, secret
     from gateway.errors import Api
     from gateway.inventory import TargetsWriter, register_local_host
     from gateway.key_scope import KeyBudgets
@@ -259,7 +260,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Per worker process: pushed points in flight, pushing hosts' last-seen notes, label budgets.
         point_store=PointStore(config),
         last_seen=LastSeen(),
-        series_budgets={},
+        # What the DB admitted into hosts' label budgets (~60 bytes a series; past 1,000,000 it starts over).
+        host_series=AdmittedSeries(HostSeries, HostSeriesCount.__table__.c.series_used, 1_000_000),
         targets_writer=TargetsWriter(app),
         # Per worker: its streams' reader of the event log, its bound on streams, the status watcher
         # (started in each gunicorn worker: gateway/cli.py).

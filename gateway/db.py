@@ -116,6 +116,22 @@ class KeySeries(db.Model):
     series: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
+class HostSeries(db.Model):
+    """A series a host has created, through any key (a digest of its labels): its label budget, for every worker."""
+
+    __tablename__ = "host_series"
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class HostSeriesCount(db.Model):
+    """How many host_series rows a host has: its label budget's use, without a count(*) of them."""
+
+    __tablename__ = "host_series_counts"
+    host_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
 class Host(Stamped, db.Model):
     __tablename__ = "hosts"
     prefix = "host"

@@ -21,7 +21,7 @@ from gateway.auth import AGENT, access
 from gateway.db import db
 from gateway.errors import ApiError, Blueprint
 from gateway.hosts import HOST_ID
-from gateway.point_checks import check_points, in_order
+from gateway.point_checks import check_points, in_order, refuse
 from gateway.process_masking import PolicySchema, masking, policy
 from gateway.schemas import Pattern, fast_json
 
@@ -113,16 +113,18 @@ class IngestMetrics(MethodView):
         valid, errors = check_points(
             host_id,
             points,
-            current_app.extensions["series_budgets"].setdefault(host_id, set()),
-            config["INGEST_SERIES_PER_HOST"],
             int(time.time() * 1000),
             config["INGEST_PAST_S"] * 1000,
             config["INGEST_FUTURE_S"] * 1000,
             masking(),
         )
-        for labels in budgets.admit_series(scope, list(valid), new_host):
-            reason = f"series budget: this API key has {budgets.series_budget(scope)} series"
-            errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
+        # The host's label budget, through whichever keys: its series rows in the DB, as the key's are.
+        limit = config["INGEST_SERIES_PER_HOST"]
+        over = current_app.extensions["host_series"].admit(host_id, list(valid), lambda: limit)
+        refuse(valid, errors, over, f"label budget: host {host_id} has {limit} series already")
+        over = budgets.admit_series(scope, list(valid), new_host)
+        if over:
+            refuse(valid, errors, over, f"series budget: this API key has {budgets.series_budget(scope)} series")
         budgets.record()
         current_app.extensions["last_seen"].note(body)
         db.session.commit()  # the key's new hosts and series, if noting the push wrote nothing

@@ -17,17 +17,16 @@ the same instant.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import threading
 import time
 from dataclasses import dataclass
 
-from flask import current_app, g
-from sqlalchemy import exists, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from flask import current_app
+from sqlalchemy import exists, or_, select
 
+from gateway import budget_rows
 from gateway.db import ApiKey, Host, KeyHost, KeySeries, db
 from gateway.errors import Forbidden, Unauthorized
 
@@ -81,7 +80,7 @@ class KeyBudgets:
     def __init__(self):
         self._lock = threading.Lock()
         self._hosts: set[tuple[int, str]] = set()
-        self._series: set[tuple[int, int]] = set()  # (key, hash of the series' labels): not the labels themselves
+        self._series = budget_rows.AdmittedSeries(KeySeries, ApiKey.__table__.c.series_used, _REMEMBERED)
         self._keys: dict[int, _KeyState] = {}  # keys revoked or with budgets of their own
         self._looked_at = -math.inf
 
@@ -101,7 +100,7 @@ class KeyBudgets:
                 revoked = {pk for pk, key in keys.items() if key.revoked and not was.get(pk, _KeyState()).revoked}
                 if revoked:
                     self._hosts = {pair for pair in self._hosts if pair[0] not in revoked}
-                    self._series = {pair for pair in self._series if pair[0] not in revoked}
+                    self._series.forget(revoked)
                 self._keys, self._looked_at = keys, now
         # Not in the look: neither revoked nor given budgets then, or made since; its lookup (auth) is newer.
         key = self._keys.get(scope.pk) or _KeyState(False, scope.max_hosts, scope.max_series)
@@ -150,7 +149,7 @@ class KeyBudgets:
                 raise Forbidden(
                     f"this API key has pushed for {limit} hosts, its budget (max_hosts)", {"max_hosts": limit}
                 )
-            _pending().setdefault(KeyHost, []).append({"key_pk": scope.pk, "host_id": host_id})
+            budget_rows.pending(KeyHost.__table__).append({"key_pk": scope.pk, "host_id": host_id})
         with self._lock:
             if len(self._hosts) > _REMEMBERED:
                 self._hosts.clear()
@@ -163,56 +162,6 @@ class KeyBudgets:
         ``new_host``: ``admit_host`` just admitted the series' host, so the DB holds none of them for this key
         (a series' labels hold its host id, and a key's host and series rows are committed together).
         """
-        new = [s for s in series if (scope.pk, hash(s)) not in self._series]
-        if not new:
-            return []
-        digests = {s: hashlib.blake2b(s, digest_size=16).hexdigest() for s in new}
-        have = set()
-        if not new_host:
-            have = set(
-                db.session.execute(
-                    select(KeySeries.series).where(KeySeries.key_pk == scope.pk, KeySeries.series.in_(digests.values()))
-                ).scalars()
-            )
-        fresh = [s for s in new if digests[s] not in have]
-        refused = []
-        if fresh:
-            limit = self.series_budget(scope)
-            count = db.session.execute(select(ApiKey.series_used).where(ApiKey.pk == scope.pk)).scalar_one()
-            room = max(0, limit - count)
-            fresh, refused = fresh[:room], fresh[room:]
-            rows = [{"key_pk": scope.pk, "series": digests[s]} for s in fresh]
-            _pending().setdefault(KeySeries, []).extend(rows)
-        with self._lock:
-            if len(self._series) > _REMEMBERED:
-                self._series.clear()
-            over = set(refused)
-            self._series.update((scope.pk, hash(s)) for s in new if s not in over)
-        return refused
+        return self._series.admit(scope.pk, series, lambda: self.series_budget(scope), none_in_db=new_host)
 
-    @staticmethod
-    def record() -> None:
-        """Write what this request admitted (rows another worker wrote first are left as they are)."""
-        pending = g.pop("key_budget_rows", None) or {}
-        dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-        used, key_pk, keys = {}, None, ApiKey.__table__
-        for model, rows in pending.items():
-            if rows:
-                # RETURNING makes SQLAlchemy send one INSERT of up to 1,000 rows ("insertmanyvalues"), one
-                # cached statement (without it psycopg sends, and PostgreSQL runs, one INSERT per row),
-                # and tells which rows are new: the key's counts grow by those alone.
-                table = model.__table__
-                statement = dialect.insert(table).on_conflict_do_nothing().returning(table.c.key_pk)
-                added = len(db.session.execute(statement, rows).all())
-                if added:
-                    column = _USED[model]
-                    used[column], key_pk = keys.c[column] + added, rows[0]["key_pk"]
-        if used:  # the key's row stays locked (PostgreSQL) until the request commits: its new places in turn
-            db.session.execute(update(keys).where(keys.c.pk == key_pk).values(used))
-
-
-_USED = {KeyHost: "hosts_used", KeySeries: "series_used"}  # ApiKey's count of each table's rows
-
-
-def _pending() -> dict:
-    return g.setdefault("key_budget_rows", {})
+    record = staticmethod(budget_rows.record)

@@ -67,8 +67,6 @@ def _labels_of(point: dict, implied: tuple) -> tuple:
 def check_points(
     host_id: str,
     points: list,
-    budget: set,
-    max_series: int,
     now_ms: int,
     past_ms: int,
     future_ms: int,
@@ -77,6 +75,7 @@ def check_points(
     """Valid points grouped by series, ``{labels: [(ts_ms, value, index), …]}``, and the others' ``{index, reason}``.
 
     With ``mask`` (the process-masking policy), process names and users it names are stored masked.
+    The host's and the key's series budgets are the caller's (``refuse`` takes the series beyond them).
     """
     valid, errors = {}, []
     low, high = now_ms - past_ms, now_ms + future_ms
@@ -114,10 +113,6 @@ def check_points(
                     (k, mask.name(v) if k == "name" else mask.user(v) if k == "user" else v) for k, v in labels
                 )
             labels = _series_labels(host_id, record, labels)
-            if labels not in budget:
-                if len(budget) >= max_series:
-                    raise ValueError(f"label budget: host {host_id} has {max_series} series already")
-                budget.add(labels)
         except UnknownMetric:
             errors.append({"index": index, "reason": f"metric: unknown name {str(name)[:80]!r}; see /api/v1/metrics"})
         except ValueError as exc:
@@ -128,6 +123,12 @@ def check_points(
                 valid[labels] = samples = []
             samples.append((ts_ms, float(value), index))
     return valid, errors
+
+
+def refuse(valid: dict, errors: list, series: list[bytes], reason: str) -> None:
+    """Move the points of ``series`` from ``valid`` to ``errors``, each with ``reason``."""
+    for labels in series:
+        errors.extend({"index": sample[2], "reason": reason} for sample in valid.pop(labels))
 
 
 def in_order(valid: dict) -> tuple[list, list]:

@@ -162,6 +162,46 @@ def test_label_budget_per_host(prometheus, tmp_path, api_key):
     assert all("label budget" in e["reason"] for e in answer["errors"])
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_hosts_label_budget_holds_across_workers_and_keys(prometheus, tmp_path, request, backend):
+    """INGEST_SERIES_PER_HOST counts a host's distinct series in the DB: not once per worker, key or restart."""
+    on = (
+        {"SQLALCHEMY_DATABASE_URI": request.getfixturevalue("postgres").new_database()}
+        if backend == "postgresql"
+        else {}
+    )
+    first = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=10, db_name="hb", **on).test_client()
+    admin = bearer(login(first, ADMIN)["access_token"])
+    keys = [
+        first.post("/api/v1/api-keys", json={"name": f"relay-{n}", "host_pattern": "*", "allow_discovery": True},
+                   headers=admin).get_json()["key"]
+        for n in (1, 2)
+    ]  # fmt: skip
+    host, now = f"h-budget-{backend}", rfc3339(datetime.now(UTC))
+
+    def push(client, key, mounts):
+        points = [{"metric": "disk.used_pct", "ts": now, "value": 1, "labels": {"mountpoint": m}} for m in mounts]
+        return client.post(
+            "/api/v1/ingest/metrics", json={"host_id": host, "metrics": points}, headers={"X-API-Key": key}
+        )
+
+    assert push(first, keys[0], [f"/a{i}" for i in range(6)]).get_json()["accepted"] == 6
+    # Another worker (or replica) on the same DB, through another key: the 6 resent are not counted again.
+    other = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=10, db_name="hb", **on).test_client()
+    answer = push(other, keys[1], [f"/a{i}" for i in range(6)] + [f"/b{i}" for i in range(4)]).get_json()
+    assert (answer["accepted"], answer["rejected"]) == (10, 0), answer
+    restarted = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=10, db_name="hb", **on).test_client()
+    for client, key in ((first, keys[0]), (other, keys[1]), (restarted, keys[0])):
+        r = push(client, key, ["/c11"])  # the 11th distinct series, whichever worker and key
+        assert r.status_code == 400, r.get_json()
+        assert f"label budget: host {host} has 10 series already" in r.get_json()["error"]["message"]
+    # A series the host has, new to this worker: still taken, and counted once.
+    answer = push(first, keys[0], ["/b3", "/c12"]).get_json()
+    assert (answer["accepted"], answer["rejected"]) == (1, 1) and "label budget" in answer["errors"][0]["reason"]
+    stored = PromClient(prometheus.url).query(f'count({{__name__="fleet:disk_used_pct", host_id="{host}"}})')
+    assert int(stored[0]["value"][1]) == 10
+
+
 def test_store_down_or_full_is_503_with_retry_after(tmp_path):
     dead = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", db_name="dead")
     client = dead.test_client()
