@@ -48,7 +48,7 @@ class AdmittedSeries:
         new = [s for s in series if (owner, hash(s)) not in self._pairs]
         if not new:
             return []
-        digests = {s: hashlib.blake2b(s, digest_size=16).hexdigest() for s in new}
+        digests = {s: _digest(s) for s in new}
         # The count, and those of the digests the DB has, in one round trip: no row, no count (0).
         used = select(self._used).where(self._used_owner == owner).subquery()
         on = and_(self._owner == owner, self._series.in_([] if none_in_db else list(digests.values())))
@@ -70,10 +70,22 @@ class AdmittedSeries:
             self._pairs.update((owner, hash(s)) for s in new if s not in over)
         return refused
 
+    def withdraw(self, owner, series: list[bytes]) -> None:
+        """Give back the places ``admit`` took in this request for ``series`` (refused by another budget)."""
+        digests = {_digest(s) for s in series}
+        rows = pending(self._series.table)
+        rows[:] = [row for row in rows if row["series"] not in digests]
+        with self._lock:
+            self._pairs.difference_update((owner, hash(s)) for s in series)
+
     def forget(self, owners: set) -> None:
         """Drop what the DB admitted for ``owners`` (revoked keys)."""
         with self._lock:
             self._pairs = {pair for pair in self._pairs if pair[0] not in owners}
+
+
+def _digest(labels: bytes) -> str:
+    return hashlib.blake2b(labels, digest_size=16).hexdigest()
 
 
 def pending(table) -> list[dict]:

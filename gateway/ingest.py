@@ -120,10 +120,12 @@ class IngestMetrics(MethodView):
         )
         # The host's label budget, through whichever keys: its series rows in the DB, as the key's are.
         limit = config["INGEST_SERIES_PER_HOST"]
-        over = current_app.extensions["host_series"].admit(host_id, list(valid), lambda: limit)
+        host_series = current_app.extensions["host_series"]
+        over = host_series.admit(host_id, list(valid), lambda: limit)
         refuse(valid, errors, over, f"label budget: host {host_id} has {limit} series already")
         over = budgets.admit_series(scope, list(valid), new_host)
-        if over:
+        if over:  # not stored: they take no place in the host's budget
+            host_series.withdraw(host_id, over)
             refuse(valid, errors, over, f"series budget: this API key has {budgets.series_budget(scope)} series")
         budgets.record()
         current_app.extensions["last_seen"].note(body)

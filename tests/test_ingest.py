@@ -202,6 +202,27 @@ def test_a_hosts_label_budget_holds_across_workers_and_keys(prometheus, tmp_path
     assert int(stored[0]["value"][1]) == 10
 
 
+def test_a_series_the_keys_budget_refuses_takes_no_place_in_the_hosts(prometheus, tmp_path):
+    client = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=3, db_name="hk").test_client()
+    admin = bearer(login(client, ADMIN)["access_token"])
+    keys = [
+        client.post("/api/v1/api-keys", json={"name": "k", "host_pattern": "*", "allow_discovery": True, **budget},
+                    headers=admin).get_json()["key"]
+        for budget in ({"max_series": 2}, {})
+    ]  # fmt: skip
+    now = rfc3339(datetime.now(UTC))
+
+    def push(key, mounts):
+        points = [{"metric": "disk.used_pct", "ts": now, "value": 1, "labels": {"mountpoint": m}} for m in mounts]
+        body = {"host_id": "h-two-budgets", "metrics": points}
+        return client.post("/api/v1/ingest/metrics", json=body, headers={"X-API-Key": key}).get_json()
+
+    answer = push(keys[0], ["/x0", "/x1", "/x2"])
+    assert (answer["accepted"], answer["rejected"]) == (2, 1) and "series budget" in answer["errors"][0]["reason"]
+    answer = push(keys[1], ["/x3", "/x4"])  # the host has 2 series stored: one place left, not none
+    assert (answer["accepted"], answer["rejected"]) == (1, 1) and "label budget" in answer["errors"][0]["reason"]
+
+
 def test_store_down_or_full_is_503_with_retry_after(tmp_path):
     dead = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", db_name="dead")
     client = dead.test_client()
