@@ -49,6 +49,10 @@ DEFAULTS = {
     "REFRESH_TOKEN_TTL": timedelta(days=7),  # from the environment: seconds
     "BCRYPT_ROUNDS": 12,
     "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
+    # How long a worker trusts a login session it checked: a logout, a disabled or demoted user through
+    # another worker or replica is honoured within it (through the same worker: at once). 0: every request.
+    "SESSION_CACHE_S": 5.0,
+    "KNOWN_HOST_CACHE_S": 5.0,  # how long a worker trusts that a host id is in the inventory (metric queries)
     "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
     "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
     "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
