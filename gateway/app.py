@@ -58,6 +58,9 @@ DEFAULTS = {
     "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
+    # A worker takes this share of a limit from the shared counter in one write (at least 1 request: limits
+    # under 100 are counted exactly); up to (workers - 1) × that many may be refused early, never more let in.
+    "RATE_LIMIT_BATCH_FRACTION": 0.01,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
     # Security (docs/security.md): login backoff per account, the scrape token (proxies: PROXY_HOPS).
     "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S
