@@ -175,6 +175,20 @@ def py_spy(pid: int, out: Path | None):
         print(f"py-spy: {out} ({err.decode().strip().splitlines()[-1:] or ''})")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children (gunicorn's workers), from /proc."""
+    pids = [
+        pid,
+        *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()),
+    ]
+    ticks = 0
+    for p in pids:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -306,7 +320,11 @@ def main() -> int:
                 "step": STEP_S,
             },
         )
+        cpu0 = cpu_s(uncached.process.pid), cpu_s(prom.process.pid)
         direct_1, gateway_1 = side_by_side(headers, direct_query, (f"{gw_url}{query}", None), n=args.repeat)
+        # CPU per request: what the machine's load does not move as much as latency.
+        gateway_cpu_ms = (cpu_s(uncached.process.pid) - cpu0[0]) * 1000 / args.repeat
+        prometheus_cpu_ms = (cpu_s(prom.process.pid) - cpu0[1]) * 1000 / (2 * args.repeat)
         with py_spy(uncached.process.pid, args.py_spy):
             direct_8, gateway_8 = side_by_side(
                 headers, direct_query, (f"{gw_url}{query}", None), n=max(25, args.repeat // 4), clients=8
@@ -335,6 +353,7 @@ def main() -> int:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "query_1h_direct": figure(direct_1),
         "query_1h_gateway": figure(gateway_1),
+        "query_1h_cpu_ms": {"gateway_workers": round(gateway_cpu_ms, 2), "prometheus": round(prometheus_cpu_ms, 2)},
         "query_1h_8_clients_direct": figure(direct_8),
         "query_1h_8_clients_gateway": figure(gateway_8),
         "query_1h_shipped_limit_direct": figure(direct_l),
@@ -358,6 +377,10 @@ def main() -> int:
         )
     )
     figures["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+    print(
+        f"CPU per 1 h query, 1 client: gateway's workers {gateway_cpu_ms:.2f} ms (beside Prometheus's own, "
+        f"{prometheus_cpu_ms:.2f} ms, which both sides pay)"
+    )
     print(
         f"{f'host list of {args.hosts} p50 / p95 (ms)':<44}{figures['host_list']['p50_ms']:>6} / "
         f"{figures['host_list']['p95_ms']}"

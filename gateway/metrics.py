@@ -106,7 +106,7 @@ class Catalog(MethodView):
 
 @blp.route("/query")
 class Query(MethodView):
-    @blp.arguments(QueryArgs, location="query")
+    @blp.arguments(QueryArgs(), location="query")  # an instance: not made again for every request
     @blp.response(200, QueryResult)
     def get(self, args):
         """Datapoints of one metric of one host over a range; ``resolution`` says the step used."""

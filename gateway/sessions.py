@@ -112,7 +112,7 @@ def _rotate(claims: dict) -> str:
         .values(refresh_id=new)
     ).rowcount
     if rotated != 1:
-        forget_sessions(claims["sid"])
+        forget_sessions()
         db.session.execute(update(LoginSession).where(LoginSession.id == claims["sid"]).values(revoked_at=utcnow()))
         audit("refresh_replayed", claims["sid"], user_id=claims["sub"])
         db.session.commit()
@@ -167,7 +167,7 @@ class Logout(MethodView):
     @blp.response(200, StatusSchema)
     def post(self, args):
         """End this login (?all=true: every login of this user): its tokens stop working (docs/security.md)."""
-        forget_sessions(None if args["all"] else g.principal.session_id)
+        forget_sessions()
         if args["all"]:
             end_sessions(db.session.get(LoginSession, g.principal.session_id).user_pk)
         else:
