@@ -76,10 +76,11 @@ def _run(sql: str, **params) -> tuple | None:
     local = current_app.extensions["rate_counters"]
     if local:
         return local.run(sql, params)
-    result = db.session.execute(text(sql), params)
-    row = result.first() if result.returns_rows else None  # a DELETE returns none
-    db.session.commit()
-    return row
+    # In autocommit on a connection of its own: one round trip, not BEGIN, the statement and COMMIT,
+    # and the request's own transaction is neither committed early nor held by a counter's row.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        result = conn.execute(text(sql), params)
+        return result.first() if result.returns_rows else None  # a DELETE returns none
 
 
 def counters_for(app) -> LocalCounters | None:
