@@ -337,6 +337,7 @@ def main() -> int:
             limited_headers, direct_query, (f"{limited.url}{query}", None), n=SHIPPED_READS_PER_MIN
         )
         over = requests.get(f"{limited.url}{query}", headers=limited_headers, timeout=30)
+        limited.stop(20)  # its workers' own threads would weigh on the load below
 
         def summarised() -> dict | None:
             listing = s.get(f"{gw_url}/api/v1/hosts?limit={args.hosts}").json()
