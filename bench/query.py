@@ -51,6 +51,7 @@ import requests
 from fleetwatch.testing import services
 from fleetwatch.testing.api import api_session
 from fleetwatch.testing.waits import wait_until
+from gateway.app import DEFAULTS
 from rules_compiler.recording import HOST_SUMMARY, JUDGED
 
 STEP_S = 5
@@ -242,7 +243,7 @@ def load(url: str, headers: dict, clients: int, duration_s: float, hosts: int) -
 
 
 LIFTED = {"FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000", "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000000"}
-SHIPPED_READS_PER_MIN = 60  # gateway/app.py's RATE_LIMIT_READS_PER_MIN
+SHIPPED_READS_PER_MIN = DEFAULTS["RATE_LIMIT_READS_PER_MIN"]
 
 
 def figure(values: list[float]) -> dict:
@@ -267,7 +268,8 @@ def main() -> int:
     p.add_argument(
         "--py-spy",
         type=Path,
-        help="record the gateway's workers during the 8 clients: a flame graph (.svg) or collapsed stacks (other)",
+        help="record the gateway's workers during the 8 clients: a flame graph (.svg) or collapsed stacks "
+        "(other); py-spy pauses them to sample, so the 8-client figures of such a run are not the gateway's",
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
