@@ -195,7 +195,7 @@ def _token_principal() -> Principal:
     """The user of the request's token; token and session are remembered by this worker for SESSION_CACHE_S.
 
     Every request of a user needs them; verified and read from the DB each
-    time, they were most of a short query's own cost. The price: a session
+    time, they were over a third of a short query's own cost. The price: a session
     ended, a user disabled or demoted through another worker or replica still
     works as before for up to SESSION_CACHE_S (5 s); through this worker, at
     once (``forget_sessions``). The token's expiry is checked every time.
