@@ -55,6 +55,7 @@ DEFAULTS = {
     "KNOWN_HOST_CACHE_S": 5.0,  # how long a worker trusts that a host id is in the inventory (metric queries)
     "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
     "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
+    "API_KEY_ADMITTED_S": 30.0,  # how long a worker trusts what the DB admitted for a key (revocation, budgets)
     "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,

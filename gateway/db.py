@@ -90,6 +90,9 @@ class ApiKey(Stamped, db.Model):
     allow_discovery: Mapped[bool] = mapped_column(Boolean, default=False)  # may add hosts not in the inventory
     max_hosts: Mapped[int | None] = mapped_column(Integer)  # None: API_KEY_MAX_HOSTS
     max_series: Mapped[int | None] = mapped_column(Integer)  # None: API_KEY_MAX_SERIES
+    # How many api_key_hosts and api_key_series rows it has: its budgets' use, without a count(*) of them.
+    hosts_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    series_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def host_id(self) -> str | None:

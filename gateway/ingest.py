@@ -108,8 +108,8 @@ class IngestMetrics(MethodView):
         if len(points) > limit:
             raise ApiError(f"at most {limit} points per request", {"points": len(points)}, status=413)
         host_id = body["host_id"]
-        budgets = current_app.extensions["key_budgets"]
-        budgets.admit_host(g.principal.scope, host_id)
+        budgets, scope = current_app.extensions["key_budgets"], g.principal.scope
+        new_host = budgets.admit_host(scope, host_id)
         valid, errors = check_points(
             host_id,
             points,
@@ -120,10 +120,8 @@ class IngestMetrics(MethodView):
             config["INGEST_FUTURE_S"] * 1000,
             masking(),
         )
-        for labels in budgets.admit_series(g.principal.scope, list(valid)):
-            reason = (
-                f"series budget: this API key has {g.principal.scope.max_series or config['API_KEY_MAX_SERIES']} series"
-            )
+        for labels in budgets.admit_series(scope, list(valid), new_host):
+            reason = f"series budget: this API key has {budgets.series_budget(scope)} series"
             errors.extend({"index": s[2], "reason": reason} for s in valid.pop(labels))
         budgets.record()
         current_app.extensions["last_seen"].note(body)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask.views import MethodView
 from sqlalchemy import or_
 
 from gateway.auth import ADMIN, AGENT, PUBLIC, access, audit
 from gateway.db import Job, db, utcnow
-from gateway.errors import ApiError, Blueprint, Conflict, NotFound
+from gateway.errors import ApiError, Blueprint, Conflict, Forbidden, NotFound
+from gateway.hosts import HOST_ID
 from gateway.job_efficiency import fleet, judge, measure
 from gateway.job_schemas import (
     JOB_SERIES,
@@ -200,10 +201,13 @@ class JobMetrics(MethodView):
             raise Conflict("a Slurm job's figures come from its cgroups", {"job_id": job_id})
         ts = data.get("timestamp") or datetime.now(UTC)
         ts_ms = int((ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp() * 1000)
+        host_id = data["node"] or "external"
+        if not HOST_ID.match(host_id):
+            raise ApiError("node: a host id (letters, digits, '.', '_', '-', at most 64)", {"node": host_id[:80]})
         series = []
         for record, _, field in JOB_SERIES.values():
             if field in data:
-                labels = [("__name__", record), ("host_id", data["node"] or "external"), ("jobid", job_id)]
+                labels = [("__name__", record), ("host_id", host_id), ("jobid", job_id)]
                 if record == "fleet:job_gpu_utilization":
                     labels.append(("gpu_index", "0"))
                 series.append((encode_labels(labels), [(ts_ms, data[field], len(series))]))
@@ -211,6 +215,15 @@ class JobMetrics(MethodView):
             raise ApiError(
                 "nothing to record: send cpuUsage, memoryUsageMb or gpuUsage", {"fields": list(request.json or {})}
             )
+        # The key's binding and budgets, as for /api/v1/ingest: a key bound to one host writes no other's series.
+        budgets, scope = current_app.extensions["key_budgets"], g.principal.scope
+        new_host = budgets.admit_host(scope, host_id)
+        over = budgets.admit_series(scope, [labels for labels, _ in series], new_host)
+        budgets.record()
+        db.session.commit()  # admitted before the store, as ingest does: a 503 then leaves the budget counted
+        if over:  # nothing stored: the job's figures are one measurement, not points to keep in part
+            limit = budgets.series_budget(scope)
+            raise Forbidden(f"series budget: this API key has {limit} series", {"max_series": limit})
         counters = current_app.extensions["request_metrics"]
         errors: list = []
         current_app.extensions["point_store"].store(series, errors, counters)

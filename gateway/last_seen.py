@@ -21,7 +21,7 @@ from flask import current_app
 from sqlalchemy import bindparam, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from gateway.db import Host, add_with_id, db
+from gateway.db import Host, db
 from gateway.errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,6 @@ class LastSeen:
                 self._seen[host_id] = datetime.now(UTC)
             self._write(now)
             return
-        known = db.session.execute(db.select(Host.pushes).filter_by(id=host_id)).first()
-        if known is not None and not known.pushes:
-            # Its series come from the scrape: pushed ones would collide with them, and any
-            # agent key could otherwise rewrite a pulled host's liveness.
-            raise Conflict(f"host {host_id} is in the inventory as a scraped host, not pushed", {"host_id": host_id})
         fields = {}
         if isinstance(body.get("agent_version"), str):
             fields["agent_version"] = body["agent_version"][:64]
@@ -63,9 +58,17 @@ class LastSeen:
             fields["has_gpu"] = body["has_gpu"]
         for _attempt in range(2):
             host = db.session.execute(db.select(Host).filter_by(id=host_id)).scalar_one_or_none()
+            if host is not None and not host.pushes:
+                # Its series come from the scrape: pushed ones would collide with them, and any
+                # agent key could otherwise rewrite a pulled host's liveness.
+                raise Conflict(
+                    f"host {host_id} is in the inventory as a scraped host, not pushed", {"host_id": host_id}
+                )
             if host is None:
                 hostname = body.get("hostname") if isinstance(body.get("hostname"), str) else host_id
-                host = add_with_id(Host(hostname=hostname[:253], pushes=True, source="push", tags={}), host_id)
+                # Its id given at once: one INSERT, not an INSERT and an UPDATE (add_with_id's numbered ids).
+                host = Host(id=host_id, hostname=hostname[:253], pushes=True, source="push", tags={})
+                db.session.add(host)
                 log.info("host discovered by its first push", extra={"host_id": host_id})
             host.last_seen_at = datetime.now(UTC)
             for key, value in fields.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, bearer, login, make_app
 from fleetwatch.testing.prom import PromClient
-from fleetwatch.testing.waits import free_port
+from fleetwatch.testing.waits import free_port, wait_until
 
 
 @pytest.fixture
@@ -104,19 +105,26 @@ def test_a_keys_host_budget_is_kept_in_the_db_for_every_worker(gw, tmp_path):
 
 
 @pytest.mark.integration
-def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_keys_series_budget_is_kept_in_the_db_for_every_worker(backend, tmp_path, request):
+    url = request.getfixturevalue("postgres").new_database() if backend == "postgresql" else None
+    on = {"SQLALCHEMY_DATABASE_URI": url} if url else {}
     with services.prometheus(tmp_path / "prom") as prom:
-        first = make_app(tmp_path, prom.url).test_client()
+        first = make_app(tmp_path, prom.url, **on).test_client()
         first.admin = bearer(login(first, ADMIN)["access_token"])
         key = new_key(first, host_pattern="*", allow_discovery=True, max_series=3)[1]["key"]
         ts = datetime.now(UTC).isoformat()
         cores = [{"metric": f"cpu.core.{n}", "ts": ts, "value": 1.0} for n in range(5)]
         assert push(first, key, "h-s1", cores[:2]).get_json()["accepted"] == 2
-        other = make_app(tmp_path, prom.url).test_client()  # a second worker: the count is the DB's
+        other = make_app(tmp_path, prom.url, **on).test_client()  # a second worker: the count is the DB's
         answer = push(other, key, "h-s2", cores).get_json()
         assert (answer["accepted"], answer["rejected"]) == (1, 4), answer
         assert "series budget" in answer["errors"][0]["reason"]
         assert push(other, key, "h-s2", cores[:1]).get_json()["accepted"] == 1  # a series it has: still taken
+        third = make_app(tmp_path, prom.url, **on).test_client()  # knows nothing: finds h-s1's series in the DB
+        assert push(third, key, "h-s1", cores[:2]).get_json()["accepted"] == 2  # counted once, not again
+        r = push(third, key, "h-s3", cores[:1])  # the budget is full: 3 series, whoever counts
+        assert r.status_code == 400 and "series budget" in r.get_json()["error"]["message"], r.get_json()
         stored = PromClient(prom.url).query('count by (host_id) ({__name__="fleet:cpu_core"})')
         assert {s["metric"]["host_id"]: int(s["value"][1]) for s in stored} == {"h-s1": 2, "h-s2": 1}
 
@@ -160,3 +168,95 @@ def test_half_a_character_in_a_body_is_a_400(gw):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "VALIDATION_ERROR", r.get_json()
     listed = client.get("/api/v1/api-keys", headers=client.admin).get_json()
     assert all(k["name"] != "\udac3x" for k in listed["api_keys"])
+
+
+@pytest.mark.integration
+def test_a_key_bound_to_one_host_cannot_push_job_figures_for_another(tmp_path):
+    """Job figures (POST /v1/jobs/{id}/metrics) go through the key's binding as /api/v1/ingest does."""
+    with services.prometheus(tmp_path / "prom") as prom:
+        client = make_app(tmp_path, prom.url).test_client()
+        client.admin = bearer(login(client, ADMIN)["access_token"])
+        relay = new_key(client, host_pattern="*", allow_discovery=True)[1]["key"]
+        r = client.post("/v1/jobs", json={"id": "job-b", "user": "u", "nodes": ["gpu-01", "gpu-02"]},
+                        headers={"X-API-Key": relay})  # fmt: skip
+        assert r.status_code == 201, r.get_json()
+        bound = new_key(client, host_id="gpu-01")[1]["key"]
+        for node in ("gpu-02", ""):  # no node: its figures would be stored as host "external"
+            r = client.post(
+                "/v1/jobs/job-b/metrics", json={"cpuUsage": 50.0, "node": node}, headers={"X-API-Key": bound}
+            )
+            assert r.status_code == 403 and "gpu-01" in r.get_json()["error"]["message"], (node, r.get_json())
+        r = client.post(
+            "/v1/jobs/job-b/metrics", json={"cpuUsage": 40.0, "node": "gpu-01"}, headers={"X-API-Key": bound}
+        )
+        assert r.status_code == 202, r.get_json()
+        stored = PromClient(prom.url).query('{__name__="fleet:job_cpu_pct", jobid="job-b"}')
+        assert {s["metric"]["host_id"]: float(s["value"][1]) for s in stored} == {"gpu-01": 40.0}
+        job = client.get("/v1/jobs/job-b", headers=client.admin).get_json()
+        assert job["cpu_usage_pct"] == 40.0, job  # the refused pushes changed nothing
+
+
+def test_a_key_revoked_on_another_worker_is_refused_within_the_admitted_bound(tmp_path):
+    """What a worker remembers of a key's admissions is trusted for API_KEY_ADMITTED_S, no longer."""
+    store = f"http://127.0.0.1:{free_port()}"
+    # This worker trusts the key's lookup for an hour: only the admissions' bound can refuse it.
+    app = make_app(tmp_path, store, API_KEY_CACHE_S=3600, API_KEY_ADMITTED_S=0.5)
+    client = app.test_client()
+    client.admin = bearer(login(client, ADMIN)["access_token"])
+    created = new_key(client, host_id="gpu-01")[1]
+    assert beat(client, created["key"], "gpu-01").status_code == 200
+    other = make_app(tmp_path, store).test_client()  # another worker, or replica, on the same DB
+    r = other.delete(f"/api/v1/api-keys/{created['id']}", headers=bearer(login(other, ADMIN)["access_token"]))
+    assert r.status_code in (200, 204), r.get_json()
+    revoked = time.monotonic()
+    wait_until(lambda: beat(client, created["key"], "gpu-01").status_code == 401, 5, "the revoked key refused", 0.05)
+    assert time.monotonic() - revoked < 0.5 + 1.0  # the bound, and a second for a loaded machine
+
+
+def test_a_keys_lowered_budget_holds_within_the_admitted_bound(tmp_path):
+    app = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", API_KEY_CACHE_S=3600, API_KEY_ADMITTED_S=0.3)
+    client = app.test_client()
+    client.admin = bearer(login(client, ADMIN)["access_token"])
+    created = new_key(client, host_pattern="*", allow_discovery=True, max_hosts=1000)[1]
+    assert beat(client, created["key"], "h-1").status_code == 200
+    from gateway.db import db
+
+    with app.app_context():  # no API lowers a key's budget: an operator's UPDATE, on any replica
+        db.session.execute(sa.text("UPDATE api_keys SET max_hosts = 1 WHERE id = :id"), {"id": created["id"]})
+        db.session.commit()
+    lowered, tries = time.monotonic(), iter(range(2, 1000))
+    # Each try a new host: one admitted before the worker looks again takes a place, as it may.
+    wait_until(lambda: beat(client, created["key"], f"h-{next(tries)}").status_code == 403, 5, "the new budget", 0.05)
+    assert time.monotonic() - lowered < 0.3 + 1.0
+    assert beat(client, created["key"], "h-1").status_code == 200  # a host it has keeps working
+    assert beat(client, created["key"], "h-new").status_code == 403
+
+
+@pytest.mark.integration
+def test_a_steady_agents_push_asks_the_db_nothing(tmp_path):
+    """Once a worker knows a key's host and series, a push costs no DB round trip (the points go to Prometheus)."""
+    with services.prometheus(tmp_path / "prom") as prom:
+        app = make_app(tmp_path, prom.url)
+        client = app.test_client()
+        client.admin = bearer(login(client, ADMIN)["access_token"])
+        key = new_key(client, host_id="gpu-01")[1]["key"]
+        points = [{"metric": f"cpu.core.{n}", "ts": datetime.now(UTC).isoformat(), "value": 1.0} for n in range(4)]
+        assert push(client, key, "gpu-01", points).get_json()["accepted"] == 4
+        from gateway.db import db
+
+        statements = []
+
+        def note(_connection, _cursor, sql, *_):
+            statements.append(sql)
+
+        with app.app_context():
+            engine = db.engine
+        sa.event.listen(engine, "before_cursor_execute", note)
+        try:
+            points = [{**p, "ts": datetime.now(UTC).isoformat(), "value": 2.0} for p in points]
+            assert push(client, key, "gpu-01", points).get_json()["accepted"] == 4
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", note)
+        assert statements == [], statements
+        stored = PromClient(prom.url).query('{__name__="fleet:cpu_core", host_id="gpu-01"}')
+        assert sorted(float(s["value"][1]) for s in stored) == [2.0] * 4
