@@ -25,7 +25,8 @@ or more is; 2 runs the shipped 60 reads a minute, counted exactly, one write a
 request. 1-3 run with the query cache off, so every request reaches
 Prometheus; 4 runs the gateway as shipped (instant queries cached for 2 s,
 REQ-API-005). It also prints the CPU the gateway's workers spend per query
-(from /proc), which the machine's load moves less than latency.
+(from /proc, their background threads included: the status watch, the
+report scheduler), which the machine's load moves less than latency.
 
     .venv/bin/python bench/query.py [--hosts 500] [--clients 100] [--duration 60]
         [--py-spy /tmp/gateway.svg]   # profile the gateway's workers during the 8 clients
