@@ -49,12 +49,19 @@ DEFAULTS = {
     "REFRESH_TOKEN_TTL": timedelta(days=7),  # from the environment: seconds
     "BCRYPT_ROUNDS": 12,
     "API_KEY_CACHE_S": 5.0,  # how long a worker trusts an API key it checked (revocation delay)
+    # How long a worker trusts a login session it checked: a logout, a disabled or demoted user through
+    # another worker or replica is honoured within it (through the same worker: at once). 0: every request.
+    "SESSION_CACHE_S": 5.0,
+    "KNOWN_HOST_CACHE_S": 5.0,  # how long a worker trusts that a host id is in the inventory (metric queries)
     "API_KEY_MAX_HOSTS": 10_000,  # hosts one API key may push for, unless the key sets max_hosts
     "API_KEY_MAX_SERIES": 1_000_000,  # series one API key may create, unless the key sets max_series
     "API_KEY_ADMITTED_S": 30.0,  # how long a worker trusts what the DB admitted for a key (revocation, budgets)
     "PROCESS_MASKING_CACHE_S": 5.0,  # how long a worker uses the masking policy it read (PRIV-002)
     "RATE_LIMIT_READS_PER_MIN": 60,
     "RATE_LIMIT_WRITES_PER_MIN": 30,
+    # A worker takes this share of a limit from the shared counter in one write (at least 1 request: limits
+    # under 100 are counted exactly); up to (workers - 1) × that many may be refused early, never more let in.
+    "RATE_LIMIT_BATCH_FRACTION": 0.01,
     "LOGIN_ATTEMPTS_PER_MIN": 20,
     # Security (docs/security.md): login backoff per account, the scrape token (proxies: PROXY_HOPS).
     "LOGIN_FAILURES_BEFORE_BACKOFF": 5,  # then 1 s, 2 s, 4 s… between tries, up to LOGIN_BACKOFF_MAX_S

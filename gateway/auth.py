@@ -24,6 +24,7 @@ from sqlalchemy import delete, text
 from gateway.db import AuditEvent, db, secret, utcnow
 from gateway.errors import Forbidden, Unauthorized
 from gateway.key_scope import KeyScope
+from gateway.lookup_cache import lookup_cache
 from gateway.ratelimit import count_request
 
 log = logging.getLogger(__name__)
@@ -191,11 +192,32 @@ def request_token() -> str:
 
 
 def _token_principal() -> Principal:
-    return live_session(decode_token(request_token(), "access"))
+    """The user of the request's token; token and session are remembered by this worker for SESSION_CACHE_S.
+
+    Every request of a user needs them; verified and read from the DB each
+    time, they were over a third of a short query's own cost. The price: a session
+    ended, a user disabled or demoted through another worker or replica still
+    works as before for up to SESSION_CACHE_S (5 s); through this worker, at
+    once (``forget_sessions``). The token's expiry is checked every time.
+    """
+    token = request_token()
+    sessions = lookup_cache("sessions", "SESSION_CACHE_S")
+    hit = sessions.get(token)
+    if hit is not None and time.time() < hit[1]:
+        return hit[0]
+    claims = decode_token(token, "access")
+    principal = live_session(claims)
+    sessions.put(token, (principal, claims["exp"]))
+    return principal
+
+
+def forget_sessions() -> None:
+    """A session, a role or a status changes: this worker stops trusting the sessions it read, at once."""
+    lookup_cache("sessions", "SESSION_CACHE_S").forget_all()
 
 
 def live_session(claims: dict) -> Principal:
-    """The user of a verified token, if its login session is not revoked and the user not disabled."""
+    """The user of a verified token, read from the DB: if its login session is not revoked and the user not disabled."""
     # One plain row, not two ORM entities: this runs for every request.
     row = db.session.execute(
         text(
@@ -223,11 +245,10 @@ def _api_key_principal() -> Principal:
     if not key.startswith(API_KEY_PREFIX):
         raise Unauthorized("missing API key", {"header": "X-API-Key: <key>"})
     digest = hash_api_key(key)
-    known = current_app.extensions.setdefault("api_keys", {})
-    now = time.monotonic()
-    hit = known.get(digest)
-    if hit is not None and now < hit[0] and hit[1] is not None:
-        return hit[1]
+    known = lookup_cache("api_keys", "API_KEY_CACHE_S")
+    principal = known.get(digest)
+    if principal is not None:
+        return principal
     row = db.session.execute(
         text(
             "SELECT pk, id, revoked_at, host_pattern, allow_discovery, max_hosts, max_series "
@@ -239,17 +260,13 @@ def _api_key_principal() -> Principal:
         raise Unauthorized("invalid or revoked API key")
     scope = KeyScope(row.pk, row.host_pattern, bool(row.allow_discovery), row.max_hosts, row.max_series)
     principal = Principal("api_key", row.id, AGENT, scope=scope)
-    if hit is None or now >= hit[0]:  # not while a revocation is fresh: this read may predate its commit
-        if len(known) > 10_000:  # keys, not agents: a fleet has a handful
-            known.clear()
-        known[digest] = (now + current_app.config["API_KEY_CACHE_S"], principal)
+    known.put(digest, principal)
     return principal
 
 
 def forget_api_key(key_hash: str) -> None:
     """Revoked: this worker stops honouring the key at once (the others within API_KEY_CACHE_S)."""
-    ttl = current_app.config["API_KEY_CACHE_S"]
-    current_app.extensions.setdefault("api_keys", {})[key_hash] = (time.monotonic() + ttl, None)
+    lookup_cache("api_keys", "API_KEY_CACHE_S").forget(key_hash)
 
 
 def issue_token(user: Principal, kind: str, ttl: timedelta, **extra) -> tuple[str, int]:

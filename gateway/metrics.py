@@ -12,6 +12,7 @@ from gateway.db import Host, db
 from gateway.discovery import discovered_hosts
 from gateway.errors import Blueprint, NotFound
 from gateway.hosts import HOST_ID
+from gateway.lookup_cache import lookup_cache
 from gateway.schemas import Pattern, fast_json
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
 from rules_compiler.catalog import catalog_listing, name_pattern
@@ -105,14 +106,19 @@ class Catalog(MethodView):
 
 @blp.route("/query")
 class Query(MethodView):
-    @blp.arguments(QueryArgs, location="query")
+    @blp.arguments(QueryArgs(), location="query")  # an instance: not made again for every request
     @blp.response(200, QueryResult)
     def get(self, args):
         """Datapoints of one metric of one host over a range; ``resolution`` says the step used."""
-        known = db.session.execute(db.select(Host.pk).filter_by(id=args["host_id"])).first()
-        if not known and not discovered_hosts(current_app.extensions["prometheus"], args["host_id"]):
-            known = db.session.execute(db.select(Host.id).order_by(Host.pk).limit(50)).scalars().all()
-            raise NotFound(f"no host {args['host_id']}", {"host_id": args["host_id"], "valid": known})
+        # A host known a moment ago is taken as known (KNOWN_HOST_CACHE_S): a deleted one's
+        # history stays readable that much longer, as a discovered host's always is.
+        known_hosts = lookup_cache("known_hosts", "KNOWN_HOST_CACHE_S")
+        if not known_hosts.get(args["host_id"]):
+            known = db.session.execute(db.select(Host.pk).filter_by(id=args["host_id"])).first()
+            if not known and not discovered_hosts(current_app.extensions["prometheus"], args["host_id"]):
+                known = db.session.execute(db.select(Host.id).order_by(Host.pk).limit(50)).scalars().all()
+                raise NotFound(f"no host {args['host_id']}", {"host_id": args["host_id"], "valid": known})
+            known_hosts.put(args["host_id"], True)
         series, resolution, tier = fetch_series(
             current_app.extensions["tiers"],
             args["metric"],

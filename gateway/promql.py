@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import os
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode, urlsplit
 
 import orjson
-import urllib3
 
 from gateway.errors import ApiError, Unavailable
 from rules_compiler.promql import is_label_name, quote, regex_any
@@ -35,18 +37,28 @@ def _check_label(name: str) -> None:
         raise ApiError(f"invalid label name {name!r}", {"label": name})
 
 
+CONNECT_TIMEOUT_S = 2.0
+
+
+class _Connection(threading.local):
+    """One keep-alive connection per thread (gunicorn's and query_many's), made again in a forked worker."""
+
+    conn: http.client.HTTPConnection | None = None
+    pid = 0
+
+
 class Prometheus:
     """The HTTP query API of one Prometheus (or anything that speaks it: Thanos, Mimir, VictoriaMetrics)."""
 
     def __init__(self, url: str, timeout_s: float = 10.0, cache_ttl_s: float = 2.0, cache_size: int = 512):
         self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
+        self._timeout_s = timeout_s
         self._ttl = cache_ttl_s
         self._size = cache_size
-        # urllib3's pool directly: requests' per-call machinery (proxy lookup, hooks,
-        # cookie jar) cost more than a whole query of Prometheus's own.
-        self._http = urllib3.PoolManager(
-            maxsize=16, timeout=urllib3.Timeout(connect=2.0, read=timeout_s), retries=False
-        )
+        self._local = _Connection()
         self._cache: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="promql")
@@ -69,16 +81,44 @@ class Prometheus:
 
     def ready(self) -> bool:
         try:
-            status = self._http.request("GET", f"{self.url}/-/ready", timeout=2.0).status
+            status, _ = self._request("/-/ready", {}, read_timeout_s=2.0)
             if status in (400, 404):
                 # Behind a path prefix (VictoriaMetrics' /prometheus, a cluster's /select/0/prometheus)
                 # there is no /-/ready: a query that needs no data says the same.
-                status = self._http.request(
-                    "GET", f"{self.url}/api/v1/query", fields={"query": "1"}, timeout=2.0
-                ).status
+                status, _ = self._request("/api/v1/query", {"query": "1"}, read_timeout_s=2.0)
             return status == 200
-        except urllib3.exceptions.HTTPError:
+        except (OSError, http.client.HTTPException):
             return False
+
+    def _request(self, path: str, params: dict, read_timeout_s: float | None = None) -> tuple[int, bytes]:
+        """GET ``path`` on this thread's connection: the status and the body.
+
+        http.client on a kept-alive connection, not urllib3's pool: urllib3's
+        per-call machinery (URL parsing, pool lookup, response wrapping) took more
+        CPU than the rest of a 1 h query's answer (docs/benchmarks.md). A
+        connection the server closed while idle is made again, once.
+        """
+        target = f"{self._prefix}{path}?{urlencode(params)}" if params else f"{self._prefix}{path}"
+        timeout_s = read_timeout_s or self._timeout_s
+        conn, reused = self._connection()
+        try:
+            return _exchange(conn, target, timeout_s)
+        except ConnectionError:  # reset, broken pipe, or closed before answering (RemoteDisconnected)
+            if not reused:
+                raise
+        return _exchange(self._connection()[0], target, timeout_s)
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        local = self._local
+        conn = local.conn
+        if conn is None or local.pid != os.getpid():
+            make = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = local.conn = make(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
+            local.pid = os.getpid()
+        if conn.sock is not None:
+            return conn, True
+        conn.connect()  # with TCP_NODELAY, as http.client does
+        return conn, False
 
     def _get(self, path: str, params: dict) -> list[dict]:
         # Only instant queries at "now" repeat within the TTL (REQ-API-005: 1-5 s); a range
@@ -91,16 +131,16 @@ class Prometheus:
                 if hit and now - hit[0] < self._ttl:
                     return hit[1]
         try:
-            r = self._http.request("GET", f"{self.url}{path}", fields=params)
-        except urllib3.exceptions.HTTPError as exc:
+            status, data = self._request(path, params)
+        except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(
                 "Prometheus does not answer",
                 {"prometheus": self.url, "reason": exc.__class__.__name__},
                 headers={"Retry-After": "5"},
             ) from None
-        if r.status >= 500 or r.status == 429:
-            raise Unavailable("Prometheus failed the query", {"status": r.status}, headers={"Retry-After": "5"})
-        body = orjson.loads(r.data)
+        if status >= 500 or status == 429:
+            raise Unavailable("Prometheus failed the query", {"status": status}, headers={"Retry-After": "5"})
+        body = orjson.loads(data)
         if body.get("status") != "success":
             # Our queries are built, not typed by users: a rejected one is our bug, not theirs.
             raise ApiError("Prometheus rejected a query", {"error": body.get("error")}, status=502)
@@ -112,3 +152,17 @@ class Prometheus:
                 while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
         return result
+
+
+def _exchange(conn: http.client.HTTPConnection, target: str, timeout_s: float) -> tuple[int, bytes]:
+    conn.sock.settimeout(timeout_s)
+    try:
+        conn.request("GET", target)
+        response = conn.getresponse()
+        body = response.read()
+    except BaseException:
+        conn.close()  # a half-sent request or half-read answer: the connection is in no state to reuse
+        raise
+    if response.will_close:
+        conn.close()
+    return response.status, body

@@ -17,6 +17,7 @@ from gateway.auth import (
     audit,
     check_password,
     decode_token,
+    forget_sessions,
     hash_password,
     issue_token,
     live_session,
@@ -63,7 +64,8 @@ class StatusSchema(ma.Schema):
 
 
 def end_sessions(user_pk: int) -> None:
-    """Revoke every login session of the user (their tokens stop working at once, in every worker)."""
+    """Revoke every login session of the user: at once through this worker, within SESSION_CACHE_S elsewhere."""
+    forget_sessions()
     db.session.execute(
         update(LoginSession)
         .where(LoginSession.user_pk == user_pk, LoginSession.revoked_at.is_(None))
@@ -110,6 +112,7 @@ def _rotate(claims: dict) -> str:
         .values(refresh_id=new)
     ).rowcount
     if rotated != 1:
+        forget_sessions()
         db.session.execute(update(LoginSession).where(LoginSession.id == claims["sid"]).values(revoked_at=utcnow()))
         audit("refresh_replayed", claims["sid"], user_id=claims["sub"])
         db.session.commit()
@@ -163,7 +166,8 @@ class Logout(MethodView):
     @blp.arguments(LogoutArgs, location="query")
     @blp.response(200, StatusSchema)
     def post(self, args):
-        """End this login (?all=true: every login of this user): its tokens stop working at once."""
+        """End this login (?all=true: every login of this user): its tokens stop working (docs/security.md)."""
+        forget_sessions()
         if args["all"]:
             end_sessions(db.session.get(LoginSession, g.principal.session_id).user_pk)
         else:

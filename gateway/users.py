@@ -14,6 +14,7 @@ from gateway.auth import (
     access,
     audit,
     forget_api_key,
+    forget_sessions,
     hash_api_key,
     hash_password,
     password_field,
@@ -171,6 +172,7 @@ class UserById(MethodView):
         for field in ("role", "status"):
             if field in body:
                 setattr(user, field, body[field])
+                forget_sessions()  # this worker trusts no session it read before, at once
         if "password" in body:
             user.password_hash = hash_password(body["password"])
         if "password" in body or body.get("status") == "disabled":

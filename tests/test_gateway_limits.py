@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, VIEWER, http_login, make_app
+from fleetwatch.testing.api import ADMIN, VIEWER, bearer, http_login, login, make_app
 from fleetwatch.testing.waits import free_port
 
 
@@ -135,3 +135,37 @@ def test_failed_logins_back_off_per_account_across_workers(gateway):
     time.sleep(wait)
     assert attempt(creds[1]).status_code == 200
     assert attempt("wrong-password").status_code == 401  # a success starts the count again
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_large_limit_counted_in_batches_lets_no_more_through_whichever_worker_answers(request, tmp_path, db):
+    """Limits of 100 and more are taken from the shared counter in batches: never more than the limit pass."""
+    limit, batch = 205, 10  # RATE_LIMIT_BATCH_FRACTION 0.05 of 205: the last batch is cut to 5
+    settings = dict(RATE_LIMIT_READS_PER_MIN=limit, RATE_LIMIT_WRITES_PER_MIN=100, RATE_LIMIT_BATCH_FRACTION=0.05)
+    if db == "postgresql":  # the counters in the shared DB, as replicas have them
+        settings["SQLALCHEMY_DATABASE_URI"] = request.getfixturevalue("postgres").new_database()
+    one, two = (make_app(tmp_path, f"http://127.0.0.1:{free_port()}", **settings).test_client() for _ in range(2))
+    admin = login(one, ADMIN)
+    users = []
+    for n in range(2):
+        creds = (f"batched-{n}@example.com", "batched-password-1")
+        made = one.post(
+            "/api/v1/users",
+            json={"email": creds[0], "password": creds[1], "role": "viewer"},
+            headers=bearer(admin["access_token"]),
+        )
+        assert made.status_code == 201, made.get_json()
+        users.append(bearer(login(one, creds)["access_token"]))
+
+    def passed(client, headers) -> bool:
+        r = client.get("/api/v1/metrics/catalog", headers=headers)
+        assert r.status_code in (200, 429), r.get_json()
+        return r.status_code == 200
+
+    # One worker: exactly the limit, the last batch cut to what is left.
+    alone = [passed(one, users[0]) for _ in range(limit + 5)]
+    assert alone == [True] * limit + [False] * 5
+    # Two workers in turn: each holds what it took; at most one batch of the other's is left unspent.
+    spread = [passed((one, two)[n % 2], users[1]) for n in range(limit + 40)]
+    assert limit - batch <= sum(spread) <= limit
+    assert not any(spread[-20:])

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from fleetwatch.testing.api import ADMIN, bearer, login, make_app
-from fleetwatch.testing.waits import free_port
+from fleetwatch.testing.waits import free_port, wait_until
 
 _n = itertools.count()
 
@@ -124,6 +124,54 @@ def test_logout_all_ends_every_session_of_the_caller_only(client):
     c, d = login(client, creds), login(client, creds)
     assert client.post("/api/v1/auth/logout", headers=bearer(c["access_token"])).status_code == 200
     assert not works(client, c) and works(client, d)  # without all=true: this session only
+
+
+STALE_S = 0.5  # SESSION_CACHE_S of the two workers below: short, the tests wait for it to pass
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Two apps on one DB, as two gunicorn workers (or replicas) are; each trusts a session it read for STALE_S."""
+    state, prom = tmp_path_factory.mktemp("two-workers"), f"http://127.0.0.1:{free_port()}"
+    limits = dict(RATE_LIMIT_READS_PER_MIN=100_000, RATE_LIMIT_WRITES_PER_MIN=100_000, LOGIN_ATTEMPTS_PER_MIN=100_000)
+    return tuple(make_app(state, prom, SESSION_CACHE_S=STALE_S, **limits).test_client() for _ in range(2))
+
+
+def within_the_cache_time(check) -> None:
+    """Wait for ``check()`` to hold, failing if it takes past STALE_S (and a second's margin for a slow machine)."""
+    wait_until(check, STALE_S + 1.0, "the change seen by the other worker", 0.05)
+
+
+def test_a_logout_holds_at_once_on_its_worker_and_within_the_cache_time_on_another(two_workers):
+    one, two = two_workers
+    _, creds = new_user(one)
+    tokens = login(one, creds)
+    assert works(one, tokens) and works(two, tokens)  # both have read the session
+    assert one.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+    assert not works(one, tokens)
+    within_the_cache_time(lambda: not works(two, tokens))
+
+
+def test_a_demoted_admin_loses_the_role_at_once_on_its_worker_and_within_the_cache_time_on_another(two_workers):
+    one, two = two_workers
+    user_id, creds = new_user(one, role="admin")
+    theirs = bearer(login(one, creds)["access_token"])
+
+    def can_write(client) -> bool:
+        r = client.post(
+            "/api/v1/users",
+            json={"email": f"w{next(_n)}@example.com", "password": "x" * 12, "role": "viewer"},
+            headers=theirs,
+        )
+        assert r.status_code in (201, 403), r.get_json()
+        return r.status_code == 201
+
+    assert can_write(one) and can_write(two)
+    admin = bearer(login(two, ADMIN)["access_token"])
+    assert two.patch(f"/api/v1/users/{user_id}", json={"role": "viewer"}, headers=admin).status_code == 200
+    assert not can_write(two)
+    within_the_cache_time(lambda: not can_write(one))
+    assert works(one, {"access_token": theirs["Authorization"].removeprefix("Bearer ")})  # a viewer now, still in
 
 
 @pytest.mark.parametrize("days", [90, 30])
