@@ -46,16 +46,23 @@ def heartbeat() -> tuple[str, dict[str, str]]:
 
 def discovered_hosts(prom, host_id: str | None = None) -> list[DiscoveredHost]:
     """Hosts with a heartbeat in Prometheus and no row in the inventory (only ``host_id``, if given)."""
+    return discovered_from(*prom.query_many(discovery_queries(host_id)))
+
+
+def discovery_queries(host_id: str | None = None) -> list[str]:
+    """The PromQL discovered_from reads: asked beside other queries, a host list costs one round trip."""
     name, matchers = heartbeat()
     beats = selector(name, {**matchers, **({"host_id": host_id} if host_id else {})})
     # Those the gateway's own fleet_host_info names are in the inventory: Prometheus leaves them out,
     # so a fleet of thousands costs the DB a look at a handful of ids.
-    targets, gpus = prom.query_many(
-        [
-            f'group by (host_id, instance) ({beats} unless on(host_id) fleet_host_info{{host_id!=""}})',
-            'group by (host_id) (fleet:gpu_utilization{host_id!=""})',
-        ]
-    )
+    return [
+        f'group by (host_id, instance) ({beats} unless on(host_id) fleet_host_info{{host_id!=""}})',
+        'group by (host_id) (fleet:gpu_utilization{host_id!=""})',
+    ]
+
+
+def discovered_from(targets: list[dict], gpus: list[dict]) -> list[DiscoveredHost]:
+    """The hosts the answers to discovery_queries name that the inventory lacks, by id."""
     instances: dict[str, str] = {}
     for s in targets:
         if s["metric"].get("host_id"):
