@@ -1,9 +1,10 @@
 """Host status through the API against a real Prometheus: ``?status=`` pages, and the status watcher's view.
 
 The recorded series the gateway judges by (fleet:host_summary, its values held
-over a minute, ``up``) are remote-written into a fresh Prometheus for hosts
-made ok, warm, hot, silent, silent for minutes, pushing, in maintenance, and
-one Prometheus knows that the inventory lacks (discovered).
+above the crit line over a minute, ``up``) are remote-written into a fresh
+Prometheus for hosts made ok, warm, hot, silent, silent for minutes, pushing,
+in maintenance, and one Prometheus knows that the inventory lacks; that
+Prometheus runs the stack's summary rules, which record the discovered hosts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import pytest
 
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, bearer, login, make_app
+from fleetwatch.testing.prom import PromClient
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
+from rules_compiler.catalog import CATALOG
+from rules_compiler.recording import DISCOVERED, render_normalisation_rules
 
 # host id: (tags, cpu %, mem %, seconds since its last good scrape or None for never scraped, expected status)
 HOSTS = {
@@ -31,7 +35,7 @@ HOSTS = {
     "maint-ok": ("web", 20.0, 20.0, 0, "maintenance"),
 }
 PUSHING = "push-0"  # its agent never pushed: crit
-DISCOVERED = "found-hot"  # scraped, not in the inventory, hot
+DISCOVERED_HOST = "found-hot"  # scraped, not in the inventory, hot
 
 
 def _series(now: float) -> list[bytes]:
@@ -41,7 +45,7 @@ def _series(now: float) -> list[bytes]:
         pairs = sorted({**labels, "__name__": name}.items(), key=lambda kv: (kv[0] != "__name__", kv[0]))
         out.append(encode_timeseries(encode_labels(pairs), [(int(ts * 1000), value)]))
 
-    for host_id, (_, cpu, mem, beat_age, _) in [*HOSTS.items(), (DISCOVERED, ("", 99.0, 10.0, 0, "crit"))]:
+    for host_id, (_, cpu, mem, beat_age, _) in [*HOSTS.items(), (DISCOVERED_HOST, ("", 99.0, 10.0, 0, "crit"))]:
         if beat_age is not None:
             up = {"job": "fleetwatch", "host_id": host_id, "instance": f"{host_id}.invalid:9101"}
             add("up", up, 1.0, now - beat_age)
@@ -51,7 +55,7 @@ def _series(now: float) -> list[bytes]:
             continue
         for field, value in (("cpu_pct", cpu), ("mem_pct", mem), ("disk_pct", 40.0), ("net_tx_mbps", 1.0)):
             add("fleet:host_summary", {"host_id": host_id, "summary": field}, value, now)
-            if field != "net_tx_mbps":  # held over the last minute: the same, steady
+            if field != "net_tx_mbps" and value > 90:  # held over the last minute: the same, steady
                 add("fleet:host_summary_held", {"host_id": host_id, "summary": field}, value, now)
     return out
 
@@ -60,8 +64,14 @@ def _series(now: float) -> list[bytes]:
 def fleet(tmp_path_factory):
     """A fresh Prometheus with HOSTS' series, a gateway in-process with HOSTS, PUSHING and a maintenance window."""
     tmp = tmp_path_factory.mktemp("host-status")
-    with services.prometheus(tmp / "tsdb") as prometheus:
+    (tmp / "rules.yml").write_text(render_normalisation_rules(CATALOG, "1s", "15s"))
+    config = services.PROMETHEUS_CONFIG.replace(
+        "{scrape_interval: 1m}", "{scrape_interval: 1m, evaluation_interval: 1s}"
+    )
+    config += f"rule_files: [{tmp / 'rules.yml'}]\n"
+    with services.prometheus(tmp / "tsdb", config=config) as prometheus:
         RemoteWriter(f"{prometheus.url}/api/v1/write").write(_series(time.time()))
+        PromClient(prometheus.url).wait_for(f'{DISCOVERED}{{host_id="{DISCOVERED_HOST}"}}')
         app = make_app(tmp, prometheus.url, ALERT_SILENCE_RECONCILE_S=0)
         client = app.test_client()
         admin = bearer(login(client, ADMIN)["access_token"])
@@ -93,7 +103,7 @@ def _pages(client, headers, **query) -> tuple[list[dict], set[int]]:
             return hosts, totals
 
 
-EXPECTED = {**{h: spec[-1] for h, spec in HOSTS.items()}, PUSHING: "crit", DISCOVERED: "crit"}
+EXPECTED = {**{h: spec[-1] for h, spec in HOSTS.items()}, PUSHING: "crit", DISCOVERED_HOST: "crit"}
 
 
 @pytest.mark.parametrize("status", ["ok", "warn", "crit", "maintenance"])
@@ -125,7 +135,7 @@ def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(flee
     assert everyone["gone-0"]["status_reasons"] == ["crit: no heartbeat for 2m"]
     assert everyone["silent-0"]["status_reasons"] == ["crit: never seen"]
     assert everyone["hot-1"]["status_reasons"] == ["crit: cpu_pct above 90 for 1m", "crit: mem_pct above 90 for 1m"]
-    assert everyone[DISCOVERED]["source"] == "discovered"
+    assert everyone[DISCOVERED_HOST]["source"] == "discovered"
     assert everyone["warm-0"]["metrics_summary"]["mem_pct"] == 82.0
 
 
