@@ -13,13 +13,13 @@ import sys
 
 import pytest
 
-from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.stack import Stack
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, VIEWER, bearer, login, make_app
 from fleetwatch.testing.mail import Mailbox
 from fleetwatch.testing.postgres import Postgres
 from fleetwatch.testing.prom import PromClient
-from fleetwatch.testing.waits import free_port
+from fleetwatch.testing.stack import stack_config
 
 # Fixtures that start a real service (here and in test modules); every test needing one is an integration test.
 SERVICE_FIXTURES = {
@@ -34,6 +34,7 @@ SERVICE_FIXTURES = {
     "tiers",
     "slurm_cluster",
     "vm_stack",
+    "backend_stack",
 }
 
 
@@ -78,26 +79,14 @@ def stack(tmp_path_factory, node_exporter, mailbox):
     seconds, email to ``mailbox``. node_exporter is a second target of the same
     job, so a query can be run against both and compared.
     """
-    ports = Ports(*(free_port() for _ in range(5)))
-    config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("state"),
-        ports=ports,
-        scrape_interval="1s",
-        evaluation_interval="1s",
+    config = stack_config(
+        tmp_path_factory.mktemp("state"),
         exporter_args=["--process-interval=1", "--gpu-interval=1"],
-        gateway_env={
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-            "FLEETWATCH_BCRYPT_ROUNDS": "4",
-            "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",
-            "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000",
+        env={
             "FLEETWATCH_SMTP_SMARTHOST": f"127.0.0.1:{mailbox.port}",
             "FLEETWATCH_SMTP_REQUIRE_TLS": "false",
             "FLEETWATCH_CHANNEL_ALLOW_HOSTS": "127.0.0.1",  # the tests' webhook receivers listen on loopback
-            "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
-            "FLEETWATCH_ALERT_GROUP_INTERVAL": "1s",
             "FLEETWATCH_ALERT_REPEAT_INTERVAL": "2s",
-            "FLEETWATCH_ALERT_EVENTS_GROUP_INTERVAL": "1s",
             "FLEETWATCH_STREAM_STATUS_POLL_S": "1",  # live updates (tests/test_stream.py)
             "FLEETWATCH_STREAM_POLL_S": "0.2",
         },

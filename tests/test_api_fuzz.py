@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import seed as hypothesis_seed
 from schemathesis.specs.openapi.checks import allow_header_conformance, positive_data_acceptance
 
-from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.stack import Stack
 from fleetwatch.testing.api import ADMIN, make_app
+from fleetwatch.testing.stack import stack_config
 from fleetwatch.testing.waits import free_port
 
 FUZZ_EXAMPLES = 15
@@ -30,17 +31,13 @@ CASES: collections.Counter = collections.Counter()  # per operation, for the tot
 
 @pytest.fixture(scope="module")
 def fuzz_gateway(tmp_path_factory):
-    ports = Ports(*(free_port() for _ in range(5)))
-    config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("fuzz-state"),
-        ports=ports,
+    config = stack_config(
+        tmp_path_factory.mktemp("fuzz-state"),
         scrape_interval="5s",
+        evaluation_interval="30s",
         exporter_args=["--no-gpu"],
         gateway_workers=2,
-        gateway_env={
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-            "FLEETWATCH_BCRYPT_ROUNDS": "4",
+        env={
             "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "1000000",
             "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "1000000",
             "FLEETWATCH_LOGIN_ATTEMPTS_PER_MIN": "1000000",

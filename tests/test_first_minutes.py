@@ -20,8 +20,9 @@ import pytest
 import requests
 import yaml
 
-from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.stack import Stack
 from fleetwatch.testing.api import ADMIN, make_app
+from fleetwatch.testing.stack import stack_config
 from fleetwatch.testing.waits import free_port, wait_until
 from gateway.db import Host, db
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
@@ -49,20 +50,7 @@ def readme_admin() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def fresh_stack(tmp_path_factory):
     """A stack on a fresh state directory, as `make run` starts it, with a first admin and no SMTP."""
-    config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("fresh"),
-        ports=Ports(*(free_port() for _ in range(5))),
-        scrape_interval="1s",
-        evaluation_interval="1s",
-        gateway_env={
-            "FLEETWATCH_ADMIN_EMAIL": readme_admin()[0],
-            "FLEETWATCH_ADMIN_PASSWORD": readme_admin()[1],
-            "FLEETWATCH_BCRYPT_ROUNDS": "4",
-            "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000",  # the tests poll
-            "FLEETWATCH_ALERT_GROUP_WAIT": "1s",
-            "FLEETWATCH_ALERT_EVENTS_GROUP_INTERVAL": "1s",
-        },
-    )
+    config = stack_config(tmp_path_factory.mktemp("fresh"), admin=readme_admin())
     stack = Stack(config)
     started = time.monotonic()
     with stack:

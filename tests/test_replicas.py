@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 import sqlalchemy as sa
 
-from fleetwatch.stack import Ports, Stack, StackConfig
+from fleetwatch.stack import Stack
 from fleetwatch.testing.api import ADMIN, VIEWER, api_session, http_login
-from fleetwatch.testing.waits import free_port, wait_until
+from fleetwatch.testing.stack import shared_state_dir, stack_config
+from fleetwatch.testing.waits import wait_until
 from gateway import locks
 
 pytestmark = pytest.mark.integration
@@ -33,46 +30,21 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def replicas():
     """`fleetwatch up --gateways 2`'s stack; its state where the postgres user can reach it when we are root."""
-    state = Path(tempfile.mkdtemp(prefix="fleetwatch-replicas-"))
-    os.chmod(state, 0o711)
-    config = StackConfig(
-        state_dir=state,
-        ports=Ports(*(free_port() for _ in range(5))),
-        scrape_interval="1s",
-        evaluation_interval="1s",
-        gateway_workers=2,
-        gateways=2,
-        gateway_env={
-            "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
-            "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
-            "FLEETWATCH_BCRYPT_ROUNDS": "4",
-            "FLEETWATCH_API_KEY_CACHE_S": "1",
-            # The per-address limit is under test here; the per-account backoff (after 5 wrong
-            # passwords) would answer 429 first, as it should (tests/test_gateway_limits.py).
-            "FLEETWATCH_LOGIN_FAILURES_BEFORE_BACKOFF": "1000",
-        },
-    )
-    # Free ports for PostgreSQL and the replicas too: they sit above the gateway's port.
-    while True:
-        above = [config.ports.gateway + 100 + i for i in range(3)]
-        if all(_free(p) for p in above):
-            break
-        config.ports = config.ports._replace(gateway=free_port())
-    stack = Stack(config)
-    with stack:
-        yield stack
-    shutil.rmtree(state, ignore_errors=True)
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    with shared_state_dir("fleetwatch-replicas-") as state:
+        config = stack_config(
+            state,
+            lift_limits=False,  # the read limit is under test
+            gateway_workers=2,
+            gateways=2,
+            env={
+                "FLEETWATCH_API_KEY_CACHE_S": "1",
+                # The per-address limit is under test here; the per-account backoff (after 5 wrong
+                # passwords) would answer 429 first, as it should (tests/test_gateway_limits.py).
+                "FLEETWATCH_LOGIN_FAILURES_BEFORE_BACKOFF": "1000",
+            },
+        )
+        with Stack(config) as stack:
+            yield stack
 
 
 def urls(stack: Stack) -> tuple[str, str, str]:

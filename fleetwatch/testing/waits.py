@@ -34,14 +34,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     ephemeral = _ephemeral_range()
     candidates = [p for p in range(10000, 32768) if p not in ephemeral and p not in _handed_out]
     for port in random.sample(candidates, len(candidates)):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+        if port_free(port, host):
+            _handed_out.add(port)
+            return port
     raise RuntimeError("no free port between 10000 and 32767")
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nobody listens on ``port`` right now (a bind succeeds)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(
