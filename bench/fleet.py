@@ -36,6 +36,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -237,12 +238,15 @@ def timed_get(session: requests.Session, url: str, params: dict) -> tuple[float,
 
 
 def all_statuses(session: requests.Session, url: str) -> dict[str, dict]:
-    """Every listed host by id, paging through the host list."""
+    """Every listed host by id, paging through the host list (a page that fails is asked again, at most twice)."""
     out, offset = {}, 0
     while True:
-        page = session.get(f"{url}/api/v1/hosts", params={"limit": 1000, "offset": offset}, timeout=120).json()
+        for _ in range(3):
+            _, page = timed_get(session, f"{url}/api/v1/hosts", {"limit": 500, "offset": offset})
+            if page is not None:
+                break
         out.update({h["id"]: h for h in page["hosts"]})
-        offset += 1000
+        offset += 500
         if offset >= page["total"]:
             return out
 
@@ -253,10 +257,13 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=200, help="requests per latency figure")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     p.add_argument("--json", type=Path)
+    p.add_argument("--keep", action="store_true", help="keep the state directory (TSDB, logs) and say where")
     args = p.parse_args()
 
     parts = kinds(args.hosts)
     tmp = Path(tempfile.mkdtemp(prefix="fleetwatch-bench-fleet-"))
+    if args.keep:
+        print(f"state, TSDB and logs in {tmp}")
     config = StackConfig(
         state_dir=tmp / "state",
         ports=Ports(*(free_port() for _ in range(5))),
@@ -385,6 +392,8 @@ def main() -> int:
             feeder.join(120)
         for service in reversed(started):
             service.stop(20)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)  # gigabytes of TSDB at 10,000 hosts
 
     f = figures
     print(
