@@ -222,6 +222,12 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in procs) / 2**20
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its children."""
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -344,7 +350,8 @@ def main() -> int:
         list_ms, crit_ms, errors = [], [], 0
         crit_expected = sum(1 for k in parts.values() if expected_status(k) == "crit")
         crit_totals = set()
-        before, wall = prometheus_figures(prom_url), time.monotonic()
+        gateway_pid = services["gateway"].process.pid
+        before, wall, gateway_cpu = prometheus_figures(prom_url), time.monotonic(), cpu_s(gateway_pid)
         for n in range(args.requests):
             offset = rng.randrange(0, max(1, args.hosts // 50)) * 50
             took, page = timed_get(api, f"{url}/api/v1/hosts", {"limit": 50, "offset": offset})
@@ -364,6 +371,7 @@ def main() -> int:
             groups[name] = max(groups.get(name, 0.0), seconds)
         missed = {k: int(v - before["missed"].get(k, 0)) for k, v in after["missed"].items()}
         prometheus_cores = (after["cpu_s"] - before["cpu_s"]) / (time.monotonic() - wall)
+        gateway_cpu_ms = 1000 * (cpu_s(gateway_pid) - gateway_cpu) / (2 * args.requests)
 
         figures.update(
             {
@@ -379,6 +387,7 @@ def main() -> int:
                 "request_errors": errors,
                 "rule_group_missed_iterations": missed,
                 "prometheus_cpu_cores": round(prometheus_cores, 2),
+                "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 1),
                 "status_crit_expected": crit_expected,
                 "rule_group_s": {k: round(v, 3) for k, v in sorted(groups.items())},
                 "prometheus_rss_mb": round(rss_mb(services["prometheus"].process.pid), 1),
@@ -408,7 +417,11 @@ def main() -> int:
     for name, seconds in f["rule_group_s"].items():
         missed = f["rule_group_missed_iterations"].get(name, 0)
         print(f"rule group {name:<24} last evaluation at most {seconds:.3f} s, {missed} iterations missed")
-    print(f"Prometheus used {f['prometheus_cpu_cores']} cores while measuring; {f['request_errors']} requests failed")
+    print(
+        f"while measuring: Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
+        f"{f['gateway_cpu_ms_per_request']} ms of CPU per request (its status watcher included); "
+        f"{f['request_errors']} requests failed"
+    )
     print(f"RSS: Prometheus {f['prometheus_rss_mb']} MiB, gateway (all processes) {f['gateway_rss_mb']} MiB")
     print(f"hosts with a wrong status: {f['wrong_statuses']}")
     print(f"load average at start {f['load_avg_at_start']}, at end {f['load_avg_at_end']}")
