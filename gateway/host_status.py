@@ -11,7 +11,10 @@ a page: at 10,000 hosts that is a fraction of the summary's 50,000 series.
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from flask import current_app
@@ -126,14 +129,16 @@ def fleet_state(
     return judge(prom, host_ids, prom.query_many(state_queries(host_ids, whole_fleet)), pushed)
 
 
-def status_of(host, state: dict, muted: dict[str, str]) -> tuple[str, list[str]]:
+def status_of(
+    host_id: str, pushes: bool, last_seen_at: datetime | None, state: dict, muted: dict[str, str]
+) -> tuple[str, list[str]]:
     """A host's status and reasons as the API shows them: its agent's pushes judge a pushing host; maintenance wins."""
-    s = state.get(host.id, {})
+    s = state.get(host_id, {})
     status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
-    if host.pushes:
-        status, reasons = push_status(reasons, host.last_seen_at)
-    if host.id in muted:  # a maintenance window is open on it: its alerts are muted
-        status, reasons = "maintenance", [f"maintenance: {muted[host.id]}", *reasons]
+    if pushes:
+        status, reasons = push_status(reasons, last_seen_at)
+    if host_id in muted:  # a maintenance window is open on it: its alerts are muted
+        status, reasons = "maintenance", [f"maintenance: {muted[host_id]}", *reasons]
     return status, reasons
 
 
@@ -147,16 +152,40 @@ def push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str,
     return _level(reasons), reasons
 
 
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    # Judging 10,000 hosts makes some 50,000 dicts, lists and rows and not one reference cycle:
+    # the collector's passes meanwhile found nothing and cost a third of the time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def judged_fleet(
     prom, tags: dict[str, str] | None = None, look_back: bool = True
 ) -> tuple[list[tuple[object, str, list[str]]], dict]:
     """Every host with ``tags`` (or all, discovered ones too) in the list's order, its status and reasons; the state.
 
-    Rows carry id, pushes, last_seen_at and tags only: the page shown is read again in full.
+    Rows carry id, pushes and tags only: the page shown is read again in full.
     Without ``look_back``, the reasons of hosts down for over 5 min say "never seen".
     """
-    columns = [Host.id, Host.pushes, Host.last_seen_at, *([Host.tags] if tags else [])]
-    hosts = db.session.execute(db.select(*columns).order_by(Host.pk)).all()
+    with _no_cycle_collection():
+        return _judged_fleet(prom, tags, look_back)
+
+
+def _judged_fleet(
+    prom, tags: dict[str, str] | None, look_back: bool
+) -> tuple[list[tuple[object, str, list[str]]], dict]:
+    # The table's columns, not the ORM's: its row handling, and turning 10,000 last_seen_at into
+    # datetimes, cost more than judging them. Only pushing hosts' last pushes are read.
+    table = Host.__table__.c
+    columns = [table.id, table.pushes, *([table.tags] if tags else [])]
+    hosts = db.session.execute(db.select(*columns).order_by(table.pk)).all()
+    last_pushes = dict(db.session.execute(db.select(table.id, table.last_seen_at).where(table.pushes)).all())
     if tags:
         hosts = [h for h in hosts if all((h.tags or {}).get(k) == v for k, v in tags.items())]
     queries = state_queries([h.id for h in hosts], whole_fleet=True, summary=False)
@@ -165,13 +194,14 @@ def judged_fleet(
     if not tags:
         hosts = [*hosts, *discovered_from(*results[len(queries) :])]
     ids = [h.id for h in hosts]
-    state = judge(prom, ids, results[: len(queries)], frozenset(h.id for h in hosts if h.pushes), look_back)
+    state = judge(prom, ids, results[: len(queries)], frozenset(last_pushes), look_back)
     muted = maintenance(ids)
     judged = []
     for h in hosts:  # 10,000 at times: status_of only where it changes something
-        host_id, pushes = h.id, h.pushes
-        if pushes or host_id in muted:
-            judged.append((h, *status_of(h, state, muted)))
+        host_id = h.id
+        if host_id in last_pushes or host_id in muted:
+            pushes = host_id in last_pushes
+            judged.append((h, *status_of(host_id, pushes, last_pushes.get(host_id), state, muted)))
         else:
             judged.append((h, state[host_id]["status"], state[host_id]["status_reasons"]))
     return judged, state

@@ -186,7 +186,7 @@ def _with_state(host, state: dict, muted: dict[str, str]) -> dict:
     """A host (an ORM object or a row of HOST_FIELDS) and its state, ready for JSON."""
     s = state.get(host.id, {})
     seen = [t for t in (s.get("last_seen"), host.last_seen_at and timestamp(host.last_seen_at)) if t]
-    status, reasons = status_of(host, state, muted)
+    status, reasons = status_of(host.id, host.pushes, host.last_seen_at, state, muted)
     return {
         **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
         "exporter": shown_exporter(host),
