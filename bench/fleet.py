@@ -22,10 +22,11 @@ and the gateway installs the starter alert rules itself), then:
    checks every host's status in the host list against what it made;
 4. measures the host list (random pages of 50) and ``?status=crit`` at p95, the
    rule groups' evaluation time (prometheus_rule_group_last_duration_seconds, the
-   largest seen while measuring), Prometheus's and the gateway's RSS (all gunicorn
+   largest seen while measuring) and missed iterations, the CPU Prometheus and the
+   gateway used meanwhile, Prometheus's and the gateway's RSS (all gunicorn
    processes). The gateway's 2 s query cache is off: every request reaches Prometheus.
 
-    .venv/bin/python -P bench/fleet.py [--hosts 10000] [--requests 200] [--json PATH]
+    .venv/bin/python -P bench/fleet.py [--hosts 10000] [--requests 200] [--json PATH] [--keep]
 
 (-P: bench/ must not shadow the packages the stack imports.)
 """
