@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports bench-backends bench-hosts bench-stream system-deps venv clean
+.PHONY: exporter-zipapp run test test-unit lint bench-exporter bench-query bench-retention bench-alerts bench-ingest bench-slurm bench-reports bench-backends bench-hosts bench-stream bench-fleet system-deps venv clean
 
 run: system-deps $(STAMP)
 	$(VENV)/bin/fleetwatch up $(ARGS)
@@ -38,6 +38,10 @@ bench-stream: system-deps $(STAMP)
 
 bench-hosts: system-deps $(STAMP)
 	$(PY) bench/hosts_import.py $(ARGS)
+
+# 10,000 simulated hosts (docs/benchmarks.md); a quick run: make bench-fleet ARGS="--hosts 500"
+bench-fleet: system-deps $(STAMP)
+	$(PY) -P bench/fleet.py $(ARGS)
 
 bench-retention: system-deps $(STAMP)
 	$(PY) bench/retention.py $(ARGS)

@@ -1,14 +1,12 @@
 """Hosts (§8.2): inventory with tags in the DB, status and metrics from Prometheus.
 
-A page of the host list costs four PromQL queries for the whole fleet (now,
-sustained over 1 min, last seen, sick GPUs), never one per host.
+A page of the host list costs one round of concurrent PromQL queries for the
+whole page (gateway/host_status.py) and the discovered hosts, never one per host.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from datetime import UTC, datetime
 
 import marshmallow as ma
 from flask import current_app
@@ -18,19 +16,15 @@ from sqlalchemy import func
 from gateway.alert_silences import maintenance
 from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
-from gateway.discovery import DiscoveredHost, discovered_hosts, heartbeat
+from gateway.discovery import DiscoveredHost, discovered_from, discovered_hosts, discovery_queries
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
-from gateway.gpu_health import problems_query, reasons_by_host
+from gateway.host_status import fleet_state, judge, judged_fleet, state_queries, status_of, timestamp
 from gateway.inventory import targets_changed
-from gateway.promql import selector
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
-from rules_compiler.recording import HELD_FOR, HOST_SUMMARY, JUDGED
 
 blp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts", description="Hosts, their tags and status")
 
-WARN_PCT, CRIT_PCT = 70.0, 90.0
-HEARTBEAT_LOST_S = 120
 DETAIL_METRICS = ("cpu.utilization", "mem.used_pct", "gpu.utilization", "disk.used_pct", "net.tx_mbps", "net.rx_mbps")
 RESERVED_TAGS = {"host_id", "hostname", "instance", "job"}
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -185,94 +179,14 @@ def parse_tag_filter(text: str) -> dict[str, str]:
     return wanted
 
 
-def fleet_state(
-    prom, host_ids: list[str], whole_fleet: bool = False, pushed: frozenset[str] = frozenset()
-) -> dict[str, dict]:
-    """Summary, status and last-seen time of every host in ``host_ids``.
-
-    The summary and the values held over the last minute are recorded by
-    Prometheus at every evaluation (rules_compiler/recording.py), so a page of
-    hosts is two plain selectors and the heartbeat, asked concurrently. A
-    successful scrape of a host's exporter (``up == 1``) is its heartbeat; the
-    15-minute look back for the last good one is asked only for hosts down now.
-    """
-    if not host_ids:
-        return {}
-
-    # Only the hosts asked about: a page of 50 costs Prometheus a tenth of the fleet
-    # (for the whole fleet a matcher of every id would only add work).
-    def sel(name: str, **matchers: str) -> str:
-        return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
-
-    beat, beat_matchers = heartbeat()
-    now_result, held_result, seen_result, gpu_result = prom.query_many(
-        [
-            sel("fleet:host_summary"),
-            # Only the hosts held above the crit line: usually none, instead of every host's minimum.
-            f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
-            f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
-            problems_query(sel),  # only sick or degraded GPUs: usually none
-        ]
-    )
-    gpu_reasons = reasons_by_host(gpu_result)
-
-    def by_host(result) -> dict[tuple[str, str], float]:
-        return {(s["metric"].get("host_id", ""), s["metric"]["summary"]): float(s["value"][1]) for s in result}
-
-    now_values, held_values = by_host(now_result), by_host(held_result)
-    seen = {s["metric"].get("host_id", ""): float(s["value"][1]) for s in seen_result}
-    # A pushing host has no `up`: its agent's last push judges it (_push_status), so
-    # looking back 15 min for its scrapes would cost a query whose answer is thrown away.
-    down = [h for h in host_ids if h not in seen and h not in pushed]
-    if down:
-        up = selector(beat, beat_matchers, regex={"host_id": down})
-        back = f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
-        seen = {**seen, **{s["metric"]["host_id"]: float(s["value"][1]) for s in prom.query(back)}}
-    now = time.time()
-    state = {}
-    for host_id in host_ids:
-        summary = {field: _round(now_values.get((host_id, field))) for field in HOST_SUMMARY}
-        reasons = []
-        for field in JUDGED:
-            if (host_id, field) in held_values:
-                reasons.append(f"crit: {field} above {CRIT_PCT:g} for {HELD_FOR}")
-            elif summary[field] is not None and summary[field] >= WARN_PCT:
-                reasons.append(f"warn: {field} at {summary[field]:g}")
-        reasons += gpu_reasons.get(host_id, [])
-        last_seen = seen.get(host_id)
-        if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
-            reasons.append("crit: no heartbeat for 2m" if last_seen else "crit: never seen")
-        status = "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
-        state[host_id] = {
-            "metrics_summary": summary,
-            "status": status,
-            "status_reasons": reasons,
-            "last_seen": last_seen,
-        }
-    return state
-
-
-def _timestamp(value: datetime) -> float:
-    # SQLite hands back naive datetimes; they are UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
 HOST_FIELDS = ("id", "hostname", "ips", "tags", "has_gpu", "agent_version", "source", "exporter", "last_seen_at")
 
 
-def _with_state(host, state: dict, maintenance: dict[str, str]) -> dict:
+def _with_state(host, state: dict, muted: dict[str, str]) -> dict:
     """A host (an ORM object or a row of HOST_FIELDS) and its state, ready for JSON."""
     s = state.get(host.id, {})
-    seen = [t for t in (s.get("last_seen"), host.last_seen_at and _timestamp(host.last_seen_at)) if t]
-    status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
-    if host.pushes:
-        status, reasons = _push_status(reasons, host.last_seen_at)
-    if host.id in maintenance:  # a maintenance window is open on it: its alerts are muted
-        status, reasons = "maintenance", [f"maintenance: {maintenance[host.id]}", *reasons]
+    seen = [t for t in (s.get("last_seen"), host.last_seen_at and timestamp(host.last_seen_at)) if t]
+    status, reasons = status_of(host.id, host.pushes, host.last_seen_at, state, muted)
     return {
         **{f: getattr(host, f) for f in HOST_FIELDS[:-1]},
         "exporter": shown_exporter(host),
@@ -283,15 +197,48 @@ def _with_state(host, state: dict, maintenance: dict[str, str]) -> dict:
     }
 
 
-def _push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str, list[str]]:
-    """A pushing host has no scrape to judge its heartbeat by: its agent's last push or beat is."""
-    reasons = [r for r in reasons if "heartbeat" not in r and "never seen" not in r]
-    if last_seen_at is None:
-        reasons.append("crit: agent never seen")
-    elif time.time() - _timestamp(last_seen_at) > HEARTBEAT_LOST_S:
-        reasons.append("crit: agent silent for 2m")
-    status = "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
-    return status, reasons
+def _page(prom, listed, offset: int, limit: int) -> tuple[list, int, dict]:
+    """A page of the whole list (the inventory, then the hosts Prometheus scrapes that it lacks), its total, state.
+
+    The page's state and the discovered hosts are asked in one round of queries;
+    only a page that reaches past the inventory asks again, for the discovered hosts on it.
+    """
+    # Only the page leaves the DB: decoding every host's JSON columns for a page
+    # of 50 took a quarter of the gateway's time under load.
+    inventory = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
+    hosts = db.session.execute(listed.limit(limit).offset(offset)).all()
+    ids = [h.id for h in hosts]
+    queries = state_queries(ids) if ids else []
+    results = prom.query_many(queries + discovery_queries())
+    discovered = discovered_from(*results[len(queries) :])
+    pushed = frozenset(h.id for h in hosts if h.pushes)
+    state = judge(prom, ids, results[: len(queries)], pushed) if ids else {}
+    start = max(0, offset - inventory)
+    extra = discovered[start : start + limit - len(hosts)]
+    state |= fleet_state(prom, [h.id for h in extra])
+    return [*hosts, *extra], inventory + len(discovered), state
+
+
+def _by_status(prom, args: dict, tags: dict[str, str]) -> dict:
+    """A page of the hosts whose status is ``args["status"]``: the fleet judged first, then the page shown.
+
+    The fleet's judgement skips the look back for the words of "no heartbeat"
+    reasons; the page's is done in full, in one more round of queries.
+    """
+    judged, fleet = judged_fleet(prom, tags, look_back=False)
+    matching = [h for h, status, _ in judged if status == args["status"]]
+    shown = matching[args["offset"] : args["offset"] + args["limit"]]
+    wanted = [h.id for h in shown if not isinstance(h, DiscoveredHost)]
+    listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).where(Host.id.in_(wanted))
+    full = {h.id: h for h in db.session.execute(listed).all()} if wanted else {}
+    hosts = [full.get(h.id, h) for h in shown]
+    ids = [h.id for h in hosts]
+    pushed = frozenset(h.id for h in hosts if h.pushes)
+    down = [i for i in ids if fleet[i]["last_seen"] is None and i not in pushed]
+    state = judge(prom, ids, prom.query_many(state_queries(ids, down=down)), pushed) if ids else {}
+    muted = maintenance(ids)
+    rows = [_with_state(h, state, muted) for h in hosts]
+    return {"hosts": rows, "total": len(matching), "limit": args["limit"], "offset": args["offset"]}
 
 
 def get_host(host_id: str, discovered: bool = False) -> Host | DiscoveredHost:
@@ -314,35 +261,24 @@ class Hosts(MethodView):
     @blp.response(200, HostListSchema)
     def get(self, args):
         """List hosts with status and a summary of their main metrics; filter by tags (AND) and status."""
-        # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
-        listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).order_by(Host.pk)
         wanted = parse_tag_filter(args.get("tags", ""))
         prom = current_app.extensions["prometheus"]
-        # Hosts Prometheus scrapes that the inventory lacks follow the inventory's (they have no tags).
-        discovered = [] if wanted else discovered_hosts(prom)
-        if not wanted and "status" not in args:
-            # Only the page leaves the DB: decoding every host's JSON columns for a page
-            # of 50 took a quarter of the gateway's time under load.
-            inventory = db.session.execute(db.select(func.count()).select_from(Host)).scalar_one()
-            hosts = db.session.execute(listed.limit(args["limit"]).offset(args["offset"])).all()
-            start = max(0, args["offset"] - inventory)
-            hosts = [*hosts, *discovered[start : start + args["limit"] - len(hosts)]]
-            fleet_size = total = inventory + len(discovered)
-        else:
-            fleet = [*db.session.execute(listed).all(), *discovered]
-            fleet_size = len(fleet)
+        if "status" in args:
+            return fast_json(_by_status(prom, args, wanted))
+        # Plain rows of the listed columns: loading 500 ORM objects cost more than the rest of the page.
+        listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).order_by(Host.pk)
+        if wanted:
+            # Discovered hosts have no tags: never in a tag filter's answer.
+            fleet = db.session.execute(listed).all()
             hosts = [h for h in fleet if all((h.tags or {}).get(k) == v for k, v in wanted.items())]
-            if "status" not in args:
-                total = len(hosts)
-                hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
-        pushed = frozenset(h.id for h in hosts if h.pushes)
-        state = fleet_state(prom, [h.id for h in hosts], whole_fleet=len(hosts) == fleet_size, pushed=pushed)
+            total = len(hosts)
+            hosts = hosts[args["offset"] : args["offset"] + args["limit"]]
+            pushed = frozenset(h.id for h in hosts if h.pushes)
+            state = fleet_state(prom, [h.id for h in hosts], whole_fleet=total == len(fleet), pushed=pushed)
+        else:
+            hosts, total, state = _page(prom, listed, args["offset"], args["limit"])
         in_maintenance = maintenance([h.id for h in hosts])
         rows = [_with_state(h, state, in_maintenance) for h in hosts]
-        if "status" in args:
-            rows = [r for r in rows if r["status"] == args["status"]]
-            total = len(rows)
-            rows = rows[args["offset"] : args["offset"] + args["limit"]]
         return fast_json({"hosts": rows, "total": total, "limit": args["limit"], "offset": args["offset"]})
 
     @blp.arguments(HostSchema)
@@ -417,12 +353,3 @@ class HostById(MethodView):
         db.session.commit()
         targets_changed()
         return {"id": host_id, "status": "deleted"}
-
-
-def fleet_statuses() -> dict[str, tuple[str, list[str]]]:
-    """Every host's status and reasons now, as the host list shows them (for the status watcher)."""
-    hosts = db.session.execute(db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes)).all()
-    pushed = frozenset(h.id for h in hosts if h.pushes)
-    state = fleet_state(current_app.extensions["prometheus"], [h.id for h in hosts], whole_fleet=True, pushed=pushed)
-    muted = maintenance([h.id for h in hosts])
-    return {h.id: (row["status"], row["status_reasons"]) for h in hosts for row in [_with_state(h, state, muted)]}

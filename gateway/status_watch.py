@@ -24,7 +24,7 @@ from flask import Flask
 from gateway import event_log
 from gateway.db import HostStatusSeen, db, utcnow
 from gateway.errors import ApiError
-from gateway.hosts import fleet_statuses
+from gateway.host_status import fleet_statuses
 from gateway.schemas import utc_text
 
 log = logging.getLogger(__name__)

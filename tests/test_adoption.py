@@ -63,6 +63,7 @@ def site(request, node_exporter, tmp_path_factory):
             HOST_ID_FROM=how,
             ALERTMANAGER_URL=am.url,
             ALERT_EVALUATION_INTERVAL_S=1,
+            RATE_LIMIT_READS_PER_MIN=100_000,  # the tests poll: a slow machine's polls passed the default 60
             PROMTOOL=find_binary("promtool"),
             AMTOOL=find_binary("amtool"),
         )

@@ -1,0 +1,448 @@
+"""10,000 simulated hosts on one machine: register them, feed them, list them, judge them.
+
+Starts Prometheus, Alertmanager and the gateway (gunicorn, 2 workers) from the
+stack's own code (fleetwatch/stack.py: the configs and rule files `fleetwatch up`
+renders: the catalog's normalisation layer, the host summary, downsampling,
+and the gateway installs the starter alert rules itself), then:
+
+1. registers N hosts (default 10,000) with one CSV import (POST /api/v1/hosts/import)
+   and times it, with the targets file the gateway writes for them;
+2. remote-writes every host's raw exporter-named series (39 per host: node_cpu_seconds_total
+   for 4 CPUs and 4 modes, load, memory, filesystem, disk, network, sockets, and the
+   ``up`` Prometheus would write for its scrape) straight into Prometheus every 15 s,
+   protobuf + snappy as gateway/remote_write.py encodes them. This is the cheapest
+   honest feed on a 2-core machine: no 10,000 exporters and no scrapes (nothing
+   but loopback may be contacted), but the samples Prometheus stores and the
+   rules it evaluates are those of a scraped fleet. The stack's Prometheus config
+   is used less its scrape of the hosts' exporters (their samples are sent instead)
+   and less the remote write to the long-term tier (not started);
+3. makes some hosts hot (CPU at 99 %: crit once held above 90 % for 1 min), some
+   warm (memory at 80 %: warn), some silent (never a sample: crit, "never seen")
+   and puts some in a maintenance window (maintenance, whatever they do), and
+   checks every host's status in the host list against what it made;
+4. measures the host list (random pages of 50) and ``?status=crit`` at p95, the
+   rule groups' evaluation time (prometheus_rule_group_last_duration_seconds, the
+   largest seen while measuring) and missed iterations, the CPU Prometheus and the
+   gateway used meanwhile, Prometheus's and the gateway's RSS (all gunicorn
+   processes). The gateway's 2 s query cache is off: every request reaches Prometheus.
+
+    .venv/bin/python -P bench/fleet.py [--hosts 10000] [--requests 200] [--json PATH] [--keep]
+
+(-P: bench/ must not shadow the packages the stack imports.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import requests
+import yaml
+
+from fleetwatch.stack import Ports, StackConfig, build_services, render_configs
+from fleetwatch.testing.api import ADMIN, api_session
+from fleetwatch.testing.prom import PromClient
+from fleetwatch.testing.waits import free_port, wait_until
+from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
+from rules_compiler.alerts import GROUP as ALERT_GROUP
+
+INTERVAL_S = 15
+CPUS = 4
+GOAL_LIST_MS = 200.0
+GOAL_RULES_S = 1.0
+# The gateway as shipped, but every request reaches Prometheus, and the bench's requests are not rate limited.
+GATEWAY_ENV = {
+    "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
+    "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],
+    "FLEETWATCH_BCRYPT_ROUNDS": "4",
+    "FLEETWATCH_LOG_LEVEL": "WARNING",  # a line per request would weigh on the figures
+    "FLEETWATCH_RATE_LIMIT_READS_PER_MIN": "100000000",
+    "FLEETWATCH_RATE_LIMIT_WRITES_PER_MIN": "100000000",
+    "FLEETWATCH_QUERY_CACHE_TTL_S": "0",
+    "FLEETWATCH_HOSTS_IMPORT_MAX_BYTES": str(64 << 20),
+}
+
+
+def host_id(i: int) -> str:
+    return f"sim-{i:05d}"
+
+
+def kinds(hosts: int) -> dict[str, str]:
+    """Each host's part: 1 % hot, 1 % warm, 1 % silent, 0.5 % in maintenance (half of those hot), the rest ok."""
+    n = max(1, hosts // 100)
+    out = {}
+    for i in range(hosts):
+        out[host_id(i)] = "hot" if i % 100 == 7 else "warm" if i % 100 == 23 else "silent" if i % 100 == 61 else "ok"
+    # Maintenance: every other host of the first n/2 hot ones, and as many ok ones.
+    hot = [h for h, k in out.items() if k == "hot"][: max(1, n // 2)]
+    ok = [h for h, k in out.items() if k == "ok"][: max(1, n // 2)]
+    for h in hot[::2] + ok[::2]:
+        out[h] = f"maintenance-{out[h]}"
+    return out
+
+
+EXPECTED = {"hot": "crit", "warm": "warn", "silent": "crit", "ok": "ok"}
+
+
+def expected_status(kind: str) -> str:
+    return "maintenance" if kind.startswith("maintenance") else EXPECTED[kind]
+
+
+class Fleet:
+    """The hosts' raw series, labels encoded once; each round only the values and the timestamp change."""
+
+    def __init__(self, parts: dict[str, str]):
+        self.series: list[tuple[bytes, object]] = []  # (labels, value at t) for every host that speaks
+        for n, (hid, kind) in enumerate(parts.items()):
+            if kind == "silent":
+                continue
+            base = {"host_id": hid, "instance": f"{hid}.invalid:9101", "job": "fleetwatch"}
+            self._host(n, base, kind.removeprefix("maintenance-"))
+
+    def _add(self, name: str, labels: dict[str, str], value) -> None:
+        pairs = sorted({**labels, "__name__": name}.items(), key=lambda kv: (kv[0] != "__name__", kv[0]))
+        self.series.append((encode_labels(pairs), value if callable(value) else (lambda t, v=value: v)))
+
+    def _host(self, n: int, base: dict, kind: str) -> None:
+        spread = (n * 0.618) % 1.0
+        cpu = 0.99 if kind == "hot" else 0.10 + 0.45 * spread
+        mem_used = 0.80 if kind == "warm" else 0.30 + 0.30 * spread
+        total = 64 * 2**30
+        for c in range(CPUS):
+            for mode, share in (("idle", 1 - cpu), ("iowait", 0.0), ("user", cpu * 0.7), ("system", cpu * 0.3)):
+                self._add("node_cpu_seconds_total", {**base, "cpu": str(c), "mode": mode}, lambda t, s=share: s * t)
+        for k, name in enumerate(("node_load1", "node_load5", "node_load15")):
+            self._add(name, base, CPUS * cpu + 0.1 * k)
+        for name, value in (
+            ("node_memory_MemTotal_bytes", total),
+            ("node_memory_MemAvailable_bytes", total * (1 - mem_used)),
+            ("node_memory_Cached_bytes", total * 0.1),
+            ("node_memory_SReclaimable_bytes", total * 0.01),
+            ("node_memory_SwapTotal_bytes", 0.0),
+            ("node_memory_SwapFree_bytes", 0.0),
+            ("node_sockstat_TCP_inuse", 40 + n % 50),
+        ):
+            self._add(name, base, float(value))
+        fs = {**base, "mountpoint": "/", "device": "/dev/sda1", "fstype": "ext4"}
+        self._add("node_filesystem_size_bytes", fs, 500e9)
+        self._add("node_filesystem_avail_bytes", fs, 500e9 * (0.4 + 0.2 * spread))
+        for name, per_s in (
+            ("node_disk_reads_completed_total", 50),
+            ("node_disk_writes_completed_total", 80),
+            ("node_disk_read_bytes_total", 2e6),
+            ("node_disk_written_bytes_total", 4e6),
+        ):
+            self._add(name, {**base, "device": "sda"}, lambda t, r=per_s * (0.5 + spread): r * t)
+        for name, per_s in (
+            ("node_network_receive_bytes_total", 1.25e6),
+            ("node_network_transmit_bytes_total", 2.5e6),
+            ("node_network_receive_drop_total", 0.0),
+            ("node_network_transmit_drop_total", 0.0),
+            ("node_network_receive_errs_total", 0.0),
+            ("node_network_transmit_errs_total", 0.0),
+        ):
+            self._add(name, {**base, "device": "eth0"}, lambda t, r=per_s * (0.5 + spread): r * t)
+        self._add("up", base, 1.0)
+
+    def send(self, writer: RemoteWriter, now: float, batch: int = 20_000) -> None:
+        """Every series' sample at ``now``, in requests of ``batch`` series."""
+        ts = int(now * 1000)
+        for start in range(0, len(self.series), batch):
+            chunk = self.series[start : start + batch]
+            writer.write([encode_timeseries(labels, [(ts, value(now))]) for labels, value in chunk])
+
+
+class Feeder(threading.Thread):
+    """Sends the fleet's samples every INTERVAL_S, as scrapes would land; remembers how long each round took."""
+
+    def __init__(self, fleet: Fleet, writer: RemoteWriter):
+        super().__init__(daemon=True, name="feeder")
+        self.fleet, self.writer = fleet, writer
+        self.rounds: list[float] = []
+        self.errors: list[str] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        next_at = time.time()
+        while not self.stopped.is_set():
+            began = time.time()
+            try:
+                self.fleet.send(self.writer, began)
+            except Exception as exc:  # noqa: BLE001 - counted and shown, the next round retries
+                self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            self.rounds.append(time.time() - began)
+            next_at += INTERVAL_S
+            self.stopped.wait(max(0.0, next_at - time.time()))
+
+
+def csv_rows(parts: dict[str, str]) -> str:
+    lines = ["hostname,ips,tags,exporter,id"]
+    for n, hid in enumerate(parts):
+        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        lines.append(f"{hid}.example.com,{ip},rack:r{n % 40};zone:z{n % 3},{hid}.invalid:9101,{hid}")
+    return "\n".join(lines) + "\n"
+
+
+def bench_prometheus_config(path: Path) -> None:
+    """The stack's prometheus.yml less the hosts' scrape job (their samples are sent) and the long-term tier."""
+    config = yaml.safe_load(path.read_text())
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "fleetwatch"]
+    config.pop("remote_write", None)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def prometheus_figures(prom_url: str) -> dict:
+    """From Prometheus's own /metrics: each rule group's last evaluation time and missed iterations, its CPU seconds."""
+    text = requests.get(f"{prom_url}/metrics", timeout=60).text
+    out: dict = {"last_duration_s": {}, "missed": {}}
+    for metric, key in (
+        ("prometheus_rule_group_last_duration_seconds", "last_duration_s"),
+        ("prometheus_rule_group_iterations_missed_total", "missed"),
+    ):
+        for m in re.finditer(rf'^{metric}\{{rule_group="[^"]*;([^"]+)"\}} (\S+)$', text, re.M):
+            out[key][m.group(1)] = float(m.group(2))
+    cpu = re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M)
+    out["cpu_s"] = float(cpu.group(1)) if cpu else 0.0
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of a process and all its children (gunicorn's workers), MiB."""
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs) / 2**20
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its children."""
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def timed_get(session: requests.Session, url: str, params: dict) -> tuple[float, dict | None]:
+    """Milliseconds, and the answer (None: not a 200, printed)."""
+    began = time.perf_counter()
+    r = session.get(url, params=params, timeout=60)
+    took = (time.perf_counter() - began) * 1000
+    if r.status_code != 200:
+        print(f"  {r.status_code} after {took:.0f} ms for {params}: {r.text[:200]}")
+        return took, None
+    return took, r.json()
+
+
+def all_statuses(session: requests.Session, url: str) -> dict[str, dict]:
+    """Every listed host by id, paging through the host list (a page that fails is asked again, at most twice)."""
+    out, offset = {}, 0
+    while True:
+        for _ in range(3):
+            _, page = timed_get(session, f"{url}/api/v1/hosts", {"limit": 500, "offset": offset})
+            if page is not None:
+                break
+        out.update({h["id"]: h for h in page["hosts"]})
+        offset += 500
+        if offset >= page["total"]:
+            return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", type=int, default=10_000)
+    p.add_argument("--requests", type=int, default=200, help="requests per latency figure")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--keep", action="store_true", help="keep the state directory (TSDB, logs) and say where")
+    args = p.parse_args()
+
+    parts = kinds(args.hosts)
+    tmp = Path(tempfile.mkdtemp(prefix="fleetwatch-bench-fleet-"))
+    if args.keep:
+        print(f"state, TSDB and logs in {tmp}")
+    config = StackConfig(
+        state_dir=tmp / "state",
+        ports=Ports(*(free_port() for _ in range(5))),
+        scrape_interval=f"{INTERVAL_S}s",
+        gateway_workers=args.workers,
+        gateway_env=GATEWAY_ENV,
+    )
+    paths = render_configs(config)
+    bench_prometheus_config(paths["prometheus"])
+    services = {s.name: s for s in build_services(config, paths)}
+    started = []
+    figures: dict = {"hosts": args.hosts, "load_avg_at_start": [round(x, 2) for x in psutil.getloadavg()]}
+    feeder = None
+    try:
+        for name in ("prometheus", "alertmanager", "gateway"):
+            services[name].start()
+            started.append(services[name])
+            services[name].wait_ready(120)
+        prom_url = f"http://127.0.0.1:{config.ports.prometheus}"
+        url = f"http://127.0.0.1:{config.ports.gateway}"
+        prom = PromClient(prom_url)
+        api = api_session(url)
+
+        began = time.perf_counter()
+        r = api.post(
+            f"{url}/api/v1/hosts/import", data=csv_rows(parts), headers={"Content-Type": "text/csv"}, timeout=600
+        )
+        figures["register_s"] = round(time.perf_counter() - began, 2)
+        assert r.status_code == 201, r.text[:500]
+        targets = paths["local_target"].with_name("hosts.json")
+        wait_until(lambda: targets.exists() and len(json.loads(targets.read_text())) == args.hosts, 60, "targets", 0.2)
+        figures["register_with_targets_s"] = round(time.perf_counter() - began, 2)
+        print(
+            f"registered {args.hosts:,} hosts in one CSV import: {figures['register_s']} s "
+            f"({figures['register_with_targets_s']} s with the targets file written)"
+        )
+
+        in_maintenance = [h for h, k in parts.items() if k.startswith("maintenance")]
+        r = api.post(
+            f"{url}/api/v1/alerts/silences",
+            json={"scope": {"hosts": in_maintenance}, "ends_at": "2099-01-01T00:00:00Z", "comment": "bench"},
+        )
+        assert r.status_code == 201, r.text[:500]
+
+        fleet = Fleet(parts)
+        print(f"{len(fleet.series):,} series remote-written every {INTERVAL_S} s")
+        feeder = Feeder(fleet, RemoteWriter(f"{prom_url}/api/v1/write", timeout_s=120))
+        feeder.start()
+        hot = sum(1 for k in parts.values() if k.endswith("hot"))
+        speaking = sum(1 for k in parts.values() if k != "silent")
+        # Crit needs CPU held above 90 % for a minute of recorded values: two to three minutes in.
+        wait_until(
+            # Six rounds: rate()'s 60 s window full (fewer samples read as a lower rate), and a minute held.
+            lambda: (
+                len(feeder.rounds) >= 6
+                and prom.query('count(fleet:host_summary_held{summary="cpu_pct"} > 90)')
+                and int(prom.query('count(fleet:host_summary_held{summary="cpu_pct"} > 90)')[0]["value"][1]) == hot
+                and int(prom.query('count(fleet:host_summary{summary="cpu_pct"})')[0]["value"][1]) == speaking
+            ),
+            600,
+            "every speaking host summarised and every hot one held above 90 %",
+            5.0,
+        )
+        print(f"warmed up after {len(feeder.rounds)} rounds (last took {feeder.rounds[-1]:.1f} s)")
+
+        listed = all_statuses(api, url)
+        wrong = [
+            (h, expected_status(k), listed.get(h, {}).get("status"), listed.get(h, {}).get("status_reasons"))
+            for h, k in parts.items()
+            if listed.get(h, {}).get("status") != expected_status(k)
+        ]
+        figures["wrong_statuses"] = len(wrong)
+        for h, expected, status, reasons in wrong[:5]:
+            print(f"wrong status: {h} is {status} {reasons}, expected {expected}")
+
+        rng = random.Random(1)
+        groups: dict[str, float] = {}
+        list_ms, crit_ms, errors = [], [], 0
+        crit_expected = sum(1 for k in parts.values() if expected_status(k) == "crit")
+        crit_totals = set()
+        gateway_pid = services["gateway"].process.pid
+        before, wall, gateway_cpu = prometheus_figures(prom_url), time.monotonic(), cpu_s(gateway_pid)
+        for n in range(args.requests):
+            offset = rng.randrange(0, max(1, args.hosts // 50)) * 50
+            took, page = timed_get(api, f"{url}/api/v1/hosts", {"limit": 50, "offset": offset})
+            list_ms.append(took)
+            errors += page is None
+            crit_offset = rng.randrange(0, max(1, crit_expected // 50 + 1)) * 50
+            took, page = timed_get(api, f"{url}/api/v1/hosts", {"status": "crit", "limit": 50, "offset": crit_offset})
+            crit_ms.append(took)
+            errors += page is None
+            if page is not None:
+                crit_totals.add(page["total"])
+            if n % 10 == 0:
+                for name, seconds in prometheus_figures(prom_url)["last_duration_s"].items():
+                    groups[name] = max(groups.get(name, 0.0), seconds)
+        after = prometheus_figures(prom_url)
+        for name, seconds in after["last_duration_s"].items():
+            groups[name] = max(groups.get(name, 0.0), seconds)
+        missed = {k: int(v - before["missed"].get(k, 0)) for k, v in after["missed"].items()}
+        prometheus_cores = (after["cpu_s"] - before["cpu_s"]) / (time.monotonic() - wall)
+        gateway_cpu_ms = 1000 * (cpu_s(gateway_pid) - gateway_cpu) / (2 * args.requests)
+
+        figures.update(
+            {
+                "series": len(fleet.series),
+                "feed_round_s": {
+                    "median": round(statistics.median(feeder.rounds), 2),
+                    "max": round(max(feeder.rounds), 2),
+                },
+                "feed_errors": len(feeder.errors),
+                "host_list_ms": {"p50": round(pct(list_ms, 50), 1), "p95": round(pct(list_ms, 95), 1)},
+                "status_crit_ms": {"p50": round(pct(crit_ms, 50), 1), "p95": round(pct(crit_ms, 95), 1)},
+                "status_crit_totals": sorted(crit_totals),
+                "request_errors": errors,
+                "rule_group_missed_iterations": missed,
+                "prometheus_cpu_cores": round(prometheus_cores, 2),
+                "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 1),
+                "status_crit_expected": crit_expected,
+                "rule_group_s": {k: round(v, 3) for k, v in sorted(groups.items())},
+                "prometheus_rss_mb": round(rss_mb(services["prometheus"].process.pid), 1),
+                "gateway_rss_mb": round(rss_mb(services["gateway"].process.pid), 1),
+                "load_avg_at_end": [round(x, 2) for x in psutil.getloadavg()],
+            }
+        )
+    finally:
+        if feeder is not None:
+            feeder.stopped.set()
+            feeder.join(120)
+        for service in reversed(started):
+            service.stop(20)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)  # gigabytes of TSDB at 10,000 hosts
+
+    f = figures
+    print(
+        f"feed: {f['series']:,} series per round, median {f['feed_round_s']['median']} s, "
+        f"max {f['feed_round_s']['max']} s, {f['feed_errors']} failed rounds"
+    )
+    print(f"host list, page of 50:        p50 {f['host_list_ms']['p50']} ms, p95 {f['host_list_ms']['p95']} ms")
+    print(
+        f"?status=crit, page of 50:     p50 {f['status_crit_ms']['p50']} ms, p95 {f['status_crit_ms']['p95']} ms "
+        f"(totals {f['status_crit_totals']}, expected {f['status_crit_expected']})"
+    )
+    for name, seconds in f["rule_group_s"].items():
+        missed = f["rule_group_missed_iterations"].get(name, 0)
+        print(f"rule group {name:<24} last evaluation at most {seconds:.3f} s, {missed} iterations missed")
+    print(
+        f"while measuring: Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
+        f"{f['gateway_cpu_ms_per_request']} ms of CPU per request (its status watcher included); "
+        f"{f['request_errors']} requests failed"
+    )
+    print(f"RSS: Prometheus {f['prometheus_rss_mb']} MiB, gateway (all processes) {f['gateway_rss_mb']} MiB")
+    print(f"hosts with a wrong status: {f['wrong_statuses']}")
+    print(f"load average at start {f['load_avg_at_start']}, at end {f['load_avg_at_end']}")
+    groups = f["rule_group_s"]
+    checks = {
+        "every host's status as made (0 wrong)": f["wrong_statuses"] == 0,
+        f"host list p95 <= {GOAL_LIST_MS:g} ms": f["host_list_ms"]["p95"] <= GOAL_LIST_MS,
+        f"?status=crit p95 <= {GOAL_LIST_MS:g} ms": f["status_crit_ms"]["p95"] <= GOAL_LIST_MS,
+        "?status=crit total as made": f["status_crit_totals"] == [f["status_crit_expected"]],
+        "every request answered": f["request_errors"] == 0,
+        f"starter alert rules evaluate in < {GOAL_RULES_S:g} s": groups.get(ALERT_GROUP, 99) < GOAL_RULES_S,
+        f"host summary rules evaluate in < {GOAL_RULES_S:g} s": groups.get("fleet-host-summary", 99) < GOAL_RULES_S,
+        f"feed rounds within {INTERVAL_S} s": f["feed_round_s"]["max"] < INTERVAL_S and f["feed_errors"] == 0,
+    }
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    if args.json:
+        args.json.write_text(json.dumps({**figures, "checks": checks}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

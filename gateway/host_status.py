@@ -1,0 +1,226 @@
+"""A host's status (§8.2), judged from what Prometheus records: for a page of hosts, or the whole fleet.
+
+A page of the host list costs one round of concurrent PromQL queries for the
+whole page (summary, values held over the last minute, heartbeat, sick GPUs),
+never one per host; hosts down now cost one more look back for their last
+heartbeat. Filtering by status and the status watcher judge the whole fleet
+from only what judges (values held above the crit line and levels above the
+warn line: usually a handful of series, and one heartbeat per host), then show
+a page: at 10,000 hosts that is a fraction of the summary's 50,000 series.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from flask import current_app
+
+from gateway.alert_silences import maintenance
+from gateway.db import Host, db
+from gateway.discovery import discovered_from, discovery_queries, heartbeat
+from gateway.gpu_health import problems_query, reasons_by_host
+from gateway.promql import selector
+from rules_compiler.recording import CRIT_PCT, HELD_FOR, HOST_SUMMARY, JUDGED
+
+WARN_PCT = 70.0
+HEARTBEAT_LOST_S = 120
+
+
+def state_queries(
+    host_ids: list[str], whole_fleet: bool = False, summary: bool = True, down: list[str] | None = None
+) -> list[str]:
+    """The PromQL ``judge`` reads, for ``host_ids`` (or every host, ``whole_fleet``).
+
+    Without ``summary``, only the judged levels at or above the warn line: what
+    decides a status, without the summary a page shows. ``down``: hosts known to
+    have no heartbeat now, whose last one is looked for in the same round.
+    """
+
+    # Only the hosts asked about: a page of 50 costs Prometheus a tenth of the fleet
+    # (for the whole fleet a matcher of every id would only add work).
+    def sel(name: str, **matchers: str) -> str:
+        return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
+
+    beat, beat_matchers = heartbeat()
+    now = (
+        sel("fleet:host_summary")
+        if summary
+        else f"{selector('fleet:host_summary', regex={'summary': list(JUDGED)})} >= {WARN_PCT:g}"
+    )
+    return [
+        now,
+        # Only the hosts held above the crit line: usually none, instead of every host's minimum.
+        f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
+        f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
+        problems_query(sel),  # only sick or degraded GPUs: usually none
+        *([_look_back(down)] if down else []),
+    ]
+
+
+def _look_back(down: list[str]) -> str:
+    """The last heartbeat in 15 min of hosts without one now."""
+    beat, beat_matchers = heartbeat()
+    up = selector(beat, beat_matchers, regex={"host_id": down})
+    return f"max by (host_id) (max_over_time(timestamp({up} == 1)[15m:15s]))"
+
+
+def judge(
+    prom, host_ids: list[str], results: list[list[dict]], pushed: frozenset[str] = frozenset(), look_back: bool = True
+) -> dict:
+    """Summary, status, reasons and last-seen time of every host in ``host_ids``, from state_queries' answers.
+
+    A successful scrape of a host's exporter (``up == 1``) is its heartbeat; the
+    15-minute look back for the last good one is asked only for hosts down now
+    (unless it was asked with the rest), and only for the reason's words: a host
+    with no heartbeat in the last 5 min is crit whatever it finds.
+    """
+    now_result, held_result, seen_result, gpu_result, *looked = results
+    gpu_reasons = reasons_by_host(gpu_result)
+
+    values: dict[str, dict[str, float]] = {}
+    for s in now_result:
+        values.setdefault(s["metric"].get("host_id", ""), {})[s["metric"]["summary"]] = _round(float(s["value"][1]))
+    held = {(s["metric"].get("host_id", ""), s["metric"]["summary"]) for s in held_result}
+    flagged = {h for h, _ in held} | {h for h, v in values.items() if any((v.get(f) or 0) >= WARN_PCT for f in JUDGED)}
+    seen = {s["metric"].get("host_id", ""): float(s["value"][1]) for s in seen_result}
+    # A pushing host has no `up`: its agent's last push judges it (push_status), so
+    # looking back 15 min for its scrapes would cost a query whose answer is thrown away.
+    down = [h for h in host_ids if h not in seen and h not in pushed]
+    if down and look_back and not looked:
+        looked = [prom.query(_look_back(down))]
+    if looked:
+        seen = {**seen, **{s["metric"]["host_id"]: float(s["value"][1]) for s in looked[0]}}
+    now = time.time()
+    empty = dict.fromkeys(HOST_SUMMARY)
+    state = {}
+    for host_id in host_ids:  # the whole fleet, at times: the usual host (nothing flagged) costs little
+        summary = {**empty, **values.get(host_id, {})}
+        reasons = []
+        if host_id in flagged:
+            for field in JUDGED:
+                if (host_id, field) in held:
+                    reasons.append(f"crit: {field} above {CRIT_PCT:g} for {HELD_FOR}")
+                elif summary[field] is not None and summary[field] >= WARN_PCT:
+                    reasons.append(f"warn: {field} at {summary[field]:g}")
+        if host_id in gpu_reasons:
+            reasons += gpu_reasons[host_id]
+        last_seen = seen.get(host_id)
+        if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
+            reasons.append("crit: no heartbeat for 2m" if last_seen else "crit: never seen")
+        state[host_id] = {
+            "metrics_summary": summary,
+            "status": _level(reasons) if reasons else "ok",
+            "status_reasons": reasons,
+            "last_seen": last_seen,
+        }
+    return state
+
+
+def fleet_state(
+    prom, host_ids: list[str], whole_fleet: bool = False, pushed: frozenset[str] = frozenset()
+) -> dict[str, dict]:
+    """Summary, status and last-seen time of every host in ``host_ids`` (see judge)."""
+    if not host_ids:
+        return {}
+    return judge(prom, host_ids, prom.query_many(state_queries(host_ids, whole_fleet)), pushed)
+
+
+def status_of(
+    host_id: str, pushes: bool, last_seen_at: datetime | None, state: dict, muted: dict[str, str]
+) -> tuple[str, list[str]]:
+    """A host's status and reasons as the API shows them: its agent's pushes judge a pushing host; maintenance wins."""
+    s = state.get(host_id, {})
+    status, reasons = s.get("status", "crit"), s.get("status_reasons", [])
+    if pushes:
+        status, reasons = push_status(reasons, last_seen_at)
+    if host_id in muted:  # a maintenance window is open on it: its alerts are muted
+        status, reasons = "maintenance", [f"maintenance: {muted[host_id]}", *reasons]
+    return status, reasons
+
+
+def push_status(reasons: list[str], last_seen_at: datetime | None) -> tuple[str, list[str]]:
+    """A pushing host has no scrape to judge its heartbeat by: its agent's last push or beat is."""
+    reasons = [r for r in reasons if "heartbeat" not in r and "never seen" not in r]
+    if last_seen_at is None:
+        reasons.append("crit: agent never seen")
+    elif time.time() - timestamp(last_seen_at) > HEARTBEAT_LOST_S:
+        reasons.append("crit: agent silent for 2m")
+    return _level(reasons), reasons
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    # Judging 10,000 hosts makes some 50,000 dicts, lists and rows and not one reference cycle:
+    # the collector's passes meanwhile found nothing and cost a third of the time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def judged_fleet(
+    prom, tags: dict[str, str] | None = None, look_back: bool = True
+) -> tuple[list[tuple[object, str, list[str]]], dict]:
+    """Every host with ``tags`` (or all, discovered ones too) in the list's order, its status and reasons; the state.
+
+    Rows carry id, pushes and tags only: the page shown is read again in full.
+    Without ``look_back``, the reasons of hosts down for over 5 min say "never seen".
+    """
+    with _no_cycle_collection():
+        return _judged_fleet(prom, tags, look_back)
+
+
+def _judged_fleet(
+    prom, tags: dict[str, str] | None, look_back: bool
+) -> tuple[list[tuple[object, str, list[str]]], dict]:
+    # The table's columns, not the ORM's: its row handling, and turning 10,000 last_seen_at into
+    # datetimes, cost more than judging them. Only pushing hosts' last pushes are read.
+    table = Host.__table__.c
+    columns = [table.id, table.pushes, *([table.tags] if tags else [])]
+    hosts = db.session.execute(db.select(*columns).order_by(table.pk)).all()
+    last_pushes = dict(db.session.execute(db.select(table.id, table.last_seen_at).where(table.pushes)).all())
+    if tags:
+        hosts = [h for h in hosts if all((h.tags or {}).get(k) == v for k, v in tags.items())]
+    queries = state_queries([h.id for h in hosts], whole_fleet=True, summary=False)
+    # Hosts Prometheus scrapes that the inventory lacks have no tags: in the list only without a tag filter.
+    results = prom.query_many(queries + ([] if tags else discovery_queries()))
+    if not tags:
+        hosts = [*hosts, *discovered_from(*results[len(queries) :])]
+    ids = [h.id for h in hosts]
+    state = judge(prom, ids, results[: len(queries)], frozenset(last_pushes), look_back)
+    muted = maintenance(ids)
+    judged = []
+    for h in hosts:  # 10,000 at times: status_of only where it changes something
+        host_id = h.id
+        if host_id in last_pushes or host_id in muted:
+            pushes = host_id in last_pushes
+            judged.append((h, *status_of(host_id, pushes, last_pushes.get(host_id), state, muted)))
+        else:
+            judged.append((h, state[host_id]["status"], state[host_id]["status_reasons"]))
+    return judged, state
+
+
+def fleet_statuses() -> dict[str, tuple[str, list[str]]]:
+    """Every host's status and reasons now, as the host list shows them (for the status watcher)."""
+    judged, _ = judged_fleet(current_app.extensions["prometheus"])
+    return {h.id: (status, reasons) for h, status, reasons in judged}
+
+
+def timestamp(value: datetime) -> float:
+    """Unix time of a DB datetime (SQLite hands back naive ones; they are UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _level(reasons: list[str]) -> str:
+    return "crit" if any(r.startswith("crit") for r in reasons) else "warn" if reasons else "ok"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
