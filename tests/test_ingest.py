@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, bearer, login, make_app, targets_once
+from fleetwatch.testing.api import ADMIN, bearer, login, make_app, relay_key, targets_once
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
 from gateway.db import Host, db
@@ -148,11 +148,7 @@ def test_bad_requests_answer_in_the_error_shape_and_store_nothing(ingest_app, ap
 def test_label_budget_per_host(prometheus, tmp_path, api_key):
     app = make_app(tmp_path, prometheus.url, INGEST_SERIES_PER_HOST=3, db_name="budget")
     client = app.test_client()
-    key = client.post(
-        "/api/v1/api-keys",
-        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
-        headers=bearer(login(client, ADMIN)["access_token"]),
-    ).get_json()["key"]
+    key = relay_key(client)
     now = rfc3339(datetime.now(UTC))
     points = [{"metric": "disk.used_pct", "ts": now, "value": 1, "labels": {"mountpoint": f"/m{i}"}} for i in range(5)]
     answer = client.post(
@@ -226,11 +222,7 @@ def test_a_series_the_keys_budget_refuses_takes_no_place_in_the_hosts(prometheus
 def test_store_down_or_full_is_503_with_retry_after(tmp_path):
     dead = make_app(tmp_path, f"http://127.0.0.1:{free_port()}", db_name="dead")
     client = dead.test_client()
-    key = client.post(
-        "/api/v1/api-keys",
-        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
-        headers=bearer(login(client, ADMIN)["access_token"]),
-    ).get_json()["key"]
+    key = relay_key(client)
     point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC)), "value": 1}
     r = client.post("/api/v1/ingest/metrics", json={"host_id": "h-503", "metrics": [point]}, headers={"X-API-Key": key})
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
@@ -319,11 +311,7 @@ def test_a_point_prometheus_will_never_take_is_rejected_not_retried(tmp_path):
         )
         app = make_app(tmp_path, prom.url, db_name="old")
         client = app.test_client()
-        key = client.post(
-            "/api/v1/api-keys",
-            json={"name": "k", "host_pattern": "*", "allow_discovery": True},
-            headers=bearer(login(client, ADMIN)["access_token"]),
-        ).get_json()["key"]
+        key = relay_key(client)
         point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC) - timedelta(minutes=10)), "value": 1}
         r = client.post(
             "/api/v1/ingest/metrics", json={"host_id": "h-old", "metrics": [point]}, headers={"X-API-Key": key}
@@ -449,11 +437,7 @@ def test_a_refused_shared_request_is_each_writers_to_send_alone(prometheus):
 def test_pushes_note_last_seen_and_write_it_for_all_hosts_at_once(prometheus, tmp_path):
     app = make_app(tmp_path, prometheus.url, HEARTBEAT_EVERY_S=3600)
     client = app.test_client()
-    key = client.post(
-        "/api/v1/api-keys",
-        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
-        headers=bearer(login(client, ADMIN)["access_token"]),
-    ).get_json()["key"]
+    key = relay_key(client)
 
     def push(host_id: str) -> None:
         point = {"metric": "cpu.load1", "ts": rfc3339(datetime.now(UTC)), "value": 1}

@@ -19,7 +19,7 @@ from exporter.agent import Agent, AgentConfig
 from exporter.host import HostCollector
 from exporter.push_buffer import PushBuffer
 from fleetwatch.testing import services
-from fleetwatch.testing.api import ADMIN, api_key, api_session, bearer, login, make_app
+from fleetwatch.testing.api import api_key, api_session, make_app, relay_key
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
 
@@ -76,11 +76,7 @@ def test_points_prometheus_refuses_cost_a_bounded_number_of_remote_writes(promet
     relay = Relay(f"{prometheus.url}/api/v1/write")
     app = make_app(tmp_path, prometheus.url, REMOTE_WRITE_URL=relay.url, INGEST_MAX_SPLIT_WRITES=16)
     client = app.test_client()
-    key = client.post(
-        "/api/v1/api-keys",
-        json={"name": "k", "host_pattern": "*", "allow_discovery": True},
-        headers=bearer(login(client, ADMIN)["access_token"]),
-    ).get_json()["key"]
+    key = relay_key(client)
     now = int(time.time()) * 1000
     points = [
         {"metric": "gpu.temperature_c", "ts": rfc3339(now - 60_000), "value": 1.0, "labels": {"gpu_index": str(i)}}

@@ -42,6 +42,17 @@ def login(client, creds: tuple[str, str] = ADMIN) -> dict:
     return r.get_json()
 
 
+def relay_key(client, name: str = "k") -> str:
+    """A relay API key (every host, discovery on) made by ADMIN through a Flask test client."""
+    r = client.post(
+        "/api/v1/api-keys",
+        json={"name": name, "host_pattern": "*", "allow_discovery": True},
+        headers=bearer(login(client, ADMIN)["access_token"]),
+    )
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["key"]
+
+
 def bearer(token: str) -> dict:
     """The Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
