@@ -51,6 +51,7 @@ import yaml
 
 from fleetwatch.stack import Ports, StackConfig, build_services, render_configs
 from fleetwatch.testing.api import ADMIN, api_session
+from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
@@ -227,10 +228,6 @@ def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its children."""
     proc = psutil.Process(pid)
     return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def timed_get(session: requests.Session, url: str, params: dict) -> tuple[float, dict | None]:
@@ -437,10 +434,7 @@ def main() -> int:
         f"host summary rules evaluate in < {GOAL_RULES_S:g} s": groups.get("fleet-host-summary", 99) < GOAL_RULES_S,
         f"feed rounds within {INTERVAL_S} s": f["feed_round_s"]["max"] < INTERVAL_S and f["feed_errors"] == 0,
     }
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        args.json.write_text(json.dumps({**figures, "checks": checks}, indent=2))
+    print_checks(checks, figures, args.json)
     return 0
 
 

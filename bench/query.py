@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,7 @@ import requests
 
 from fleetwatch.testing import services
 from fleetwatch.testing.api import api_session
+from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.waits import wait_until
 from gateway.app import DEFAULTS
 from rules_compiler.recording import HOST_SUMMARY
@@ -191,10 +190,6 @@ def cpu_s(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
 def load(url: str, headers: dict, clients: int, duration_s: float, hosts: int) -> dict:
@@ -404,10 +399,7 @@ def main() -> int:
         f"{args.clients} clients: 0 errors": c["errors"] == 0,
         f"{args.clients} clients: p95 < 500 ms": c["p95_ms"] < 500,
     }
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        args.json.write_text(json.dumps({**figures, "checks": checks}, indent=2))
+    print_checks(checks, figures, args.json)
     return 0
 
 

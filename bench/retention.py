@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from fleetwatch.testing import services
 from fleetwatch.testing.api import api_session
+from fleetwatch.testing.figures import print_checks
 from rules_compiler.catalog import CATALOG
 from rules_compiler.downsampling import LEVELS, aggregations_for, record_name
 
@@ -219,10 +219,7 @@ def main() -> int:
             f"{tier:<9} {t['bytes_per_host_per_day'] / 1e6:8.2f} MB per host per day ({t['samples_per_day']} samples)"
         )
     checks = {f"{r} p95 <= 50 ms": lat[r]["p95_ms"] <= 50 for r in ("30d", "90d")}
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        args.json.write_text(json.dumps({**figures, "checks": checks}, indent=2))
+    print_checks(checks, figures, args.json)
     return 0 if all(checks.values()) else 1
 
 
