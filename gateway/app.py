@@ -222,7 +222,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from gateway.last_seen import LastSeen
     from gateway.point_store import PointStore
     from gateway.promql import Prometheus
-    from gateway.ratelimit import counters_for
+    from gateway.ratelimit import ReservedRequests, counters_for
     from gateway.scheduler import init_app as init_report_scheduler
     from gateway.schema_migrations import migrate
     from gateway.series import Tiers
@@ -249,6 +249,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             Prometheus(longterm, config["PROMETHEUS_TIMEOUT_S"], config["QUERY_CACHE_TTL_S"]) if longterm else None,
         ),
         rate_counters=counters_for(app),
+        rate_reserved=ReservedRequests(),
         alertmanager=Alertmanager(config["ALERTMANAGER_URL"]),
         alert_deployer=AlertDeployer(
             rules_path=state_dir / "rules" / "fleet-alerts.yml",

@@ -94,7 +94,7 @@ def count_request(key: str, limit: int, window_s: float = 60.0) -> None:
     """Count one request against ``key``; 429 past ``limit`` in the window that began with the first one."""
     now = time.time()
     batch = max(1, int(limit * current_app.config["RATE_LIMIT_BATCH_FRACTION"]))
-    reserved = current_app.extensions.setdefault("rate_reserved", ReservedRequests())
+    reserved = current_app.extensions["rate_reserved"]
     if batch > 1:
         remaining = reserved.take(key, now)
         if remaining is not None:
