@@ -461,3 +461,4 @@ class Lease(db.Model):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(db.Float)  # Unix seconds
+    done_at: Mapped[float | None] = mapped_column(db.Float)  # Unix seconds: the chore's last finished round

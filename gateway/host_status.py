@@ -28,6 +28,7 @@ from rules_compiler.recording import CRIT_PCT, HELD_FOR, HOST_SUMMARY, JUDGED
 
 WARN_PCT = 70.0
 HEARTBEAT_LOST_S = 120
+NEVER_SEEN = "crit: never seen"  # no heartbeat now, and none found by a look back (if one was made)
 
 
 def state_queries(
@@ -110,7 +111,7 @@ def judge(
             reasons += gpu_reasons[host_id]
         last_seen = seen.get(host_id)
         if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
-            reasons.append("crit: no heartbeat for 2m" if last_seen else "crit: never seen")
+            reasons.append("crit: no heartbeat for 2m" if last_seen else NEVER_SEEN)
         state[host_id] = {
             "metrics_summary": summary,
             "status": _level(reasons) if reasons else "ok",
@@ -166,20 +167,26 @@ def _no_cycle_collection() -> Iterator[None]:
 
 
 def judged_fleet(
-    prom, tags: dict[str, str] | None = None, look_back: bool = True
-) -> tuple[list[tuple[object, str, list[str]]], dict]:
-    """Every host with ``tags`` (or all, discovered ones too) in the list's order, its status and reasons; the state.
+    prom,
+    tags: dict[str, str] | None = None,
+    look_back: bool = True,
+    recorded: dict[str, str] | None = None,
+) -> list[tuple[object, str, list[str] | None]]:
+    """Every host with ``tags`` (or all, discovered ones too) in the list's order, its status and reasons.
 
     Rows carry id, pushes and tags only: the page shown is read again in full.
     Without ``look_back``, the reasons of hosts down for over 5 min say "never seen".
+    With ``recorded`` (statuses of the status watcher's last round), a host it
+    has is not judged again, and its reasons are None: only hosts newer than the
+    record are judged.
     """
     with _no_cycle_collection():
-        return _judged_fleet(prom, tags, look_back)
+        return _judged_fleet(prom, tags, look_back, recorded)
 
 
 def _judged_fleet(
-    prom, tags: dict[str, str] | None, look_back: bool
-) -> tuple[list[tuple[object, str, list[str]]], dict]:
+    prom, tags: dict[str, str] | None, look_back: bool, recorded: dict[str, str] | None
+) -> list[tuple[object, str, list[str] | None]]:
     # The table's columns, not the ORM's: its row handling, and turning 10,000 last_seen_at into
     # datetimes, cost more than judging them. Only pushing hosts' last pushes are read.
     table = Host.__table__.c
@@ -188,28 +195,36 @@ def _judged_fleet(
     last_pushes = dict(db.session.execute(db.select(table.id, table.last_seen_at).where(table.pushes)).all())
     if tags:
         hosts = [h for h in hosts if all((h.tags or {}).get(k) == v for k, v in tags.items())]
-    queries = state_queries([h.id for h in hosts], whole_fleet=True, summary=False)
     # Hosts Prometheus scrapes that the inventory lacks have no tags: in the list only without a tag filter.
-    results = prom.query_many(queries + ([] if tags else discovery_queries()))
-    if not tags:
-        hosts = [*hosts, *discovered_from(*results[len(queries) :])]
-    ids = [h.id for h in hosts]
-    state = judge(prom, ids, results[: len(queries)], frozenset(last_pushes), look_back)
-    muted = maintenance(ids)
+    discovering = [] if tags else discovery_queries()
+    if recorded:
+        hosts = [*hosts, *(discovered_from(*prom.query_many(discovering)) if discovering else [])]
+        fresh = [h.id for h in hosts if h.id not in recorded]  # newer than the record: usually none
+        results = prom.query_many(state_queries(fresh)) if fresh else []
+    else:
+        recorded = {}
+        queries = state_queries([h.id for h in hosts], whole_fleet=True, summary=False)
+        results = prom.query_many(queries + discovering)
+        hosts = [*hosts, *(discovered_from(*results[len(queries) :]) if discovering else [])]
+        fresh, results = [h.id for h in hosts], results[: len(queries)]
+    state = judge(prom, fresh, results, frozenset(last_pushes), look_back) if fresh else {}
+    muted = maintenance(fresh)
     judged = []
     for h in hosts:  # 10,000 at times: status_of only where it changes something
         host_id = h.id
-        if host_id in last_pushes or host_id in muted:
+        if host_id in recorded:
+            judged.append((h, recorded[host_id], None))
+        elif host_id in last_pushes or host_id in muted:
             pushes = host_id in last_pushes
             judged.append((h, *status_of(host_id, pushes, last_pushes.get(host_id), state, muted)))
         else:
             judged.append((h, state[host_id]["status"], state[host_id]["status_reasons"]))
-    return judged, state
+    return judged
 
 
 def fleet_statuses() -> dict[str, tuple[str, list[str]]]:
     """Every host's status and reasons now, as the host list shows them (for the status watcher)."""
-    judged, _ = judged_fleet(current_app.extensions["prometheus"])
+    judged = judged_fleet(current_app.extensions["prometheus"])
     return {h.id: (status, reasons) for h, status, reasons in judged}
 
 

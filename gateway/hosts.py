@@ -18,10 +18,11 @@ from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.discovery import DiscoveredHost, discovered_from, discovered_hosts, discovery_queries
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
-from gateway.host_status import fleet_state, judge, judged_fleet, state_queries, status_of, timestamp
+from gateway.host_status import NEVER_SEEN, fleet_state, judge, judged_fleet, state_queries, status_of, timestamp
 from gateway.inventory import targets_changed
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
+from gateway.status_watch import recorded_reasons, recorded_statuses
 
 blp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts", description="Hosts, their tags and status")
 
@@ -220,24 +221,37 @@ def _page(prom, listed, offset: int, limit: int) -> tuple[list, int, dict]:
 
 
 def _by_status(prom, args: dict, tags: dict[str, str]) -> dict:
-    """A page of the hosts whose status is ``args["status"]``: the fleet judged first, then the page shown.
+    """A page of the hosts whose status is ``args["status"]``: the fleet's statuses first, then the page shown.
 
-    The fleet's judgement skips the look back for the words of "no heartbeat"
-    reasons; the page's is done in full, in one more round of queries.
+    The statuses are the status watcher's last round (gateway/status_watch.py:
+    at most a few seconds old), which the page's rows show too, so a host is
+    not listed under a status its row contradicts; without a recent round the
+    fleet is judged here, skipping the look back for the words of "no heartbeat"
+    reasons, and the page once more in full. Either way the page's summaries and
+    last-seen times are read in one more round of queries.
     """
-    judged, fleet = judged_fleet(prom, tags, look_back=False)
-    matching = [h for h, status, _ in judged if status == args["status"]]
+    recorded = recorded_statuses()
+    judged = judged_fleet(prom, tags, look_back=False, recorded=recorded)
+    matching = [j for j in judged if j[1] == args["status"]]
     shown = matching[args["offset"] : args["offset"] + args["limit"]]
-    wanted = [h.id for h in shown if not isinstance(h, DiscoveredHost)]
+    if recorded:
+        # One read of status and reasons together: a round may have been recorded since the filter's read.
+        pairs = recorded_reasons([h.id for h, _, reasons in shown if reasons is None])
+        shown = [(h, *pairs.get(h.id, (status, []))) if reasons is None else (h, status, reasons)
+                 for h, status, reasons in shown]  # fmt: skip
+    wanted = [h.id for h, _, _ in shown if not isinstance(h, DiscoveredHost)]
     listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).where(Host.id.in_(wanted))
     full = {h.id: h for h in db.session.execute(listed).all()} if wanted else {}
-    hosts = [full.get(h.id, h) for h in shown]
+    hosts = [full.get(h.id, h) for h, _, _ in shown]
     ids = [h.id for h in hosts]
     pushed = frozenset(h.id for h in hosts if h.pushes)
-    down = [i for i in ids if fleet[i]["last_seen"] is None and i not in pushed]
+    down = [h.id for h, _, reasons in shown if NEVER_SEEN in reasons and h.id not in pushed]
     state = judge(prom, ids, prom.query_many(state_queries(ids, down=down)), pushed) if ids else {}
     muted = maintenance(ids)
     rows = [_with_state(h, state, muted) for h in hosts]
+    if recorded:
+        for row, (_, status, reasons) in zip(rows, shown, strict=True):
+            row["status"], row["status_reasons"] = status, reasons
     return {"hosts": rows, "total": len(matching), "limit": args["limit"], "offset": args["offset"]}
 
 

@@ -1,5 +1,9 @@
 """Host status through the API against a real Prometheus: ``?status=`` pages, and the status watcher's view.
 
+Each ``?status=`` test runs twice: with the fleet judged at the request (no
+recent round of the status watcher) and from the watcher's last round, which
+is what a filtered list reads while that round is recent.
+
 The recorded series the gateway judges by (fleet:host_summary, its values held
 above the crit line over a minute, ``up``) are remote-written into a fresh
 Prometheus for hosts made ok, warm, hot, silent, silent for minutes, pushing,
@@ -12,11 +16,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlalchemy import update
 
 from fleetwatch.testing import services
 from fleetwatch.testing.api import ADMIN, bearer, login, make_app
 from fleetwatch.testing.prom import PromClient
+from gateway.db import HostStatusSeen, Lease, db
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
+from gateway.status_watch import LEASE, record_max_age_s
 from rules_compiler.catalog import CATALOG
 from rules_compiler.recording import DISCOVERED, render_normalisation_rules
 
@@ -72,7 +79,8 @@ def fleet(tmp_path_factory):
     with services.prometheus(tmp / "tsdb", config=config) as prometheus:
         RemoteWriter(f"{prometheus.url}/api/v1/write").write(_series(time.time()))
         PromClient(prometheus.url).wait_for(f'{DISCOVERED}{{host_id="{DISCOVERED_HOST}"}}')
-        app = make_app(tmp, prometheus.url, ALERT_SILENCE_RECONCILE_S=0)
+        # Each test pages through the list two hosts at a time, twice over: past the shipped 60 reads a minute.
+        app = make_app(tmp, prometheus.url, ALERT_SILENCE_RECONCILE_S=0, RATE_LIMIT_READS_PER_MIN=10_000)
         client = app.test_client()
         admin = bearer(login(client, ADMIN)["access_token"])
         rows = ["hostname,tags,exporter,id"]
@@ -106,8 +114,29 @@ def _pages(client, headers, **query) -> tuple[list[dict], set[int]]:
 EXPECTED = {**{h: spec[-1] for h, spec in HOSTS.items()}, PUSHING: "crit", DISCOVERED_HOST: "crit"}
 
 
+def _watch_round(app) -> None:
+    """One round of the status watcher, as the lease holder among the workers runs it every few seconds."""
+    with app.app_context():
+        assert app.extensions["status_watch"].tick()
+
+
+def _age_the_round(app, seconds: float) -> None:
+    with app.app_context():
+        db.session.execute(update(Lease).where(Lease.name == LEASE).values(done_at=Lease.done_at - seconds))
+        db.session.commit()
+
+
+@pytest.fixture(params=["judged at the request", "from the watcher's round"])
+def judged(request, fleet):
+    app = fleet[0]
+    _watch_round(app)
+    if request.param == "judged at the request":
+        _age_the_round(app, record_max_age_s(app.config) + 1)
+    return request.param
+
+
 @pytest.mark.parametrize("status", ["ok", "warn", "crit", "maintenance"])
-def test_a_status_filter_pages_through_exactly_the_hosts_of_that_status_in_list_order(fleet, status):
+def test_a_status_filter_pages_through_exactly_the_hosts_of_that_status_in_list_order(fleet, judged, status):
     _, client, admin = fleet
     everyone, _ = _pages(client, admin)
     assert {h["id"]: h["status"] for h in everyone} == EXPECTED
@@ -116,13 +145,13 @@ def test_a_status_filter_pages_through_exactly_the_hosts_of_that_status_in_list_
     assert totals == {len(listed)} and all(h["status"] == status for h in listed)
 
 
-def test_a_status_filter_with_tags_leaves_out_other_tags_and_discovered_hosts(fleet):
+def test_a_status_filter_with_tags_leaves_out_other_tags_and_discovered_hosts(fleet, judged):
     _, client, admin = fleet
     listed, totals = _pages(client, admin, status="crit", tags="role:db")
     assert [h["id"] for h in listed] == ["hot-0", "silent-0"] and totals == {2}
 
 
-def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(fleet):
+def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(fleet, judged):
     _, client, admin = fleet
     everyone = {h["id"]: h for h in _pages(client, admin)[0]}
     for status in ("crit", "maintenance", "warn"):
@@ -137,6 +166,36 @@ def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(flee
     assert everyone["hot-1"]["status_reasons"] == ["crit: cpu_pct above 90 for 1m", "crit: mem_pct above 90 for 1m"]
     assert everyone[DISCOVERED_HOST]["source"] == "discovered"
     assert everyone["warm-0"]["metrics_summary"]["mem_pct"] == 82.0
+
+
+def test_a_status_filter_serves_the_watchers_round_only_while_it_is_recent(fleet):
+    app, client, admin = fleet
+    _watch_round(app)
+    with app.app_context():  # the round saw ok-0 warm (its memory has fallen since, say)
+        seen = db.session.get(HostStatusSeen, "ok-0")
+        seen.status, seen.reasons = "warn", ["warn: mem_pct at 71"]
+        db.session.commit()
+    warned = {h["id"]: h for h in _pages(client, admin, status="warn")[0]}
+    assert warned["ok-0"]["status_reasons"] == ["warn: mem_pct at 71"]
+    assert "ok-0" not in {h["id"] for h in _pages(client, admin, status="ok")[0]}
+
+    _age_the_round(app, record_max_age_s(app.config) + 1)
+    assert "ok-0" not in {h["id"] for h in _pages(client, admin, status="warn")[0]}
+    assert "ok-0" in {h["id"] for h in _pages(client, admin, status="ok")[0]}
+    _watch_round(app)  # and the next round records it as it is
+    assert "ok-0" in {h["id"] for h in _pages(client, admin, status="ok")[0]}
+
+
+def test_a_host_added_since_the_watchers_round_is_in_the_status_filter_at_once(fleet):
+    app, client, admin = fleet
+    _watch_round(app)
+    r = client.post("/api/v1/hosts", json={"id": "new-0", "hostname": "n.example.com"}, headers=admin)
+    assert r.status_code == 201, r.get_json()
+    try:
+        crit = {h["id"]: h for h in _pages(client, admin, status="crit")[0]}
+        assert crit["new-0"]["status_reasons"] == ["crit: never seen"]
+    finally:
+        assert client.delete("/api/v1/hosts/new-0", headers=admin).status_code == 200
 
 
 def test_the_status_watcher_sees_every_host_as_the_list_shows_it_discovered_ones_too(fleet):
