@@ -74,6 +74,10 @@ class StackConfig:
     slurm: bool | None = None  # cluster collector + job accounting: on, off, or the exporter's defaults
     config_dir: Path = REPO_ROOT
     backend: str = "prometheus"  # or "victoriametrics" (fleetwatch/victoria.py)
+    # Go's GOGC for the raw-tier Prometheus: 100 (Go's default) collects garbage each time the heap
+    # grows by what is live; at 10,000 hosts that took about 40 % of Prometheus's CPU and the small
+    # rule groups waited for it. 200 halves that work for about 1.8x the memory (docs/benchmarks.md).
+    prometheus_gogc: int = 200
 
 
 class ServiceFailed(RuntimeError):
@@ -243,7 +247,12 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     paths["normalisation_rules"] = state / "rules" / "fleet-normalisation.yml"
     _write_atomic(
         paths["normalisation_rules"],
-        render_normalisation_rules(CATALOG, config.scrape_interval, rate_window_for(interval_s)),
+        render_normalisation_rules(
+            CATALOG,
+            config.scrape_interval,
+            rate_window_for(interval_s),
+            from_layer=config.backend != "victoriametrics",
+        ),
     )
     paths["downsampling_rules"] = state / "rules" / "fleet-downsampling.yml"
     _write_atomic(paths["downsampling_rules"], render_downsampling_rules(CATALOG))
@@ -305,6 +314,7 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             ],
             f"http://{near_backend}:{ports.prometheus}/-/ready",
             logs / "prometheus.log",
+            env={"GOGC": str(config.prometheus_gogc)},
         ),
         Service(
             "alertmanager",

@@ -18,11 +18,11 @@ from gateway.auth import audit
 from gateway.db import Host, add_with_id, db
 from gateway.discovery import DiscoveredHost, discovered_from, discovered_hosts, discovery_queries
 from gateway.errors import ApiError, Blueprint, Conflict, NotFound
-from gateway.host_status import NEVER_SEEN, fleet_state, judge, judged_fleet, state_queries, status_of, timestamp
+from gateway.host_status import SILENT, fleet_state, judge, judged_fleet, state_queries, status_of, timestamp
 from gateway.inventory import targets_changed
 from gateway.schemas import ChangeSchema, Page, PageArgs, Pattern, UtcDateTime, fast_json, utc_text
 from gateway.series import RANGES, RESOLUTIONS, fetch_series
-from gateway.status_watch import recorded_reasons, recorded_statuses
+from gateway.status_watch import record_is_recent, recorded_reasons
 
 blp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts", description="Hosts, their tags and status")
 
@@ -230,8 +230,8 @@ def _by_status(prom, args: dict, tags: dict[str, str]) -> dict:
     reasons, and the page once more in full. Either way the page's summaries and
     last-seen times are read in one more round of queries.
     """
-    recorded = recorded_statuses()
-    judged = judged_fleet(prom, tags, look_back=False, recorded=recorded)
+    recorded = record_is_recent()
+    judged = judged_fleet(prom, tags, look_back=False, from_record=args["status"] if recorded else None)
     matching = [j for j in judged if j[1] == args["status"]]
     shown = matching[args["offset"] : args["offset"] + args["limit"]]
     if recorded:
@@ -239,14 +239,15 @@ def _by_status(prom, args: dict, tags: dict[str, str]) -> dict:
         pairs = recorded_reasons([h.id for h, _, reasons in shown if reasons is None])
         shown = [(h, *pairs.get(h.id, (status, []))) if reasons is None else (h, status, reasons)
                  for h, status, reasons in shown]  # fmt: skip
+    # Hosts without a heartbeat now: their last one (in 15 min) is looked for in the page's round.
+    down = [h.id for h, _, reasons in shown if not h.pushes and any(r in SILENT for r in reasons)]
     wanted = [h.id for h, _, _ in shown if not isinstance(h, DiscoveredHost)]
     listed = db.select(*(getattr(Host, f) for f in HOST_FIELDS), Host.pushes).where(Host.id.in_(wanted))
     full = {h.id: h for h in db.session.execute(listed).all()} if wanted else {}
     hosts = [full.get(h.id, h) for h, _, _ in shown]
     ids = [h.id for h in hosts]
     pushed = frozenset(h.id for h in hosts if h.pushes)
-    down = [h.id for h, _, reasons in shown if NEVER_SEEN in reasons and h.id not in pushed]
-    state = judge(prom, ids, prom.query_many(state_queries(ids, down=down)), pushed) if ids else {}
+    state = judge(prom, ids, prom.query_many(state_queries(ids, down=down)), pushed, look_back=False) if ids else {}
     muted = maintenance(ids)
     rows = [_with_state(h, state, muted) for h in hosts]
     if recorded:

@@ -17,6 +17,7 @@ import psutil
 import pynvml
 import pytest
 import requests
+import yaml
 
 from exporter import catalog_table as T
 from fleetwatch.testing.waits import wait_until
@@ -516,3 +517,17 @@ def test_recorded_metric_equals_the_sources_reading(request, prom, metric):
     # Prometheus drops empty labels (slurm_job_id outside a job): the metric's labels at most, host_id always.
     allowed = {"__name__", "host_id", *CATALOG[metric].labels}
     assert series and all({"__name__", "host_id"} <= set(s["metric"]) <= allowed for s in series), series
+
+
+def test_cpu_utilization_reads_the_cores_recorded_before_it_except_for_vmalert():
+    def rules(**kw) -> dict[str, tuple[int, str]]:
+        doc = yaml.safe_load(render_normalisation_rules(CATALOG, "5s", "20s", **kw))
+        return {r["record"]: (n, r["expr"]) for n, r in enumerate(doc["groups"][0]["rules"])}
+
+    layered = rules()
+    assert layered["fleet:cpu_utilization"][1] == "avg by (host_id) (fleet:cpu_core)"
+    assert layered["fleet:cpu_core"][0] < layered["fleet:cpu_utilization"][0]  # same evaluation, in order
+    assert "node_cpu_seconds_total" in rules(from_layer=False)["fleet:cpu_utilization"][1]
+    derived = rules(host_id_from="instance")  # an adopted Prometheus: the cores read the derived copies
+    assert derived["fleet:cpu_utilization"][1] == "avg by (host_id) (fleet:cpu_core)"
+    assert "fleet_src:node_cpu_seconds_total" in derived["fleet:cpu_core"][1]

@@ -198,3 +198,21 @@ def test_gateway_runs_in_the_stack_and_is_scraped(stack, prom):
     prom.wait_for('up{job="fleetwatch-gateway"} == 1')  # 0 if the scrape token were refused
     # Prometheus scrapes it with the stack's scrape token; nobody else reads the fleet's hosts there
     assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
+
+
+def test_the_raw_tier_prometheus_runs_with_the_stacks_gogc(stack):
+    info = requests.get(stack.urls()["prometheus"] + "/api/v1/status/runtimeinfo", timeout=5).json()["data"]
+    assert info["GOGC"] == "200"
+
+
+def test_prometheus_gogc_is_a_flag_of_up_within_bounds(tmp_path, capsys):
+    from fleetwatch.cli import build_parser, stack_config
+    from fleetwatch.stack import build_services, render_configs
+
+    config = stack_config(build_parser().parse_args(["up", f"--state-dir={tmp_path}", "--prometheus-gogc=100"]))
+    services = {s.name: s for s in build_services(config, render_configs(config))}
+    assert services["prometheus"].env["GOGC"] == "100"
+    assert "GOGC" not in services["longterm"].env
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--prometheus-gogc=off"])
+    assert "expected a GOGC of 50 to 1000" in capsys.readouterr().err
