@@ -36,6 +36,11 @@ def test_the_gateway_works_on_postgres(postgres, stack, tmp_path):
     assert r.status_code == 200 and r.get_json()["tags"] == {"role": "db", "zone": "eu"}
     listed = client.get("/api/v1/hosts?tags=zone:eu", headers=admin).get_json()
     assert [h["hostname"] for h in listed["hosts"]] == ["pg-1.example.com"]
+    with app.app_context():  # a round of the status watcher: ?status= reads its record (an outer join)
+        assert app.extensions["status_watch"].tick()
+    crit = {h["id"]: h for h in client.get("/api/v1/hosts?status=crit", headers=admin).get_json()["hosts"]}
+    assert crit[created["id"]]["status_reasons"] == ["crit: never seen"]
+    assert client.get("/api/v1/hosts?status=ok&tags=zone:eu", headers=admin).get_json()["total"] == 0
 
     viewer = bearer(login(client, VIEWER)["access_token"])
     assert client.delete(f"/api/v1/hosts/{created['id']}", headers=viewer).status_code == 403
