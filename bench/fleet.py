@@ -223,18 +223,13 @@ def bench_prometheus_config(path: Path) -> None:
 
 
 def prometheus_figures(prom_url: str) -> dict:
-    """From Prometheus's own /metrics: each rule group's last evaluation time and missed iterations, its CPU seconds."""
+    """From Prometheus's own /metrics: each rule group's missed iterations, and its CPU seconds."""
     text = requests.get(f"{prom_url}/metrics", timeout=60).text
-    out: dict = {"last_duration_s": {}, "missed": {}}
-    for metric, key in (
-        ("prometheus_rule_group_last_duration_seconds", "last_duration_s"),
-        ("prometheus_rule_group_iterations_missed_total", "missed"),
-    ):
-        for m in re.finditer(rf'^{metric}\{{rule_group="[^"]*;([^"]+)"\}} (\S+)$', text, re.M):
-            out[key][m.group(1)] = float(m.group(2))
+    missed = re.finditer(
+        r'^prometheus_rule_group_iterations_missed_total\{rule_group="[^"]*;([^"]+)"\} (\S+)$', text, re.M
+    )
     cpu = re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M)
-    out["cpu_s"] = float(cpu.group(1)) if cpu else 0.0
-    return out
+    return {"missed": {m.group(1): float(m.group(2)) for m in missed}, "cpu_s": float(cpu.group(1)) if cpu else 0.0}
 
 
 class RuleWatch(threading.Thread):
@@ -263,17 +258,20 @@ class RuleWatch(threading.Thread):
         }
 
 
-def rss_mb(pid: int) -> float:
-    """The resident memory of a process and all its children (gunicorn's workers), MiB."""
+def _process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its children (gunicorn's workers)."""
     proc = psutil.Process(pid)
-    procs = [proc, *proc.children(recursive=True)]
-    return sum(p.memory_info().rss for p in procs) / 2**20
+    return [proc, *proc.children(recursive=True)]
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of a process and all its children, MiB."""
+    return sum(p.memory_info().rss for p in _process_tree(pid)) / 2**20
 
 
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its children."""
-    proc = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+    return sum(sum(p.cpu_times()[:2]) for p in _process_tree(pid))
 
 
 def timed_get(session: requests.Session, url: str, params: dict) -> tuple[float, dict | None]:

@@ -75,7 +75,7 @@ class StackConfig:
     config_dir: Path = REPO_ROOT
     backend: str = "prometheus"  # or "victoriametrics" (fleetwatch/victoria.py)
     # Go's GOGC for the raw-tier Prometheus: 100 (Go's default) collects garbage each time the heap
-    # grows by what is live; at 10,000 hosts that took about 40 % of Prometheus's CPU and the small
+    # grows by what is live; at 10,000 hosts that took about 45 % of Prometheus's CPU and the small
     # rule groups waited for it. 200 halves that work for about 1.8x the memory (docs/benchmarks.md).
     prometheus_gogc: int = 200
 

@@ -30,7 +30,8 @@ from rules_compiler.recording import CRIT_PCT, HELD_FOR, HOST_SUMMARY, JUDGED
 WARN_PCT = 70.0
 HEARTBEAT_LOST_S = 120
 NEVER_SEEN = "crit: never seen"  # no heartbeat now, and none found by a look back (if one was made)
-SILENT = (NEVER_SEEN, "crit: no heartbeat for 2m")
+NO_HEARTBEAT = "crit: no heartbeat for 2m"
+SILENT = (NEVER_SEEN, NO_HEARTBEAT)  # the reasons of a host without a heartbeat now
 
 
 def state_queries(
@@ -113,7 +114,7 @@ def judge(
             reasons += gpu_reasons[host_id]
         last_seen = seen.get(host_id)
         if last_seen is None or now - last_seen > HEARTBEAT_LOST_S:
-            reasons.append(SILENT[1] if last_seen else NEVER_SEEN)
+            reasons.append(NO_HEARTBEAT if last_seen else NEVER_SEEN)
         state[host_id] = {
             "metrics_summary": summary,
             "status": _level(reasons) if reasons else "ok",

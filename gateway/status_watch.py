@@ -9,9 +9,10 @@ one transaction. Should the holder die, its lease runs out and another worker
 takes over from the same table, so no change is recorded twice or lost.
 
 The record is also what a host list filtered by status reads
-(``record_is_recent``, gateway/host_status.py): judging 10,000 hosts at every such request cost
-Prometheus a third of its CPU, and the watcher judges them anyway. A record
-older than ``record_max_age_s`` (no holder, Prometheus away) is not used.
+(``record_is_recent``, gateway/host_status.py): judging 10,000 hosts at every
+such request cost Prometheus a third of its CPU, and the watcher judges them
+anyway. A record older than ``record_max_age_s`` (no holder, Prometheus away)
+is not used.
 """
 
 from __future__ import annotations
