@@ -118,7 +118,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetwatch-bench-alerts-") as state:
         config = StackConfig(
             state_dir=Path(state),
-            ports=Ports(*(free_port() for _ in range(5))),
+            ports=Ports(*(free_port() for _ in Ports._fields)),
             gateway_env={
                 "FLEETWATCH_ADMIN_EMAIL": ADMIN[0],
                 "FLEETWATCH_ADMIN_PASSWORD": ADMIN[1],

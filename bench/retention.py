@@ -7,9 +7,10 @@
 2. Size: one day of one synthetic host's catalog layer (16 cores, 3 mounts,
    2 disks, 2 NICs, 20 process series, G GPUs) at the default 5 s scrape
    interval, cut into a day-long block as Prometheus compacts it: the raw
-   tier holds the 5 s samples plus the downsampled series, the long-term
-   tier the downsampled series only. The exporter's source families
-   (node_*, DCGM_*) come on top in the raw tier; they are not counted.
+   tier holds the 5 s samples, the long-term tier the downsampled series
+   (the downsampler records them and keeps 4 h: not counted). The exporter's
+   source families (node_*, DCGM_*) come on top in the raw tier; they are not
+   counted.
 
     .venv/bin/python bench/retention.py [--hosts 50] [--repeat 200] [--gpus 0]
 """
@@ -66,7 +67,7 @@ def walk(rng: random.Random, n: int) -> list[float]:
 
 
 def write_day(f, host: str, series, start: int, rng: random.Random, raw: bool) -> int:
-    """One day of ``host``: the raw layer (when ``raw``) and every downsampled series computed from it."""
+    """One day of ``host``: the raw layer (``raw``), else every downsampled series computed from it."""
     n = DAY // RAW_STEP_S
     families: dict[str, list[str]] = {}
     for m, labels in series:
@@ -76,6 +77,7 @@ def write_day(f, host: str, series, start: int, rng: random.Random, raw: bool) -
             families.setdefault(m.record, []).extend(
                 f"{m.record}{{{sel}}} {v} {start + (i + 1) * RAW_STEP_S}\n" for i, v in enumerate(values)
             )
+            continue
         for level in LEVELS:
             per = level.seconds // RAW_STEP_S
             for k in range(n // per):

@@ -4,8 +4,8 @@ Live rules downsample only from the moment they are loaded; a new catalog
 metric (or a new stack on old data) has no 1m/5m/1h history before that.
 This evaluates the downsampling rules of rules_compiler/downsampling.py over
 the past on the raw Prometheus and writes the results as TSDB blocks into
-the data directories of both tiers, where Prometheus loads them within a
-minute (its block reload interval).
+the long-term tier's data directory, where the API reads every level and
+Prometheus loads them within a minute (its block reload interval).
 
 Why not ``promtool tsdb create-blocks-from rules`` as is: it writes one block
 per rule per 2 h, so 30 d of the 9 rules of one metric made 3,249 blocks
@@ -45,14 +45,15 @@ def first_live_sample(prom: Prometheus, record: str, lookback_s: int) -> float |
     return float(result[0]["value"][1]) if result else None
 
 
-def write_openmetrics(prom: Prometheus, rules_text: str, start: float, end: float, out) -> int:
-    """Evaluate every rule at its group's interval over [start, end] and write the samples; return their number."""
+def write_openmetrics(prom: Prometheus, live: Prometheus, rules_text: str, start: float, end: float, out) -> int:
+    """Evaluate every rule on ``prom`` at its group's interval over [start, end], up to where ``live`` has the
+    rule's own results, and write the samples; return their number."""
     samples = 0
     for group in yaml.safe_load(rules_text)["groups"]:
         step = int(seconds(group["interval"]))
         for rule in group["rules"]:
             first = -(-start // step) * step  # whole multiples of the step: stable, comparable timestamps
-            last = min(end, first_live_sample(prom, rule["record"], int(end - start) + 3600) or end)
+            last = min(end, first_live_sample(live, rule["record"], int(end - start) + 3600) or end)
             if last < end:
                 last -= step  # the live windows start there
             last = last // step * step
@@ -70,13 +71,14 @@ def write_openmetrics(prom: Prometheus, rules_text: str, start: float, end: floa
     return samples
 
 
-def backfill(prom: Prometheus, metrics: list[str], start: float, end: float, into: list[Path]) -> int:
-    """Blocks of the downsampled series of ``metrics`` over [start, end], copied into each of ``into``."""
+def backfill(prom: Prometheus, live: Prometheus, metrics: list[str], start: float, end: float, into: list[Path]) -> int:
+    """Blocks of the downsampled series of ``metrics`` over [start, end] from ``prom``'s samples, copied into
+    each of ``into``; each level ends where ``live`` (the long-term tier) has its live results."""
     catalog = {m.name: m for m in (resolve(name)[0] for name in metrics)} if metrics else CATALOG
     with tempfile.TemporaryDirectory(prefix="fleetwatch-backfill-") as tmp:
         source = Path(tmp) / "history.om"
         with open(source, "w") as out:
-            samples = write_openmetrics(prom, render_downsampling_rules(catalog), start, end, out)
+            samples = write_openmetrics(prom, live, render_downsampling_rules(catalog), start, end, out)
         blocks = Path(tmp) / "blocks"
         subprocess.run(
             ["promtool", "tsdb", "create-blocks-from", "openmetrics", f"--max-block-duration={BLOCK}"]
@@ -101,13 +103,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("backfill", help="downsampled history for catalog metrics, from the raw tier's samples")
     p.add_argument("--state-dir", type=Path, default=Path("state"), help="the stack's state directory (./state)")
     p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="the raw tier, where the samples are")
+    p.add_argument("--longterm", default="http://127.0.0.1:9091", help="the long-term tier, where the levels are")
     p.add_argument("--metric", action="append", default=[], help="catalog name (repeatable; default: all)")
     p.add_argument("--days", type=float, default=7.0, help="how far back (default 7: the raw retention)")
 
 
 def run(args: argparse.Namespace) -> int:
     end = time.time()
-    into = [args.state_dir / "prometheus" / "data", args.state_dir / "longterm" / "data"]
-    samples = backfill(Prometheus(args.prometheus, timeout_s=120), args.metric, end - args.days * 86400, end, into)
+    into = [args.state_dir / "longterm" / "data"]
+    raw, longterm = (Prometheus(url, timeout_s=120) for url in (args.prometheus, args.longterm))
+    samples = backfill(raw, longterm, args.metric, end - args.days * 86400, end, into)
     print(f"fleetwatch: {samples} downsampled samples written into {', '.join(map(str, into))}")
     return 0

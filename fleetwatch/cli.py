@@ -42,8 +42,8 @@ def _days(low: int, high: int):
 
 
 def _base_port(value: str) -> int:
-    if not value.isdigit() or not 1024 <= int(value) <= 65529:  # N+6: --backend victoriametrics
-        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65529, got {value!r}")
+    if not value.isdigit() or not 1024 <= int(value) <= 65528:  # up to N+7, the downsampler
+        raise argparse.ArgumentTypeError(f"expected a port from 1024 to 65528, got {value!r}")
     return int(value)
 
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_base_port,
         metavar="N",
         help="Prometheus at N, Alertmanager N+1, exporter N+2, gateway N+3, long-term "
-        "Prometheus N+4 (default: 9090, 9093, 9101, 8080, 9091)",
+        "Prometheus N+4, downsampler N+7 (default: 9090, 9093, 9101, 8080, 9091, 9095)",
     )
     up.add_argument(
         "--listen-host",

@@ -8,6 +8,7 @@ reverse order; each child also gets SIGTERM should the supervisor die.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import json
 import logging
@@ -29,7 +30,7 @@ import requests
 
 from rules_compiler.alertmanager import GENERATED_BY_GATEWAY
 from rules_compiler.catalog import CATALOG
-from rules_compiler.downsampling import SERIES_PATTERN, render_downsampling_rules
+from rules_compiler.downsampling import SERIES_PATTERN, layer_pattern, render_downsampling_rules
 from rules_compiler.promql import seconds
 from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PR_SET_PDEATHSIG = 1
+DOWNSAMPLER_NICE = 10
 
 
 class Ports(NamedTuple):
@@ -47,11 +49,12 @@ class Ports(NamedTuple):
     longterm: int = 9091  # the long-term Prometheus (downsampled tier)
     vmagent: int = 8429  # --backend victoriametrics only
     vmalert: int = 8880
+    downsampler: int = 9095  # the Prometheus that downsamples the raw tier's normalised layer
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
         """N, N+1, … in the order documented in the README."""
-        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6)
+        return cls(*(base + i for i in range(len(cls._fields))))
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Service:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     verify: bool | str = True  # requests' TLS check of ready_url: a CA file for a self-signed one
+    nice: int = 0  # batch work yields the CPU to what alerts and answers
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -107,7 +111,7 @@ class Service:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_child_setup, self.nice),
             )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
@@ -155,9 +159,11 @@ def wait_http(
     raise ServiceFailed(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def _die_with_parent() -> None:
+def _child_setup(nice: int) -> None:
     # Runs in the child between fork and exec: no orphans if the supervisor is killed.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if nice:
+        os.nice(nice)
 
 
 def find_binary(*names: str) -> str:
@@ -212,7 +218,15 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
     # The gateway's DB, the scrape token and the logs lie here, each 0600: others list nothing, and
     # pass through only to what runs as another user (the replicas' PostgreSQL).
     state.chmod(0o711)
-    for sub in ("prometheus/data", "longterm/data", "alertmanager/data", "rules", "file_sd", "logs"):
+    for sub in (
+        "prometheus/data",
+        "downsampler/data",
+        "longterm/data",
+        "alertmanager/data",
+        "rules",
+        "file_sd",
+        "logs",
+    ):
         (state / sub).mkdir(parents=True, exist_ok=True)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(config.config_dir)),
@@ -230,6 +244,9 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         "evaluation_interval": config.evaluation_interval,
         "out_of_order_window": config.out_of_order_window,
         "downsampled_series": SERIES_PATTERN,
+        "layer_series": layer_pattern(CATALOG),
+        # Beside the raw tier's rule files, not among them: the raw tier must not evaluate it.
+        "downsampling_rules": str(state / "downsampler" / "fleet-downsampling.yml"),
         "metrics_token_file": str(_metrics_token(state)),
     }
     paths = {
@@ -241,8 +258,9 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
             continue  # the gateway's compiled routes and receivers; it re-installs them as it starts
         text = env.get_template(f"{name}/{name}.yml.j2").render(values)
         _write_atomic(path, text)
-    paths["longterm"] = state / "longterm" / "longterm.yml"
-    _write_atomic(paths["longterm"], env.get_template("prometheus/longterm.yml.j2").render(values))
+    for name in ("longterm", "downsampler"):
+        paths[name] = state / name / f"{name}.yml"
+        _write_atomic(paths[name], env.get_template(f"prometheus/{name}.yml.j2").render(values))
     # The catalog's normalisation layer, evaluated at the scrape interval.
     paths["normalisation_rules"] = state / "rules" / "fleet-normalisation.yml"
     _write_atomic(
@@ -254,8 +272,9 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
             from_layer=config.backend != "victoriametrics",
         ),
     )
-    paths["downsampling_rules"] = state / "rules" / "fleet-downsampling.yml"
+    paths["downsampling_rules"] = Path(values["downsampling_rules"])
     _write_atomic(paths["downsampling_rules"], render_downsampling_rules(CATALOG))
+    (state / "rules" / "fleet-downsampling.yml").unlink(missing_ok=True)  # where it lay before the downsampler
     # The local exporter is one more target beside the hosts the gateway will add.
     local = [
         {
@@ -295,6 +314,26 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             ],
             f"http://{near_backend}:{ports.longterm}/-/ready",
             logs / "longterm.log",
+        ),
+        Service(
+            # Receives the normalised layer from the raw tier, downsamples it, sends the levels on.
+            # Between the two in start order: each sender stops before its receiver.
+            "downsampler",
+            [
+                find_binary("prometheus"),
+                f"--config.file={paths['downsampler']}",
+                f"--storage.tsdb.path={state / 'downsampler' / 'data'}",
+                # The hourly level reads the last hour (and DELAY) of the layer; a block more is slack.
+                "--storage.tsdb.retention.time=4h",
+                f"--web.listen-address={backend}:{ports.downsampler}",
+                "--web.enable-lifecycle",
+                "--web.enable-remote-write-receiver",
+            ],
+            f"http://{near_backend}:{ports.downsampler}/-/ready",
+            logs / "downsampler.log",
+            # Its evaluations take seconds of a core each minute (13 s every 5 min at 10,000
+            # hosts): where cores are short the raw tier's alert rules must not wait for them.
+            nice=DOWNSAMPLER_NICE,
         ),
         Service(
             "prometheus",
@@ -433,6 +472,7 @@ class Stack:
         return {
             "prometheus": f"http://{backend}:{ports.prometheus}",
             "longterm": f"http://{backend}:{ports.longterm}",
+            **({"downsampler": f"http://{backend}:{ports.downsampler}"} if self.config.backend == "prometheus" else {}),
             "alertmanager": f"http://{backend}:{ports.alertmanager}",
             "exporter": f"http://{host}:{ports.exporter}/metrics",
             "gateway": f"http://{host}:{ports.gateway}",

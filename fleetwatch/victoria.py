@@ -99,6 +99,7 @@ def vm_services(config: StackConfig, paths: dict[str, Path], services: list[Serv
                 find_binary("vmalert"),
                 f"-httpListenAddr={host}:{ports.vmalert}",
                 f"-rule={state / 'rules' / '*.yml'}",
+                f"-rule={paths['downsampling_rules']}",
                 f"-evaluationInterval={config.evaluation_interval}",
                 f"-datasource.url={raw}",
                 f"-remoteWrite.url={agent}",  # through vmagent: the downsampled series reach both tiers
@@ -112,7 +113,7 @@ def vm_services(config: StackConfig, paths: dict[str, Path], services: list[Serv
             logs / "vmalert.log",
         ),
     ]
-    others = [s for s in services if s.name not in ("prometheus", "longterm")]
+    others = [s for s in services if s.name not in ("prometheus", "downsampler", "longterm")]
     gateway = next(s for s in others if s.name == "gateway")
     gateway.env.update(
         FLEETWATCH_REMOTE_WRITE_URL=f"{raw}/api/v1/write",

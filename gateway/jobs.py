@@ -176,8 +176,7 @@ class JobMetrics(MethodView):
         elapsed = runtime_s(job) or 1
         range_ = next((name for name, span in RANGES.items() if span >= elapsed), "90d")
         how = plan(current_app.extensions["tiers"], range_, args.get("resolution"))
-        tiers = current_app.extensions["tiers"]
-        prom = tiers.longterm if how.tier == "longterm" else tiers.raw
+        prom = how.of(current_app.extensions["tiers"])
         start = (
             job.start_at.replace(tzinfo=UTC).timestamp() if job.start_at.tzinfo is None else job.start_at.timestamp()
         )

@@ -82,7 +82,7 @@ class QueryResult(ma.Schema):
     series = ma.fields.List(ma.fields.Nested(SeriesSchema))
     aggregation = ma.fields.String(allow_none=True)
     resolution = ma.fields.String(metadata={"description": "the step between points: 5s (raw), 1m, 5m or 1h"})
-    tier = ma.fields.String(metadata={"description": "raw, or longterm when the range reaches past raw retention"})
+    tier = ma.fields.String(metadata={"description": "raw for raw samples, longterm for downsampled ones (1m, 5m, 1h)"})
 
 
 class CatalogEntry(ma.Schema):

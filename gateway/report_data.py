@@ -4,8 +4,7 @@ Per host and metric: avg, p95 and max over the period (REQ-EXPORT-002), a
 handful of instant queries at the period's end whatever the number of hosts.
 A period of up to a day that the raw tier still holds is read from the raw
 samples; longer periods, or older ones, from the 5-minute level of the
-downsampling rules (rules_compiler/downsampling.py), in the raw tier while it
-keeps the period and in the long-term tier after:
+downsampling rules (rules_compiler/downsampling.py) in the long-term tier:
 
 - avg: the mean of the 5-minute averages (each window weighs the same);
 - max: the largest 5-minute maximum, i.e. the largest raw sample (exact);
@@ -74,7 +73,7 @@ def source_for(tiers: Tiers, start: int, end: int, now: int) -> Source:
     in_raw = start >= now - tiers.raw_retention_s or tiers.longterm is None
     if end - start <= DAY_S and in_raw:
         return Source("raw", "raw", tiers.raw_step_s)
-    return Source("raw" if in_raw else "longterm", LEVEL, LEVEL_S)
+    return Source("raw" if tiers.longterm is None else "longterm", LEVEL, LEVEL_S)
 
 
 def collect(tiers: Tiers, host_ids: list[str] | None, metrics: list[str], start: int, end: int, now: int):

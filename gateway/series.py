@@ -54,7 +54,9 @@ class Tiers:
     """The two Prometheus servers a query may be answered by, and what each keeps."""
 
     raw: Prometheus
-    longterm: Prometheus | None = None  # None: everything from the raw tier
+    # The downsampled levels (the raw tier records none: the downsampler sends them here).
+    # None: one Prometheus answers everything, levels included.
+    longterm: Prometheus | None = None
     raw_step_s: int = 5  # the scrape interval: raw points are this far apart
     raw_retention_s: int = 7 * DAY_S
     longterm_retention_s: int = 90 * DAY_S
@@ -77,6 +79,9 @@ class Plan(NamedTuple):
     step_s: int  # seconds between returned points
     tier: str  # "raw" or "longterm"
 
+    def of(self, tiers: Tiers) -> Prometheus:
+        return tiers.longterm if self.tier == "longterm" else tiers.raw
+
 
 class Answer(NamedTuple):
     series: list  # [{ts, value}] combined, or [{labels, datapoints}] one per label set
@@ -95,14 +100,12 @@ def plan(tiers: Tiers, range_: str, resolution: str | None = None) -> Plan:
     step_s = tiers.raw_step_s if chosen == "raw" else LEVEL_S[chosen]
     if resolution is None and chosen == "raw":
         step_s = max(step_s, math.ceil(span_s / MAX_POINTS))  # a 1 s scrape interval over 6 h
-    tier = "raw" if span_s <= tiers.raw_retention_s or tiers.longterm is None else "longterm"
-    if tier == "longterm":
-        kept_s = 0 if chosen == "raw" else min(LONGTERM_KEEPS_S[chosen], tiers.longterm_retention_s)
-        if span_s > kept_s:
-            raise ApiError(
-                f"{chosen} data is not kept for {range_}",
-                {"resolution": chosen, "range": range_, "valid": _kept_for(tiers, span_s)},
-            )
+    tier = "raw" if chosen == "raw" or tiers.longterm is None else "longterm"
+    if span_s > _kept_s(tiers, chosen):
+        raise ApiError(
+            f"{chosen} data is not kept for {range_}",
+            {"resolution": chosen, "range": range_, "valid": _kept_for(tiers, span_s)},
+        )
     if span_s / step_s > MAX_POINTS:
         raise ApiError(
             f"{range_} at {chosen} would be {span_s // step_s} points; at most {MAX_POINTS}",
@@ -111,16 +114,21 @@ def plan(tiers: Tiers, range_: str, resolution: str | None = None) -> Plan:
     return Plan(chosen, step_s, tier)
 
 
+def _kept_s(tiers: Tiers, resolution: str) -> float:
+    """How far back ``resolution`` reaches: raw samples in the raw tier, levels in the long-term tier."""
+    if tiers.longterm is None:
+        return math.inf  # one Prometheus, whatever it keeps: it answers every range
+    if resolution == "raw":
+        return tiers.raw_retention_s
+    return min(LONGTERM_KEEPS_S[resolution], tiers.longterm_retention_s)
+
+
 def _kept_for(tiers: Tiers, span_s: int) -> list[str]:
-    out = []
-    for res in RESOLUTIONS:
-        step_s = tiers.raw_step_s if res == "raw" else LEVEL_S[res]
-        kept_s = tiers.raw_retention_s
-        if tiers.longterm is not None and res != "raw":
-            kept_s = max(kept_s, min(LONGTERM_KEEPS_S[res], tiers.longterm_retention_s))
-        if span_s <= kept_s and span_s / step_s <= MAX_POINTS:
-            out.append(res)
-    return out
+    return [
+        res
+        for res in RESOLUTIONS
+        if span_s <= _kept_s(tiers, res) and span_s / (tiers.raw_step_s if res == "raw" else LEVEL_S[res]) <= MAX_POINTS
+    ]
 
 
 def label_of(step_s: int) -> str:
@@ -165,8 +173,7 @@ def fetch_series(
     # timestamps stable from one call to the next; the end stays "now" for the newest point.
     end = time.time()
     start = -(-(end - RANGES[range_]) // how.step_s) * how.step_s
-    prom = tiers.longterm if how.tier == "longterm" else tiers.raw
-    result = prom.query_range(expr, start, end, how.step_s)
+    result = how.of(tiers).query_range(expr, start, end, how.step_s)
     series = [
         {"labels": {k: v for k, v in s["metric"].items() if k in entry.labels}, "datapoints": points(s["values"])}
         for s in result

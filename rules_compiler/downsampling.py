@@ -7,6 +7,12 @@ saturated"), ``count`` for the samples behind each point (so coarser sums and
 weekly averages can be weighted, and gaps in coverage show), and ``min`` only
 where a low value is the bad one. These series, and only these, are
 remote-written to the long-term Prometheus.
+
+Each window ends ``DELAY`` before the evaluation: the rules run in the
+downsampler, which receives the normalised layer by remote write a few
+seconds after the raw tier records it, and a window closed before its last
+samples arrived would never count them. A point at T summarises
+(T - level - DELAY, T - DELAY].
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ MIN_FOR = frozenset({"mem.available_mb"})
 # What the long-term tier receives: the recorded names, nothing else (prometheus.yml.j2 relabels on it).
 SERIES_PATTERN = r"fleet:[a-z0-9_]+:(avg|min|max|count)(1m|5m|1h)"
 _SERIES = re.compile(SERIES_PATTERN)
+# Far more than the raw tier's remote-write latency (a 1 s send deadline; measured in
+# bench/fleet.py at 10,000 hosts), far less than the 1-minute level it shifts.
+DELAY = "15s"
 
 
 def record_name(metric: CatalogMetric, agg: str, level: str) -> str:
@@ -46,15 +55,21 @@ def aggregations_for(metric: CatalogMetric) -> tuple[str, ...]:
     return AGGREGATIONS + (("min",) if metric.name in MIN_FOR else ())
 
 
-def render_downsampling_rules(catalog: dict[str, CatalogMetric]) -> str:
-    """One group per level, evaluated every ``level``, each rule over the normalised series."""
+def layer_pattern(catalog: dict[str, CatalogMetric]) -> str:
+    """The normalised series the downsampler reads, as a regex of their names: all the raw tier sends it."""
+    return "|".join(sorted(m.record for m in catalog.values()))
+
+
+def render_downsampling_rules(catalog: dict[str, CatalogMetric], delay: str = DELAY) -> str:
+    """One group per level, evaluated every ``level``, each rule over the normalised series ``delay`` ago."""
     groups = []
+    shift = f" offset {delay}" if delay else ""
     for level in LEVELS:
         # Prometheus 2.42's range selectors are closed at both ends: one millisecond
         # short of the level, consecutive windows (t - level, t] share no sample.
         window = f"{level.seconds * 1000 - 1}ms"
         rules = [
-            {"record": record_name(m, agg, level.name), "expr": f"{agg}_over_time({m.record}[{window}])"}
+            {"record": record_name(m, agg, level.name), "expr": f"{agg}_over_time({m.record}[{window}]{shift})"}
             for m in sorted(catalog.values(), key=lambda m: m.name)
             for agg in aggregations_for(m)
         ]

@@ -156,7 +156,7 @@ def test_rule_fires_and_resolves(api):
 
 @pytest.fixture(scope="module")
 def history(backend_stack, api, tmp_path_factory) -> str:
-    """Two hours of a host's CPU in the raw tier, and the downsampling rules evaluated over them into both tiers.
+    """Two hours of a host's CPU in the raw tier, and the downsampling rules over them in the long-term tier.
 
     A live group first evaluates up to its interval after the start (an hour
     for 1h): a test cannot wait for that, so each backend's documented backfill
@@ -167,14 +167,15 @@ def history(backend_stack, api, tmp_path_factory) -> str:
     push(api, host, 55.0, 1)  # an agent's first push puts the host in the inventory
     now = int(time.time())
     start = now - 2 * 3600
-    samples = [encode_sample(50.0 + (t % 600) / 60, t * 1000) for t in range(start, now - 30, 15)]
+    # From two minutes before the replay's first evaluation: its window ends 15 s back (downsampling DELAY).
+    samples = [encode_sample(50.0 + (t % 600) / 60, t * 1000) for t in range(start - 120, now - 30, 15)]
     labels = encode_labels([("__name__", "fleet:cpu_utilization"), ("host_id", host)])
     RemoteWriter(f"{urls['prometheus']}/api/v1/write").write([encode_series(labels, samples)])
     if backend_stack.config.backend == "prometheus":
         state = backend_stack.config.state_dir
-        into = [state / "prometheus" / "data", state / "longterm" / "data"]
-        assert backfill(Prometheus(urls["prometheus"], 60), ["cpu.utilization"], start, now, into) > 0
-        restart(backend_stack, "longterm", "prometheus")  # blocks are loaded as a tier opens (else within a minute)
+        raw, longterm = Prometheus(urls["prometheus"], 60), Prometheus(urls["longterm"], 60)
+        assert backfill(raw, longterm, ["cpu.utilization"], start, now, [state / "longterm" / "data"]) > 0
+        restart(backend_stack, "longterm")  # blocks are loaded as a tier opens (else within a minute)
     else:
         requests.get(f"{urls['prometheus']}/internal/force_flush", timeout=10)
         replay(backend_stack, start, now, tmp_path_factory.mktemp("replay"))
@@ -211,9 +212,9 @@ def replay(stack: Stack, start: int, end: int, tmp) -> None:
     ("range_", "resolution", "tier", "at_least"),
     [
         ("1h", "raw", "raw", 200),
-        ("1h", "1m", "raw", 55),
-        ("24h", "5m", "raw", 20),
-        ("24h", "1h", "raw", 2),
+        ("1h", "1m", "longterm", 55),  # every level from the long-term tier: the raw tier records none
+        ("24h", "5m", "longterm", 20),
+        ("24h", "1h", "longterm", 2),
         ("30d", "1h", "longterm", 2),
     ],
 )
@@ -229,6 +230,7 @@ def test_metric_query_at_every_resolution(api, history, range_, resolution, tier
 
     body = wait_until(answer, what=f"{at_least} {resolution} points over {range_} from the {tier} tier", timeout_s=20)
     assert body["resolution"] == ("1s" if resolution == "raw" else resolution)  # raw: the 1 s scrape interval
+    assert body["tier"] == tier
     assert all(50 <= p["value"] <= 60 and p["ts"].endswith("Z") for p in body["datapoints"])
 
 
@@ -246,7 +248,9 @@ def test_downsampled_series_and_only_those_reach_the_long_term_tier(backend_stac
         ]
     )
     longterm.wait_for('fleet:backend_probe:avg5m{host_id="be-probe"}')
-    PromClient(backend_stack.urls()["prometheus"]).wait_for('fleet:backend_probe{host_id="be-probe"}')
+    # The other arrived too: in the downsampler it was written to, or the raw tier vmagent forwards it to.
+    urls = backend_stack.urls()
+    PromClient(urls.get("downsampler", urls["prometheus"])).wait_for('fleet:backend_probe{host_id="be-probe"}')
     names = longterm.query('count by (__name__) ({__name__=~".+"})')
     assert names and all(is_downsampled(s["metric"]["__name__"]) for s in names), names
     assert longterm.query(f'fleet:cpu_utilization{{host_id="{history}"}}') == []

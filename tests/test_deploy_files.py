@@ -35,7 +35,7 @@ FLEET_DASHBOARDS = [p for p in DASHBOARDS if p.name in {"fleet.json", "hosts.jso
 
 # Published on the host: only what has authentication of its own (or serves nothing secret).
 SERVICE_PORTS = {"gateway": 8080, "grafana": 3000, "exporter": 9101}
-INTERNAL = ("prometheus", "prometheus-longterm", "alertmanager")
+INTERNAL = ("prometheus", "prometheus-downsampler", "prometheus-longterm", "alertmanager")
 COMPOSE_ENV = {"GF_SECURITY_ADMIN_PASSWORD": "test-only", "FLEETWATCH_ADMIN_PASSWORD": "test-only"}
 
 
@@ -174,6 +174,30 @@ def test_prometheus_config_scrapes_the_compose_services():
     assert jobs["fleetwatch"][0]["targets"] == ["exporter:9101"]
     assert jobs["fleetwatch"][0]["labels"]["host_id"]
     assert {"prometheus", "alertmanager"} <= set(jobs)
+
+
+def test_compose_downsamples_in_a_prometheus_of_its_own_as_the_stack_does(tmp_path):
+    """Raw → downsampler (the layer only) → long-term (the levels only), the same filters `fleetwatch up` renders."""
+    from fleetwatch.stack import StackConfig, render_configs
+
+    rendered = render_configs(StackConfig(state_dir=tmp_path))
+    raw, stack_raw = (yaml.safe_load(p.read_text()) for p in (DOCKER / "prometheus.yml", rendered["prometheus"]))
+    ds, stack_ds = (yaml.safe_load(p.read_text()) for p in (DOCKER / "downsampler.yml", rendered["downsampler"]))
+    assert raw["remote_write"][0]["url"] == "http://prometheus-downsampler:9090/api/v1/write"
+    assert ds["remote_write"][0]["url"] == "http://prometheus-longterm:9090/api/v1/write"
+    for mine, stacks in ((raw, stack_raw), (ds, stack_ds)):
+        assert mine["remote_write"][0]["write_relabel_configs"] == stacks["remote_write"][0]["write_relabel_configs"]
+    assert "fleet-downsampling" not in " ".join(p.name for p in (DOCKER / "rules").iterdir())
+    service = compose()["services"]["prometheus-downsampler"]
+    assert "./deploy/docker/downsampling.yml:/etc/prometheus/downsampling.yml:ro" in service["volumes"]
+    assert ds["rule_files"] == ["/etc/prometheus/downsampling.yml"]
+    # promtool reads the rule file where the container mounts it: checked on a copy pointing at the repo's.
+    copy = tmp_path / "downsampler.yml"
+    copy.write_text(
+        (DOCKER / "downsampler.yml").read_text().replace(ds["rule_files"][0], str(DOCKER / "downsampling.yml"))
+    )
+    result = subprocess.run(["promtool", "check", "config", str(copy)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_alertmanager_config_passes_amtool():
@@ -429,22 +453,22 @@ def test_gpu_health_row_has_data_for_a_sick_gpu_node(prom, sick_gpu_node, title,
 
 
 def compose_rules() -> dict[str, str]:
-    """What the rules compiler renders for docker-compose's 15 s scrape interval."""
+    """What the rules compiler renders for docker-compose's 15 s scrape interval, by path under deploy/docker."""
     from rules_compiler.catalog import CATALOG
     from rules_compiler.downsampling import render_downsampling_rules
     from rules_compiler.recording import rate_window_for, render_normalisation_rules
 
     scrape = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["global"]["scrape_interval"]
     return {
-        "fleet-normalisation.yml": render_normalisation_rules(CATALOG, scrape, rate_window_for(int(scrape[:-1]))),
-        "fleet-downsampling.yml": render_downsampling_rules(CATALOG),
+        "rules/fleet-normalisation.yml": render_normalisation_rules(CATALOG, scrape, rate_window_for(int(scrape[:-1]))),
+        "downsampling.yml": render_downsampling_rules(CATALOG),
     }
 
 
-@pytest.mark.parametrize("name", ["fleet-normalisation.yml", "fleet-downsampling.yml"])
+@pytest.mark.parametrize("name", ["rules/fleet-normalisation.yml", "downsampling.yml"])
 def test_compose_rules_are_the_compilers_current_output(name):
     """docker-compose has no rendering step: the compiled rules are in the repo, and must not go stale."""
-    path = DOCKER / "rules" / name
+    path = DOCKER / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(compose_rules()[name])
     assert path.read_text() == compose_rules()[name], "run UPDATE_GOLDEN=1 pytest tests/test_deploy_files.py"

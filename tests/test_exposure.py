@@ -10,7 +10,7 @@ from fleetwatch.cli import build_parser, stack_config
 from fleetwatch.stack import build_services, render_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("prometheus", "longterm", "alertmanager")
+BACKENDS = ("prometheus", "downsampler", "longterm", "alertmanager")
 
 
 def binds(tmp_path: Path, *flags: str) -> dict[str, str]:

@@ -27,11 +27,13 @@ from gateway.promql import Prometheus
 from gateway.remote_write import RemoteWriter, encode_labels, encode_sample, encode_series
 from gateway.series import MAX_POINTS, RANGES, Tiers, plan
 from rules_compiler.catalog import CATALOG
-from rules_compiler.downsampling import is_downsampled, render_downsampling_rules
+from rules_compiler.downsampling import DELAY, is_downsampled, render_downsampling_rules
+from rules_compiler.promql import seconds
 
 GOLDEN = Path(__file__).parent / "golden" / "downsampling.yml"
 HOST = "h-ret"
 DAY = 86400
+DELAY_S = int(seconds(DELAY))
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -73,8 +75,8 @@ def test_rules_pass_promtool_and_cover_every_metric_at_every_level(tmp_path):
         ("15m", "raw", 5, "raw"),
         ("1h", "raw", 5, "raw"),  # AC-BE-003: 720 points
         ("6h", "raw", 5, "raw"),
-        ("24h", "1m", 60, "raw"),
-        ("7d", "5m", 300, "raw"),
+        ("24h", "1m", 60, "longterm"),  # the raw tier records no levels: the downsampler sends them on
+        ("7d", "5m", 300, "longterm"),
         ("30d", "1h", 3600, "longterm"),
         ("90d", "1h", 3600, "longterm"),
     ],
@@ -84,10 +86,11 @@ def test_automatic_resolution(range_, resolution, step_s, tier):
     assert plan(tiers, range_) == (resolution, step_s, tier)
 
 
-def test_short_raw_retention_sends_7d_to_the_long_term_tier_and_fast_scrapes_stay_under_the_point_limit():
-    assert plan(Tiers(object(), object(), raw_retention_s=3 * DAY), "7d") == ("5m", 300, "longterm")
+def test_fast_scrapes_stay_under_the_point_limit_and_one_prometheus_answers_every_level():
     raw = plan(Tiers(object(), object(), raw_step_s=1), "6h")
     assert raw.resolution == "raw" and RANGES["6h"] / raw.step_s <= MAX_POINTS
+    assert plan(Tiers(object()), "24h") == ("1m", 60, "raw")
+    assert plan(Tiers(object()), "90d") == ("1h", 3600, "raw")
 
 
 # --- two real tiers with synthetic history ----------------------------------------------------
@@ -99,15 +102,17 @@ def raw_samples(h0: int) -> list[tuple[int, float]]:
     return [(ts, float(f"{50 + 40 * math.sin(ts * 0.00037) + ts * 7919 % 13:.3f}")) for ts in stamps]
 
 
-def expected(samples, end: float, step_s: int) -> tuple[float, int]:
-    """Mean and count of the raw samples in (end - step, end], computed here, not by Prometheus."""
+def expected(samples, at: float, step_s: int) -> tuple[float, int]:
+    """Mean and count of the raw samples a point at ``at`` stands for, (at - DELAY - step, at - DELAY],
+    computed here, not by Prometheus."""
+    end = at - DELAY_S
     inside = [v for ts, v in samples if end - step_s < ts <= end]
     return (sum(inside) / len(inside) if inside else math.nan), len(inside)
 
 
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory):
-    """Raw (3 d retention, old samples gone) and long-term Prometheus, both with the backfilled averages."""
+    """Raw (3 d retention, old samples gone) and long-term Prometheus with the backfilled averages."""
     tmp = tmp_path_factory.mktemp("tiers")
     h0 = int(time.time() // 3600 * 3600)
     samples = raw_samples(h0)
@@ -134,10 +139,11 @@ def tiers(tmp_path_factory):
     with services.prometheus(raw_data, flags=("--storage.tsdb.retention.time=90d",)) as raw:
         written = backfill(
             Prometheus(raw.url, 60),
+            Prometheus(raw.url, 60),  # where live levels would be: none yet
             ["cpu.utilization"],
             h0 - 30 * DAY,
             h0,
-            [raw_data, longterm_data],
+            [longterm_data],
         )
         assert written > 0
     # The raw tier as it runs: a short retention, so what is older than 3 d is deleted as it opens.
@@ -211,18 +217,11 @@ def test_7d_past_a_3d_raw_retention_is_5m_averages_from_the_long_term_tier(tiers
     assert len(assert_averages(tiers, body, 300)) >= 7 * 288 - 13  # the points of the last hour are not yet due
 
 
-def test_24h_is_1m_averages_from_the_raw_tier(tiers, api):
+def test_24h_is_1m_averages_from_the_long_term_tier_though_the_raw_tier_still_has_the_samples(tiers, api):
     body = api("24h")
-    assert (body["resolution"], body["tier"]) == ("1m", "raw")
+    assert (body["resolution"], body["tier"]) == ("1m", "longterm")
     assert len(assert_averages(tiers, body, 60)) >= 24 * 60 - 61
-
-
-def test_both_tiers_give_the_same_hours_where_they_overlap(tiers, api):
-    from_raw = api("24h", "1h")
-    from_longterm = api("30d")
-    assert from_raw["tier"] == "raw" and from_raw["resolution"] == "1h"
-    overlap = {p["ts"]: p["value"] for p in from_longterm["datapoints"]}
-    assert from_raw["datapoints"] and all(overlap[p["ts"]] == p["value"] for p in from_raw["datapoints"])
+    assert api("6h")["tier"] == "raw"
 
 
 def test_windows_tile_time_no_raw_sample_counted_twice_or_missed(tiers):
@@ -233,7 +232,7 @@ def test_windows_tile_time_no_raw_sample_counted_twice_or_missed(tiers):
         stamps = [int(ts) for ts, _ in series["values"]]
         assert all(b - a == step_s for a, b in zip(stamps, stamps[1:], strict=False))
         total = sum(int(v) for _, v in series["values"])
-        assert total == sum(1 for ts, _ in samples if stamps[0] - step_s < ts <= stamps[-1])
+        assert total == sum(1 for ts, _ in samples if stamps[0] - step_s - DELAY_S < ts <= stamps[-1] - DELAY_S)
         assert all(int(v) == expected(samples, int(ts), step_s)[1] for ts, v in series["values"][:50])
 
 
@@ -247,17 +246,29 @@ def test_explicit_resolution_is_refused_where_it_is_not_kept_or_too_fine(api):
 # --- the stack: only downsampled series reach the long-term tier ------------------------------
 
 
-def test_the_raw_tier_remote_writes_only_downsampled_series(stack):
+def test_the_layer_goes_through_the_downsampler_and_only_its_levels_reach_the_long_term_tier(stack):
+    """Live, end to end: a pushed layer sample is in the next 1-minute level of the long-term tier; the raw
+    tier's other series reach neither, and the long-term tier holds nothing but levels."""
     urls = stack.urls()
-    now_ms = int(time.time() * 1000)
-    series = [
-        encode_series(encode_labels([("__name__", name), ("host_id", "retention-probe")]), [encode_sample(1.0, now_ms)])
-        for name in ("fleet:retention_probe:avg5m", "fleet:retention_probe")
-    ]
-    RemoteWriter(f"{urls['prometheus']}/api/v1/write").write(series)
-    PromClient(urls["longterm"]).wait_for("fleet:retention_probe:avg5m")
-    assert instant(urls["longterm"], "fleet:retention_probe", time.time()) == []
+    now = int(time.time())
+    # Every 5 s over the last 80 s: whichever evaluation comes next, its window (t - 75 s, t - 15 s] has some.
+    samples = [encode_sample(float(n), (now - 80 + 5 * n) * 1000) for n in range(17)]
+    RemoteWriter(f"{urls['prometheus']}/api/v1/write").write(
+        [
+            encode_series(encode_labels([("__name__", name), ("host_id", "retention-probe")]), samples)
+            for name in ("fleet:cpu_utilization", "fleet:retention_probe:avg1m", "node_load1")
+        ]
+    )
+    downsampler = PromClient(urls["downsampler"])
+    downsampler.wait_for('fleet:cpu_utilization{host_id="retention-probe"}')
+    level = PromClient(urls["longterm"]).wait_for('fleet:cpu_utilization:count1m{host_id="retention-probe"}', 90)
+    assert 1 <= float(level[0]["value"][1]) <= 12, level  # 12 samples at most in a window of 60 s
+    received = {s["metric"]["__name__"] for s in downsampler.query('count by (__name__) ({host_id="retention-probe"})')}
+    assert "fleet:cpu_utilization" in received and not received & {"fleet:retention_probe:avg1m", "node_load1"}
+    assert instant(urls["longterm"], 'fleet:cpu_utilization{host_id="retention-probe"}', time.time()) == []
     names = instant(urls["longterm"], 'count by (__name__) ({__name__=~".+"})', time.time())
     assert all(is_downsampled(s["metric"]["__name__"]) for s in names), names
-    # ... and the raw tier watches the long-term one.
-    PromClient(urls["prometheus"]).wait_for('up{job="prometheus-longterm"} == 1')
+    # ... and the raw tier watches both.
+    prom = PromClient(urls["prometheus"])
+    prom.wait_for('up{job="prometheus-longterm"} == 1')
+    prom.wait_for('up{job="prometheus-downsampler"} == 1')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import psutil
 import pytest
 import requests
 
@@ -205,6 +206,12 @@ def test_the_raw_tier_prometheus_runs_with_the_stacks_gogc(stack):
     assert info["GOGC"] == "200"
 
 
+def test_the_downsampler_yields_the_cpu_to_the_raw_tier(stack):
+    downsampler = next(s for s in stack.services if s.name == "downsampler")
+    raw = next(s for s in stack.services if s.name == "prometheus")
+    assert psutil.Process(downsampler.process.pid).nice() == psutil.Process(raw.process.pid).nice() + 10
+
+
 def test_prometheus_gogc_is_a_flag_of_up_within_bounds(tmp_path, capsys):
     from fleetwatch.cli import build_parser, stack_config
     from fleetwatch.stack import build_services, render_configs
@@ -212,7 +219,7 @@ def test_prometheus_gogc_is_a_flag_of_up_within_bounds(tmp_path, capsys):
     config = stack_config(build_parser().parse_args(["up", f"--state-dir={tmp_path}", "--prometheus-gogc=100"]))
     services = {s.name: s for s in build_services(config, render_configs(config))}
     assert services["prometheus"].env["GOGC"] == "100"
-    assert "GOGC" not in services["longterm"].env
+    assert "GOGC" not in services["longterm"].env and "GOGC" not in services["downsampler"].env
     with pytest.raises(SystemExit):
         build_parser().parse_args(["up", "--prometheus-gogc=off"])
     assert "expected a GOGC of 50 to 1000" in capsys.readouterr().err

@@ -88,8 +88,8 @@ def restart(stack: Stack, *names: str) -> None:
 
 
 def recorded_write_url(stack: Stack) -> str:
-    """Where the rule engine's results enter the stack, and from there reach both tiers: remote write's URL."""
+    """Where the downsampling rules' results enter the stack, and from there the long-term tier: remote write's URL."""
     urls = stack.urls()
     if stack.config.backend == "victoriametrics":
         return f"{urls['vmagent']}/api/v1/write"  # vmalert writes through vmagent's fan-out
-    return f"{urls['prometheus']}/api/v1/write"  # Prometheus's own remote_write forwards from the raw tier
+    return f"{urls['downsampler']}/api/v1/write"  # its remote_write forwards the levels
