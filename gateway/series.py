@@ -1,11 +1,11 @@
 """Series of one catalog metric of one host over a range, from the tier and resolution fit for the range.
 
 Two tiers (rules_compiler/downsampling.py): the raw Prometheus holds every
-sample and the downsampled series for its retention (7 d by default); the
-long-term Prometheus holds only the downsampled series, for up to 90 d.
-A query is answered by one tier, never stitched from both, so no point is
-counted twice: the raw tier while the range fits in its retention, the
-long-term tier beyond.
+sample for its retention (7 d by default); the long-term Prometheus holds the
+downsampled series (1m, 5m, 1h), which the downsampler records and sends it,
+for up to 90 d. A query is answered by one tier, never stitched from both, so
+no point is counted twice: raw samples from the raw tier, levels from the
+long-term tier.
 """
 
 from __future__ import annotations
