@@ -243,28 +243,46 @@ def prometheus_figures(prom_url: str) -> dict:
 
 class RuleWatch(threading.Thread):
     """Every evaluation of every rule group of each Prometheus while it runs (each group's last one, read
-    every second)."""
+    every second); of each group's slowest, when it was, its slowest rules and how busy the machine's
+    CPUs were in the second it was read (all of them slow at once, and busy: waiting, not work)."""
 
     def __init__(self, prom_urls: list[str]):
         super().__init__(daemon=True, name="rule-watch")
         self.urls = prom_urls
         self.seen: dict[str, dict[str, float]] = {}  # group -> evaluation time -> seconds it took
+        self.slowest: dict[str, dict] = {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        psutil.cpu_percent()
         while not self.stopped.wait(1.0):
+            busy = psutil.cpu_percent()
             for url in self.urls:
                 try:
                     groups = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
                 except (requests.RequestException, KeyError, ValueError):
                     continue  # a slow answer is no evaluation lost: each one stays the last for its interval
                 for g in groups:
-                    if not g["lastEvaluation"].startswith("0001"):
-                        self.seen.setdefault(g["name"], {})[g["lastEvaluation"]] = g["evaluationTime"]
+                    if g["lastEvaluation"].startswith("0001"):
+                        continue
+                    self.seen.setdefault(g["name"], {})[g["lastEvaluation"]] = g["evaluationTime"]
+                    if g["evaluationTime"] > self.slowest.get(g["name"], {}).get("s", -1):
+                        rules = sorted(g["rules"], key=lambda r: -r["evaluationTime"])[:3]
+                        self.slowest[g["name"]] = {
+                            "s": g["evaluationTime"],
+                            "at": g["lastEvaluation"],
+                            "cpu_busy_pct": busy,
+                            "rules": [(r["name"], r.get("labels", {}), round(r["evaluationTime"], 3)) for r in rules],
+                        }
 
     def figures(self) -> dict[str, dict]:
         return {
-            name: {"evaluations": len(t), "max": round(max(t), 3), "median": round(statistics.median(t), 3)}
+            name: {
+                "evaluations": len(t),
+                "max": round(max(t), 3),
+                "median": round(statistics.median(t), 3),
+                "slowest": self.slowest.get(name),
+            }
             for name, t in ((name, list(seen.values())) for name, seen in sorted(self.seen.items()))
         }
 
