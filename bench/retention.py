@@ -46,6 +46,8 @@ def host_series(gpus: int) -> list[tuple[object, str]]:
     }
     out = []
     for m in CATALOG.values():
+        if "jobid" in m.labels:
+            continue  # a host running no Slurm job
         if "pid" in m.labels:
             if "gpu_index" in m.labels and not gpus:
                 continue

@@ -46,7 +46,7 @@ def test_services_reach_each_other_on_loopback_when_bound_to_every_address(tmp_p
 
 def test_compose_publishes_prometheus_and_alertmanager_on_the_docker_hosts_loopback_only():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name in ("prometheus", "prometheus-longterm", "alertmanager"):
+    for name in ("prometheus", "prometheus-downsampler", "prometheus-longterm", "alertmanager"):
         published = [str(p) for p in services[name].get("ports", ())]
         assert all(p.startswith("127.0.0.1:") for p in published), (name, published)
     for name in ("exporter",):
