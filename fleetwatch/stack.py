@@ -234,6 +234,8 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         keep_trailing_newline=True,
     )
     interval_s = seconds(config.scrape_interval)
+    # Beside the raw tier's rule files, not among them: the raw tier must not evaluate it.
+    downsampling_rules = state / "downsampler" / "fleet-downsampling.yml"
     values = {
         "state_dir": str(state),
         "ports": config.ports,
@@ -245,8 +247,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
         "out_of_order_window": config.out_of_order_window,
         "downsampled_series": SERIES_PATTERN,
         "layer_series": layer_pattern(CATALOG),
-        # Beside the raw tier's rule files, not among them: the raw tier must not evaluate it.
-        "downsampling_rules": str(state / "downsampler" / "fleet-downsampling.yml"),
+        "downsampling_rules": str(downsampling_rules),
         "metrics_token_file": str(_metrics_token(state)),
     }
     paths = {
@@ -272,7 +273,7 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
             from_layer=config.backend != "victoriametrics",
         ),
     )
-    paths["downsampling_rules"] = Path(values["downsampling_rules"])
+    paths["downsampling_rules"] = downsampling_rules
     _write_atomic(paths["downsampling_rules"], render_downsampling_rules(CATALOG))
     (state / "rules" / "fleet-downsampling.yml").unlink(missing_ok=True)  # where it lay before the downsampler
     # The local exporter is one more target beside the hosts the gateway will add.

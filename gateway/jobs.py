@@ -175,8 +175,9 @@ class JobMetrics(MethodView):
             return {"job_id": job_id, "resolution": None, "series": {k: [] for k in JOB_SERIES}}
         elapsed = runtime_s(job) or 1
         range_ = next((name for name, span in RANGES.items() if span >= elapsed), "90d")
-        how = plan(current_app.extensions["tiers"], range_, args.get("resolution"))
-        prom = how.of(current_app.extensions["tiers"])
+        tiers = current_app.extensions["tiers"]
+        how = plan(tiers, range_, args.get("resolution"))
+        prom = tiers.of(how.tier)
         start = (
             job.start_at.replace(tzinfo=UTC).timestamp() if job.start_at.tzinfo is None else job.start_at.timestamp()
         )

@@ -79,7 +79,7 @@ def source_for(tiers: Tiers, start: int, end: int, now: int) -> Source:
 def collect(tiers: Tiers, host_ids: list[str] | None, metrics: list[str], start: int, end: int, now: int):
     """Every number of the report for ``host_ids`` (None: every host Prometheus has) over (start, end]."""
     source = source_for(tiers, start, end, now)
-    prom = tiers.raw if source.tier == "raw" else tiers.longterm
+    prom = tiers.of(source.tier)
     window = f"{(end - start) * 1000 - 1}ms"  # range selectors are closed: (start, end], no sample twice
     regex = {"host_id": host_ids} if host_ids is not None else None
 

@@ -71,6 +71,14 @@ class Tiers:
             duration_s(config["LONGTERM_RETENTION"]),
         )
 
+    def of(self, tier: str) -> Prometheus:
+        """The server of ``tier`` ("raw" or "longterm")."""
+        return self.longterm if tier == "longterm" else self.raw
+
+    def step_s(self, resolution: str) -> int:
+        """Seconds between the points of ``resolution``: the scrape interval for raw samples."""
+        return self.raw_step_s if resolution == "raw" else LEVEL_S[resolution]
+
 
 class Plan(NamedTuple):
     """Where and how a range is read."""
@@ -78,9 +86,6 @@ class Plan(NamedTuple):
     resolution: str  # "raw", "1m", "5m", "1h"
     step_s: int  # seconds between returned points
     tier: str  # "raw" or "longterm"
-
-    def of(self, tiers: Tiers) -> Prometheus:
-        return tiers.longterm if self.tier == "longterm" else tiers.raw
 
 
 class Answer(NamedTuple):
@@ -97,7 +102,7 @@ def plan(tiers: Tiers, range_: str, resolution: str | None = None) -> Plan:
     """
     span_s = RANGES[range_]
     chosen = resolution or next((res for upto, res in AUTO if span_s <= upto), "1h")
-    step_s = tiers.raw_step_s if chosen == "raw" else LEVEL_S[chosen]
+    step_s = tiers.step_s(chosen)
     if resolution is None and chosen == "raw":
         step_s = max(step_s, math.ceil(span_s / MAX_POINTS))  # a 1 s scrape interval over 6 h
     tier = "raw" if chosen == "raw" or tiers.longterm is None else "longterm"
@@ -124,11 +129,7 @@ def _kept_s(tiers: Tiers, resolution: str) -> float:
 
 
 def _kept_for(tiers: Tiers, span_s: int) -> list[str]:
-    return [
-        res
-        for res in RESOLUTIONS
-        if span_s <= _kept_s(tiers, res) and span_s / (tiers.raw_step_s if res == "raw" else LEVEL_S[res]) <= MAX_POINTS
-    ]
+    return [res for res in RESOLUTIONS if span_s <= _kept_s(tiers, res) and span_s / tiers.step_s(res) <= MAX_POINTS]
 
 
 def label_of(step_s: int) -> str:
@@ -173,7 +174,7 @@ def fetch_series(
     # timestamps stable from one call to the next; the end stays "now" for the newest point.
     end = time.time()
     start = -(-(end - RANGES[range_]) // how.step_s) * how.step_s
-    result = how.of(tiers).query_range(expr, start, end, how.step_s)
+    result = tiers.of(how.tier).query_range(expr, start, end, how.step_s)
     series = [
         {"labels": {k: v for k, v in s["metric"].items() if k in entry.labels}, "datapoints": points(s["values"])}
         for s in result

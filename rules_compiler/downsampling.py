@@ -60,16 +60,15 @@ def layer_pattern(catalog: dict[str, CatalogMetric]) -> str:
     return "|".join(sorted(m.record for m in catalog.values()))
 
 
-def render_downsampling_rules(catalog: dict[str, CatalogMetric], delay: str = DELAY) -> str:
-    """One group per level, evaluated every ``level``, each rule over the normalised series ``delay`` ago."""
+def render_downsampling_rules(catalog: dict[str, CatalogMetric]) -> str:
+    """One group per level, evaluated every ``level``, each rule over the normalised series DELAY ago."""
     groups = []
-    shift = f" offset {delay}" if delay else ""
     for level in LEVELS:
         # Prometheus 2.42's range selectors are closed at both ends: one millisecond
         # short of the level, consecutive windows (t - level, t] share no sample.
         window = f"{level.seconds * 1000 - 1}ms"
         rules = [
-            {"record": record_name(m, agg, level.name), "expr": f"{agg}_over_time({m.record}[{window}]{shift})"}
+            {"record": record_name(m, agg, level.name), "expr": f"{agg}_over_time({m.record}[{window}] offset {DELAY})"}
             for m in sorted(catalog.values(), key=lambda m: m.name)
             for agg in aggregations_for(m)
         ]
