@@ -25,7 +25,7 @@ from gateway.db import Host, HostStatusSeen, db
 from gateway.discovery import discovered_from, discovery_queries, heartbeat
 from gateway.gpu_health import problems_query, reasons_by_host
 from gateway.promql import selector
-from rules_compiler.recording import CRIT_PCT, HELD_FOR, HOST_SUMMARY, JUDGED
+from rules_compiler.recording import CRIT_PCT, HELD, HELD_FOR, HOST_SUMMARY, JUDGED, SUMMARY
 
 WARN_PCT = 70.0
 HEARTBEAT_LOST_S = 120
@@ -50,15 +50,11 @@ def state_queries(
         return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
 
     beat, beat_matchers = heartbeat()
-    now = (
-        sel("fleet:host_summary")
-        if summary
-        else f"{selector('fleet:host_summary', regex={'summary': list(JUDGED)})} >= {WARN_PCT:g}"
-    )
+    now = sel(SUMMARY) if summary else f"{selector(SUMMARY, regex={'summary': list(JUDGED)})} >= {WARN_PCT:g}"
     return [
         now,
         # Only the hosts held above the crit line: usually none, instead of every host's minimum.
-        f"{sel('fleet:host_summary_held')} > {CRIT_PCT:g}",
+        f"{sel(HELD)} > {CRIT_PCT:g}",
         f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
         problems_query(sel),  # only sick or degraded GPUs: usually none
         *([_look_back(down)] if down else []),
