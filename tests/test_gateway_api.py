@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -96,6 +97,18 @@ def test_host_list_as_the_spec_shows(client, viewer, local_host):
     assert host["metrics_summary"]["gpu_pct"] is None  # no GPU here: null, not 0
     assert host["status"] in ("ok", "warn", "crit") and host["last_seen_at"].endswith("Z")
     assert all(h["tags"].get("role") == "web" and h["tags"].get("zone") == "us-west" for h in body["hosts"])
+
+
+def test_the_host_summary_is_the_layer_of_the_same_evaluation(local_host, prom):
+    """The summary's rules follow the layer's in one group: the list's cpu_pct is the layer's value of that
+    evaluation, not of the one before (a group of its own ran at an offset hashed from its file's path)."""
+    host = f'host_id="{local_host}"'
+    summary, layer = f'fleet:host_summary{{{host},summary="cpu_pct"}}', f"fleet:cpu_utilization{{{host}}}"
+    # 3 s back: each rule commits on its own, and an instant between two commits would see two rounds.
+    wait_until(lambda: prom.query(summary, time.time() - 3), 30, "a summary recorded 3 s ago")
+    at = time.time() - 3
+    assert prom.query(f"timestamp({summary})", at)[0]["value"] == prom.query(f"timestamp({layer})", at)[0]["value"]
+    assert prom.query(summary, at)[0]["value"] == prom.query(layer, at)[0]["value"]
 
 
 def test_host_without_exporter_is_crit_never_seen(client, admin, viewer):
