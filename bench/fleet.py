@@ -46,7 +46,6 @@ and the gateway installs the starter alert rules itself), then:
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import random
 import re
@@ -56,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -67,11 +67,12 @@ from fleetwatch.testing.api import ADMIN, api_session
 from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
+from gateway.alert_events import go_time
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from rules_compiler.alerts import GROUP as ALERT_GROUP
 from rules_compiler.downsampling import DELAY
 from rules_compiler.recording import GROUP as LAYER_GROUP
-from rules_compiler.recording import SUMMARY_RECORDS
+from rules_compiler.recording import HELD, SUMMARY, SUMMARY_RECORDS
 
 INTERVAL_S = 15
 SPREAD_S = 12.0  # a round's requests go out over this much of the interval, as spread scrapes land
@@ -279,14 +280,15 @@ class RuleWatch(threading.Thread):
                 except (requests.RequestException, KeyError, ValueError):
                     continue  # a slow answer is no evaluation lost: each one stays the last for its interval
                 for g in groups:
-                    if g["lastEvaluation"].startswith("0001"):
-                        continue
+                    last = go_time(g["lastEvaluation"])
+                    if last is None:
+                        continue  # not evaluated yet
                     self._saw(g["name"], g["lastEvaluation"], g["evaluationTime"], g["rules"], busy)
                     # The summary's rules follow the layer's in its group: their own share of the group's
                     # last evaluation, unless one of them is already in the next (its start past the end).
                     summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
-                    end = _seconds(g["lastEvaluation"]) + g["evaluationTime"]
-                    if summary and all(_seconds(r["lastEvaluation"]) <= end for r in summary):
+                    ended = last + timedelta(seconds=g["evaluationTime"])
+                    if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):
                         seconds = sum(r["evaluationTime"] for r in summary)
                         self._saw(SUMMARY_PART, g["lastEvaluation"], seconds, summary, busy)
 
@@ -311,12 +313,6 @@ class RuleWatch(threading.Thread):
             }
             for name, t in ((name, list(seen.values())) for name, seen in sorted(self.seen.items()))
         }
-
-
-def _seconds(rfc3339: str) -> float:
-    """Prometheus's nanosecond RFC 3339 time (its fraction's trailing zeros trimmed) as Unix seconds."""
-    whole, _, fraction = rfc3339.removesuffix("Z").partition(".")
-    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
 
 
 def downsampled_windows(downsampler_url: str, seconds_: float) -> dict[str, int]:
@@ -457,9 +453,9 @@ def main() -> int:
             # Six rounds: rate()'s 60 s window full (fewer samples read as a lower rate), and a minute held.
             lambda: (
                 len(feeder.rounds) >= 6
-                and prom.query('count(fleet:host_summary_held{summary="cpu_pct"} > 90)')
-                and int(prom.query('count(fleet:host_summary_held{summary="cpu_pct"} > 90)')[0]["value"][1]) == hot
-                and int(prom.query('count(fleet:host_summary{summary="cpu_pct"})')[0]["value"][1]) == speaking
+                and prom.query(f'count({HELD}{{summary="cpu_pct"}} > 90)')
+                and int(prom.query(f'count({HELD}{{summary="cpu_pct"}} > 90)')[0]["value"][1]) == hot
+                and int(prom.query(f'count({SUMMARY}{{summary="cpu_pct"}})')[0]["value"][1]) == speaking
             ),
             600,
             "every speaking host summarised and every hot one held above 90 %",

@@ -52,7 +52,7 @@ from fleetwatch.testing.api import api_session
 from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.waits import wait_until
 from gateway.app import DEFAULTS
-from rules_compiler.recording import HOST_SUMMARY
+from rules_compiler.recording import HOST_SUMMARY, SUMMARY
 
 STEP_S = 5
 SUMMARY_SERIES = {
@@ -90,7 +90,7 @@ def write_history(path: Path, hosts: int, now: float) -> int:
                     samples += 1
         # What the stack's summary rules record (rules_compiler/recording.py) for hosts without GPUs;
         # no fleet:host_summary_held: it is recorded only for hosts held above 90 %, and these stay below 70.
-        for series, fields in (("fleet:host_summary", [f for f in HOST_SUMMARY if f != "gpu_pct"]),):
+        for series, fields in ((SUMMARY, [f for f in HOST_SUMMARY if f != "gpu_pct"]),):
             f.write(f"# TYPE {series} gauge\n")
             for i in range(hosts):
                 for field in fields:

@@ -179,8 +179,8 @@ def open_events(query) -> list[AlertEvent]:
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
-def _time(text: str | None) -> datetime | None:
-    """Alertmanager's RFC 3339 with nanoseconds; its zero time means "not set"."""
+def go_time(text: str | None) -> datetime | None:
+    """Go's RFC 3339 with nanoseconds (Alertmanager's, Prometheus's); its zero time means "not set"."""
     if not text or text.startswith("0001-"):
         return None
     return datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00")).astimezone(UTC)
@@ -196,7 +196,7 @@ def _value(text) -> float | None:
 def _record(alert: dict) -> AlertEvent | None:
     """The event of one alert of Alertmanager's (webhook or v2 API shape), made or brought up to date."""
     labels = alert.get("labels") or {}
-    started = _time(alert.get("startsAt"))
+    started = go_time(alert.get("startsAt"))
     fingerprint = str(alert.get("fingerprint", ""))[:32]
     if started is None or not fingerprint or "rule_id" not in labels:
         return None  # not one of ours
@@ -223,7 +223,7 @@ def _record(alert: dict) -> AlertEvent | None:
     if new:
         event_log.alert_changed(event)
     if alert.get("status") == "resolved" and event.state != "resolved":
-        resolve(event, _time(alert.get("endsAt")) or utcnow())
+        resolve(event, go_time(alert.get("endsAt")) or utcnow())
     return event
 
 
