@@ -3,9 +3,9 @@
 Every catalog series ``fleet:<name>`` gets, at each level (1m, 5m, 1h),
 ``fleet:<name>:<agg><level>`` in a rule group evaluated every ``level``:
 ``avg`` for charts, ``max`` for peaks (capacity reports, "was it ever
-saturated"), ``count`` for the samples behind each point (so coarser sums and
-weekly averages can be weighted, and gaps in coverage show), and ``min`` only
-where a low value is the bad one. These series, and only these, are
+saturated"), ``min`` only where a low value is the bad one, and ``count``
+(the samples behind each point: a host's coverage, gaps show) only for
+``cpu.utilization``, one series per host. These series, and only these, are
 remote-written to the long-term Prometheus.
 
 Each window ends ``DELAY`` before the evaluation: the rules run in the
@@ -31,9 +31,13 @@ class Level(NamedTuple):
 
 
 LEVELS = (Level("1m", 60), Level("5m", 300), Level("1h", 3600))
-AGGREGATIONS = ("avg", "max", "count")
+AGGREGATIONS = ("avg", "max")
 # A host running out of memory shows in the low points of what is left, not in its average.
 MIN_FOR = frozenset({"mem.available_mb"})
+# A host's coverage: one count per host says where its samples are missing. A count of every
+# series was a third of the levels (660,000 series a level at 10,000 hosts) that nothing read,
+# recorded by the downsampler and ingested by the long-term tier at every evaluation.
+COUNT_FOR = frozenset({"cpu.utilization"})
 # What the long-term tier receives: the recorded names, nothing else (prometheus.yml.j2 relabels on it).
 SERIES_PATTERN = r"fleet:[a-z0-9_]+:(avg|min|max|count)(1m|5m|1h)"
 _SERIES = re.compile(SERIES_PATTERN)
@@ -52,7 +56,11 @@ def is_downsampled(name: str) -> bool:
 
 
 def aggregations_for(metric: CatalogMetric) -> tuple[str, ...]:
-    return AGGREGATIONS + (("min",) if metric.name in MIN_FOR else ())
+    return (
+        AGGREGATIONS
+        + (("min",) if metric.name in MIN_FOR else ())
+        + (("count",) if metric.name in COUNT_FOR else ())
+    )
 
 
 def layer_pattern(catalog: dict[str, CatalogMetric]) -> str:
