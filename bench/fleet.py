@@ -318,10 +318,11 @@ class RuleWatch(threading.Thread):
 def downsampled_windows(downsampler_url: str, seconds_: float) -> dict[str, int]:
     """How many 1-minute windows of CPU the downsampler recorded over the last ``seconds_``, and how many layer
     samples they lack: each should count 60 / INTERVAL_S (evaluations are exactly that far apart)."""
-    window = f"{int(seconds_)}s"
+    window, at = f"{int(seconds_)}s", time.time()
     prom = PromClient(downsampler_url)
-    windows = prom.query(f"sum(count_over_time(fleet:cpu_utilization:count1m[{window}]))")
-    counted = prom.query(f"sum(sum_over_time(fleet:cpu_utilization:count1m[{window}]))")
+    # Both at one instant: an evaluation of the level between two "now"s counted its samples, not its windows.
+    windows = prom.query(f"sum(count_over_time(fleet:cpu_utilization:count1m[{window}]))", at)
+    counted = prom.query(f"sum(sum_over_time(fleet:cpu_utilization:count1m[{window}]))", at)
     n = int(float(windows[0]["value"][1])) if windows else 0
     return {"windows": n, "missing": n * 60 // INTERVAL_S - (int(float(counted[0]["value"][1])) if counted else 0)}
 

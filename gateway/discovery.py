@@ -5,9 +5,10 @@ fleetwatch job (targets of any file_sd file, the gateway's or one written by
 hand), or, adopting a Prometheus whose exporters carry no host_id
 (HOST_ID_FROM), ``fleet_src:up`` with the host_id the recording rules derive
 (rules_compiler/host_ids.py); those without a ``fleet_host_info`` are recorded
-as ``fleet:host_discovered`` at each evaluation of the summary rules. A GPU is known from the catalog's
-``fleet:gpu_utilization``. Nothing is stored: such a host is in the list while
-Prometheus scrapes it, and an admin adds it to the inventory to tag it.
+as ``fleet:host_discovered`` by a rule group of their own (every minute at 15 s
+scrapes). A GPU is known from the catalog's ``fleet:gpu_utilization``. Nothing
+is stored: such a host is in the list while Prometheus scrapes it, and an admin
+adds it to the inventory to tag it.
 """
 
 from __future__ import annotations

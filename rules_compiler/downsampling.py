@@ -57,9 +57,7 @@ def is_downsampled(name: str) -> bool:
 
 def aggregations_for(metric: CatalogMetric) -> tuple[str, ...]:
     return (
-        AGGREGATIONS
-        + (("min",) if metric.name in MIN_FOR else ())
-        + (("count",) if metric.name in COUNT_FOR else ())
+        AGGREGATIONS + (("min",) if metric.name in MIN_FOR else ()) + (("count",) if metric.name in COUNT_FOR else ())
     )
 
 
