@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -55,7 +56,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -260,20 +261,41 @@ def prometheus_figures(prom_url: str) -> dict:
 
 class RuleWatch(threading.Thread):
     """Every evaluation of every rule group of each Prometheus while it runs (each group's last one, read
-    every second); of each group's slowest, when it was, its slowest rules and how busy the machine's
-    CPUs were in the second it was read (all of them slow at once, and busy: waiting, not work)."""
+    every second); of each group's slowest, when it was, its slowest rules, how busy the machine's
+    CPUs were in the second it was read (all of them slow at once, and busy: waiting, not work), and
+    which processes kept them busy while it ran (``pids``, in cores; "other": the rest of the machine)."""
 
-    def __init__(self, prom_urls: list[str]):
+    def __init__(self, prom_urls: list[str], pids: dict[str, int]):
         super().__init__(daemon=True, name="rule-watch")
-        self.urls = prom_urls
+        self.urls, self.pids = prom_urls, pids
         self.seen: dict[str, dict[str, float]] = {}  # group -> evaluation time -> seconds it took
         self.slowest: dict[str, dict] = {}
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (wall time, CPU seconds so far by process)
         self.stopped = threading.Event()
+
+    def _sample(self) -> None:
+        machine = psutil.cpu_times()
+        used = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        used["machine"] = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
+        self.samples.append((time.time(), used))
+
+    def cores_during(self, start: float, end: float) -> dict[str, float]:
+        """Cores each process used from the last sample at or before ``start`` to the first at or after ``end``."""
+        before = next((s for s in reversed(self.samples) if s[0] <= start), self.samples[0])
+        after = next((s for s in self.samples if s[0] >= end), self.samples[-1])
+        span = after[0] - before[0]
+        if span <= 0:
+            return {}
+        cores = {name: (after[1][name] - before[1][name]) / span for name in after[1]}
+        cores["other"] = cores.pop("machine") - sum(cores.values())
+        return {name: round(c, 2) for name, c in cores.items()}
 
     def run(self) -> None:
         psutil.cpu_percent()
+        self._sample()
         while not self.stopped.wait(1.0):
             busy = psutil.cpu_percent()
+            self._sample()
             for url in self.urls:
                 try:
                     groups = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
@@ -283,16 +305,17 @@ class RuleWatch(threading.Thread):
                     last = go_time(g["lastEvaluation"])
                     if last is None:
                         continue  # not evaluated yet
-                    self._saw(g["name"], g["lastEvaluation"], g["evaluationTime"], g["rules"], busy)
+                    self._saw(g["name"], g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
                     # The summary's rules follow the layer's in its group: their own share of the group's
                     # last evaluation, unless one of them is already in the next (its start past the end).
                     summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
                     ended = last + timedelta(seconds=g["evaluationTime"])
                     if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):
                         seconds = sum(r["evaluationTime"] for r in summary)
-                        self._saw(SUMMARY_PART, g["lastEvaluation"], seconds, summary, busy)
+                        began = min(go_time(r["lastEvaluation"]) or last for r in summary)
+                        self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, summary, busy)
 
-    def _saw(self, name: str, at: str, seconds: float, rules: list[dict], busy: float) -> None:
+    def _saw(self, name: str, at: str, began: datetime, seconds: float, rules: list[dict], busy: float) -> None:
         self.seen.setdefault(name, {})[at] = seconds
         if seconds > self.slowest.get(name, {}).get("s", -1):
             slow = sorted(rules, key=lambda r: -r["evaluationTime"])[:3]
@@ -300,6 +323,7 @@ class RuleWatch(threading.Thread):
                 "s": seconds,
                 "at": at,
                 "cpu_busy_pct": busy,
+                "cores_by_process": self.cores_during(began.timestamp(), began.timestamp() + seconds),
                 "rules": [(r["name"], r.get("labels", {}), round(r["evaluationTime"], 3)) for r in slow],
             }
 
@@ -483,7 +507,8 @@ def main() -> int:
         proms = {name: f"http://127.0.0.1:{getattr(config.ports, name)}" for name in PROMETHEUSES}
         before = {name: prometheus_figures(u) for name, u in proms.items()}
         wall, gateway_cpu, bench_cpu = time.monotonic(), cpu_s(gateway_pid), time.process_time()
-        rules = RuleWatch([proms["prometheus"], proms["downsampler"]])
+        pids = {name: services[name].process.pid for name in (*PROMETHEUSES, "alertmanager", "gateway")}
+        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], {**pids, "bench": os.getpid()})
         rules.start()
         for n in range(args.requests):
             time.sleep(max(0.0, wall + 2 * n / args.rate - time.monotonic()))
@@ -564,6 +589,9 @@ def main() -> int:
             f"rule group {name:<34} {seen['evaluations']:>3} evaluations: median {seen['median']:.3f} s, "
             f"max {seen['max']:.3f} s, {missed} iterations missed"
         )
+        if seen["slowest"] and seen["slowest"]["cores_by_process"]:
+            busy = sorted(seen["slowest"]["cores_by_process"].items(), key=lambda kv: -kv[1])
+            print(f"    while its slowest ran, cores: {', '.join(f'{k} {v:.2f}' for k, v in busy)}")
     print(
         f"while measuring ({f['measured_s']} s at {args.rate:g} requests/s): "
         f"Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
