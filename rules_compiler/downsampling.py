@@ -35,7 +35,7 @@ AGGREGATIONS = ("avg", "max")
 # A host running out of memory shows in the low points of what is left, not in its average.
 MIN_FOR = frozenset({"mem.available_mb"})
 # A host's coverage: one count per host says where its samples are missing. A count of every
-# series was a third of the levels (660,000 series a level at 10,000 hosts) that nothing read,
+# series was a third of the levels (690,000 series at 10,000 hosts, 230,000 a level) that nothing read,
 # recorded by the downsampler and ingested by the long-term tier at every evaluation.
 COUNT_FOR = frozenset({"cpu.utilization"})
 # What the long-term tier receives: the recorded names, nothing else (prometheus.yml.j2 relabels on it).
