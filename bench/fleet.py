@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
@@ -263,7 +262,8 @@ class RuleWatch(threading.Thread):
     """Every evaluation of every rule group of each Prometheus while it runs (each group's last one, read
     every second); of each group's slowest, when it was, its slowest rules, how busy the machine's
     CPUs were in the second it was read (all of them slow at once, and busy: waiting, not work), and
-    which processes kept them busy while it ran (``pids``, in cores; "other": the rest of the machine)."""
+    which processes kept them busy while it ran (``pids`` and the bench, in cores; "other": the rest of
+    the machine). An evaluation that ended before the watch began has no such figures."""
 
     def __init__(self, prom_urls: list[str], pids: dict[str, int]):
         super().__init__(daemon=True, name="rule-watch")
@@ -276,6 +276,7 @@ class RuleWatch(threading.Thread):
     def _sample(self) -> None:
         machine = psutil.cpu_times()
         used = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        used["bench"] = time.process_time()  # its own threads only: the stack's processes are its children
         used["machine"] = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
         self.samples.append((time.time(), used))
 
@@ -508,7 +509,7 @@ def main() -> int:
         before = {name: prometheus_figures(u) for name, u in proms.items()}
         wall, gateway_cpu, bench_cpu = time.monotonic(), cpu_s(gateway_pid), time.process_time()
         pids = {name: services[name].process.pid for name in (*PROMETHEUSES, "alertmanager", "gateway")}
-        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], {**pids, "bench": os.getpid()})
+        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], pids)
         rules.start()
         for n in range(args.requests):
             time.sleep(max(0.0, wall + 2 * n / args.rate - time.monotonic()))
