@@ -29,7 +29,8 @@ and the gateway installs the starter alert rules itself), then:
    starve the Prometheus it measures), the rule groups' evaluation times (every
    evaluation meanwhile, from /api/v1/rules of the raw tier and the downsampler:
    the largest, and the median; the host summary's is the sum of its rules' times
-   in each evaluation of the group it shares with the layer) and missed iterations, whether every 1-minute
+   in each evaluation of the group it shares with the layer; for each group's slowest, the cores each
+   process used while it ran) and missed iterations, whether every 1-minute
    window of the downsampler counted every layer sample (one that reached it
    later than the windows' DELAY would be missing), the CPU each Prometheus and
    the gateway used meanwhile, the bytes each Prometheus allocated and its garbage
