@@ -82,7 +82,7 @@ GOAL_LIST_MS = 200.0
 GOAL_RULES_S = 1.0
 PROMETHEUSES = ("prometheus", "downsampler", "longterm")  # the raw tier first
 SUMMARY_PART = f"{LAYER_GROUP}: host summary"  # the summary rules' share of each evaluation of their group
-# The first evaluation of each level creates its series (two million at 10,000 hosts) in the
+# The first evaluation of each level creates its series (1.4 million at 10,000 hosts) in the
 # downsampler and the long-term tier, seconds of both cores once after a start: measured after it,
 # and with --settle 0 as a start-up figure (docs/benchmarks.md).
 SETTLE_S = 330.0

@@ -1,10 +1,10 @@
 """Recording rules from the catalog (pure: objects in, text out).
 
-One group: the normalisation layer (every catalog metric as ``fleet:<name>``),
-then the per-host summary the host list shows and judges status by, computed
-at each evaluation rather than at each request. A second group, every
-DISCOVERY_EVERY evaluations, records the hosts Prometheus scrapes that the
-inventory lacks.
+Two groups. GROUP: the normalisation layer (every catalog metric as
+``fleet:<name>``), then the per-host summary the host list shows and judges
+status by, computed at each evaluation rather than at each request.
+DISCOVERY_GROUP, every DISCOVERY_EVERY of its intervals: the hosts Prometheus
+scrapes that the inventory lacks.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def render_normalisation_rules(
     host_id_from: str = "",
     from_layer: bool = True,
 ) -> str:
-    """The group, evaluated every ``interval`` (the scrape interval, so the layer keeps raw resolution).
+    """Both groups: GROUP evaluated every ``interval`` (the scrape interval, so the layer keeps raw
+    resolution), DISCOVERY_GROUP every DISCOVERY_EVERY intervals.
 
     ``host_id_from`` (``instance`` or ``nodename``): the exporters' series come without
     host_id, and the layer reads copies with one derived (rules_compiler/host_ids.py).
@@ -79,11 +80,11 @@ def render_normalisation_rules(
         "record": DISCOVERED,
         "expr": f'group by (host_id, instance) ({beat} unless on(host_id) fleet_host_info{{host_id!=""}})',
     }
+    every = f"{DISCOVERY_EVERY * promql_seconds(interval):g}s"
     # The summary follows the layer in its group, not in a group of its own: a group of its own ran at
     # an offset Prometheus derives from the file's path, so on some installs it ran while the layer's
     # per-CPU rate (80,000 series at 10,000 hosts) held the CPUs, and took seconds (bench/fleet.py,
     # docs/benchmarks.md). After the layer it never does, and it reads this evaluation's layer, not the last.
-    every = f"{DISCOVERY_EVERY * promql_seconds(interval):g}s"
     doc = {
         "groups": [
             {"name": GROUP, "interval": interval, "rules": rules + summary},
