@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetwatch.stack import wait_http
+from fleetwatch.stack import Ports, wait_http
 from fleetwatch.testing.waits import free_port
 
 pytestmark = pytest.mark.integration
@@ -228,22 +228,23 @@ def _cgroup_seconds(cluster, jobid: str) -> float:
 
 
 def _free_base_port() -> int:
-    """N such that N..N+4 are free on loopback: `fleetwatch up --base-port N` takes five."""
+    """N such that every port `fleetwatch up --base-port N` takes (Ports.from_base: N..N+7) is free on loopback."""
     import socket
 
+    taken = len(Ports._fields)
     for _ in range(50):
         base = free_port()
-        if base + 4 > 65531:
+        if base + taken - 1 > 65535:
             continue
         with contextlib.ExitStack() as held:
             try:
-                for port in range(base, base + 5):
+                for port in Ports.from_base(base):
                     s = held.enter_context(socket.socket())
                     s.bind(("127.0.0.1", port))
             except OSError:
                 continue
         return base
-    raise AssertionError("no five free consecutive ports")
+    raise AssertionError(f"no {taken} free consecutive ports")
 
 
 def _fleetwatch_up(tmp_path, env: dict, *flags: str) -> tuple[list[str], str]:
