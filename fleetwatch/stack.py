@@ -164,6 +164,20 @@ def _child_setup(nice: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if nice:
         os.nice(nice)
+        _lower_autogroup(nice)
+
+
+def _lower_autogroup(nice: int) -> None:
+    # Each service starts a session of its own, and where the kernel groups tasks by session
+    # (sched_autogroup, on by default in Debian's and most distributions' kernels) a task's
+    # nice weighs only against its own session: the session competes with the others at
+    # nice 0, so os.nice alone leaves the batch service an equal share of a contended core.
+    # Raising the session's nice is allowed unprivileged; a kernel without autogroups has no file.
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(nice))
+    except OSError:
+        pass
 
 
 def find_binary(*names: str) -> str:

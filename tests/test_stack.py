@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
+from fleetwatch.stack import DOWNSAMPLER_NICE, Service
 from fleetwatch.testing.compat import compat_file
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
@@ -210,6 +214,31 @@ def test_the_downsampler_yields_the_cpu_to_the_raw_tier(stack):
     downsampler = next(s for s in stack.services if s.name == "downsampler")
     raw = next(s for s in stack.services if s.name == "prometheus")
     assert psutil.Process(downsampler.process.pid).nice() == psutil.Process(raw.process.pid).nice() + 10
+    autogroup = Path(f"/proc/{downsampler.process.pid}/autogroup")
+    if autogroup.exists():  # a kernel built with autogroups: its session's share is lowered too
+        assert autogroup.read_text().split()[-1] == "10"
+
+
+def test_a_niced_service_yields_a_shared_core_to_the_others(tmp_path):
+    # Every service starts a session of its own; where the kernel groups CPU shares by session
+    # (autogroup), a nice that only the process carries changes nothing between services.
+    cpu = min(os.sched_getaffinity(0))
+    spin = (
+        f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+        "end = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
+    )
+    services = [
+        Service(name, [sys.executable, "-c", spin], "", tmp_path / f"{name}.log", nice=nice)
+        for name, nice in (("raw", 0), ("batch", DOWNSAMPLER_NICE))
+    ]
+    for service in services:
+        service.start()
+    cpu_seconds = {}
+    for service in services:
+        _, _, usage = os.wait4(service.process.pid, 0)
+        cpu_seconds[service.name] = usage.ru_utime + usage.ru_stime
+    # Nice 10 weighs 110 against nice 0's 1024: about a tenth of the core; equal shares without it.
+    assert cpu_seconds["batch"] < cpu_seconds["raw"] / 3, cpu_seconds
 
 
 def test_prometheus_gogc_is_a_flag_of_up_within_bounds(tmp_path, capsys):
