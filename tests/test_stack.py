@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from fleetwatch.stack import DOWNSAMPLER_NICE, Service
+from fleetwatch.stack import BATCH_NICE, Service
 from fleetwatch.testing.compat import compat_file
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port
@@ -210,13 +210,14 @@ def test_the_raw_tier_prometheus_runs_with_the_stacks_gogc(stack):
     assert info["GOGC"] == "200"
 
 
-def test_the_downsampler_yields_the_cpu_to_the_raw_tier(stack):
-    downsampler = next(s for s in stack.services if s.name == "downsampler")
+@pytest.mark.parametrize("batch", ["downsampler", "longterm"])
+def test_the_batch_tiers_yield_the_cpu_to_the_raw_tier(stack, batch):
+    service = next(s for s in stack.services if s.name == batch)
     raw = next(s for s in stack.services if s.name == "prometheus")
-    assert psutil.Process(downsampler.process.pid).nice() == psutil.Process(raw.process.pid).nice() + 10
-    autogroup = Path(f"/proc/{downsampler.process.pid}/autogroup")
+    assert psutil.Process(service.process.pid).nice() == psutil.Process(raw.process.pid).nice() + BATCH_NICE
+    autogroup = Path(f"/proc/{service.process.pid}/autogroup")
     if autogroup.exists():  # a kernel built with autogroups: its session's share is lowered too
-        assert autogroup.read_text().split()[-1] == "10"
+        assert autogroup.read_text().split()[-1] == str(BATCH_NICE)
 
 
 def test_a_niced_service_yields_a_shared_core_to_the_others(tmp_path):
@@ -229,7 +230,7 @@ def test_a_niced_service_yields_a_shared_core_to_the_others(tmp_path):
     )
     services = [
         Service(name, [sys.executable, "-c", spin], "", tmp_path / f"{name}.log", nice=nice)
-        for name, nice in (("raw", 0), ("batch", DOWNSAMPLER_NICE))
+        for name, nice in (("raw", 0), ("batch", BATCH_NICE))
     ]
     for service in services:
         service.start()
