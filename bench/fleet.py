@@ -80,6 +80,7 @@ SPREAD_S = 12.0  # a round's requests go out over this much of the interval, as 
 CPUS = 4
 GOAL_LIST_MS = 200.0
 GOAL_RULES_S = 1.0
+RELOGIN_S = 600.0  # well inside the gateway's 15-minute access tokens
 PROMETHEUSES = ("prometheus", "downsampler", "longterm")  # the raw tier first
 SUMMARY_PART = f"{LAYER_GROUP}: host summary"  # the summary rules' share of each evaluation of their group
 # The first evaluation of each level creates its series (1.4 million at 10,000 hosts) in the
@@ -496,6 +497,9 @@ def main() -> int:
         print(f"warmed up after {len(feeder.rounds)} rounds (the last spent {feeder.busy[-1]:.1f} s sending)")
 
         time.sleep(args.settle)
+        # An access token lives 15 minutes (ACCESS_TOKEN_TTL): the console a user keeps open refreshes
+        # its own; the bench logs in anew after settling and every RELOGIN_S (I4's long run got 401s).
+        api, logged_in = api_session(url), time.monotonic()
         listed = all_statuses(api, url)
         wrong = [
             (h, expected_status(k), listed.get(h, {}).get("status"), listed.get(h, {}).get("status_reasons"))
@@ -519,6 +523,8 @@ def main() -> int:
         rules.start()
         for n in range(args.requests):
             time.sleep(max(0.0, wall + 2 * n / args.rate - time.monotonic()))
+            if time.monotonic() - logged_in > RELOGIN_S:
+                api, logged_in = api_session(url), time.monotonic()
             offset = rng.randrange(0, max(1, args.hosts // 50)) * 50
             took, page = timed_get(api, f"{url}/api/v1/hosts", {"limit": 50, "offset": offset})
             list_ms.append(took)
