@@ -333,9 +333,20 @@ class RuleWatch(threading.Thread):
     def figures(self) -> dict[str, dict]:
         # Cores are counted at the end, not when the evaluation is seen: the sample after its end is
         # often not taken yet then (H3's slowest summary had none).
-        for slow in self.slowest.values():
+        ran = {name: [(go_time(at).timestamp(), t) for at, t in seen.items()] for name, seen in self.seen.items()}
+        one_group = {LAYER_GROUP, SUMMARY_PART}  # the summary follows the layer in their group: never at once
+        for name, slow in self.slowest.items():
             if "span" in slow:
-                slow["cores_by_process"] = self.cores_during(*slow.pop("span"))
+                start, end = slow.pop("span")
+                slow["cores_by_process"] = self.cores_during(start, end)
+                # Which other groups evaluated while it ran, each evaluation's seconds: what it may have waited for.
+                slow["overlapping"] = sorted(
+                    (other, round(t, 3))
+                    for other, evaluations in ran.items()
+                    if other != name and not {name, other} <= one_group
+                    for began, t in evaluations
+                    if began < end and began + t > start
+                )
         return {
             name: {
                 "evaluations": len(t),
@@ -605,6 +616,8 @@ def main() -> int:
         if seen["slowest"] and seen["slowest"]["cores_by_process"]:
             busy = sorted(seen["slowest"]["cores_by_process"].items(), key=lambda kv: -kv[1])
             print(f"    while its slowest ran, cores: {', '.join(f'{k} {v:.2f}' for k, v in busy)}")
+        if seen["slowest"] and seen["slowest"].get("overlapping"):
+            print(f"    and evaluating: {', '.join(f'{g} {t:.2f} s' for g, t in seen['slowest']['overlapping'])}")
     print(
         f"while measuring ({f['measured_s']} s at {args.rate:g} requests/s): "
         f"Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
