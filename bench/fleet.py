@@ -270,7 +270,8 @@ class RuleWatch(threading.Thread):
     def __init__(self, prom_urls: list[str], pids: dict[str, int]):
         super().__init__(daemon=True, name="rule-watch")
         self.urls, self.pids = prom_urls, pids
-        self.seen: dict[str, dict[str, float]] = {}  # group -> evaluation time -> seconds it took
+        # group -> its lastEvaluation -> (when it began, wall seconds; the seconds it took)
+        self.seen: dict[str, dict[str, tuple[float, float]]] = {}
         self.slowest: dict[str, dict] = {}
         self.samples: list[tuple[float, dict[str, float]]] = []  # (wall time, CPU seconds so far by process)
         self.stopped = threading.Event()
@@ -319,34 +320,32 @@ class RuleWatch(threading.Thread):
                         self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, summary, busy)
 
     def _saw(self, name: str, at: str, began: datetime, seconds: float, rules: list[dict], busy: float) -> None:
-        self.seen.setdefault(name, {})[at] = seconds
+        self.seen.setdefault(name, {})[at] = (began.timestamp(), seconds)
         if seconds > self.slowest.get(name, {}).get("s", -1):
             slow = sorted(rules, key=lambda r: -r["evaluationTime"])[:3]
             self.slowest[name] = {
                 "s": seconds,
                 "at": at,
                 "cpu_busy_pct": busy,
-                "span": (began.timestamp(), began.timestamp() + seconds),  # cores_by_process, once sampled past it
                 "rules": [(r["name"], r.get("labels", {}), round(r["evaluationTime"], 3)) for r in slow],
             }
 
     def figures(self) -> dict[str, dict]:
         # Cores are counted at the end, not when the evaluation is seen: the sample after its end is
         # often not taken yet then (H3's slowest summary had none).
-        ran = {name: [(go_time(at).timestamp(), t) for at, t in seen.items()] for name, seen in self.seen.items()}
         one_group = {LAYER_GROUP, SUMMARY_PART}  # the summary follows the layer in their group: never at once
         for name, slow in self.slowest.items():
-            if "span" in slow:
-                start, end = slow.pop("span")
-                slow["cores_by_process"] = self.cores_during(start, end)
-                # Which other groups evaluated while it ran, each evaluation's seconds: what it may have waited for.
-                slow["overlapping"] = sorted(
-                    (other, round(t, 3))
-                    for other, evaluations in ran.items()
-                    if other != name and not {name, other} <= one_group
-                    for began, t in evaluations
-                    if began < end and began + t > start
-                )
+            start, seconds = self.seen[name][slow["at"]]
+            end = start + seconds
+            slow["cores_by_process"] = self.cores_during(start, end)
+            # Which other groups evaluated while it ran, each evaluation's seconds: what it may have waited for.
+            slow["overlapping"] = sorted(
+                (other, round(t, 3))
+                for other, evaluations in self.seen.items()
+                if other != name and not {name, other} <= one_group
+                for began, t in evaluations.values()
+                if began < end and began + t > start
+            )
         return {
             name: {
                 "evaluations": len(t),
@@ -354,7 +353,7 @@ class RuleWatch(threading.Thread):
                 "median": round(statistics.median(t), 3),
                 "slowest": self.slowest.get(name),
             }
-            for name, t in ((name, list(seen.values())) for name, seen in sorted(self.seen.items()))
+            for name, t in ((name, [t for _, t in seen.values()]) for name, seen in sorted(self.seen.items()))
         }
 
 
