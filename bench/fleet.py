@@ -260,6 +260,49 @@ def prometheus_figures(prom_url: str) -> dict:
     }
 
 
+# The raw tier's figures a --timeline samples every second: summed over their labels.
+TIMELINE_METRICS = (
+    "go_gc_duration_seconds_count",  # collections ended
+    "go_memstats_last_gc_time_seconds",  # when the last one ended
+    "go_memstats_heap_alloc_bytes",
+    "go_memstats_next_gc_bytes",
+    "go_memstats_alloc_bytes_total",
+    "go_goroutines",
+    "prometheus_tsdb_head_samples_appended_total",
+    "prometheus_tsdb_head_chunks_created_total",  # chunks cut: every series' at once on a block boundary
+    "prometheus_tsdb_wal_fsync_duration_seconds_count",
+    "prometheus_tsdb_wal_page_flushes_total",
+    "prometheus_remote_storage_samples_total",  # layer samples sent on to the downsampler
+    "prometheus_remote_storage_samples_pending",
+    "prometheus_engine_query_duration_seconds_count",
+    "prometheus_http_requests_total",
+)
+
+
+def raw_tier_figures(prom_url: str) -> dict[str, float]:
+    try:
+        text = requests.get(f"{prom_url}/metrics", timeout=5).text
+    except requests.RequestException:
+        return {}
+    figures: dict[str, float] = {}
+    for m in re.finditer(r"^([a-z_]+)(?:\{[^}]*\})? (\S+)$", text, re.M):
+        if m.group(1) in TIMELINE_METRICS:
+            figures[m.group(1)] = figures.get(m.group(1), 0.0) + float(m.group(2))
+    return figures
+
+
+def pressure_stalls() -> dict[str, float]:
+    """Microseconds so far that some task waited for a CPU, and for I/O (Linux PSI; none without it)."""
+    stalls = {}
+    for kind in ("cpu", "io"):
+        try:
+            some = Path(f"/proc/pressure/{kind}").read_text().splitlines()[0]
+        except OSError:
+            continue
+        stalls[f"psi_{kind}_some_us"] = float(some.rsplit("total=", 1)[1])
+    return stalls
+
+
 class RuleWatch(threading.Thread):
     """Every evaluation of every rule group of each Prometheus while it runs (each group's last one, read
     every second); of each group's slowest, when it was, its slowest rules, how busy the machine's
@@ -267,9 +310,12 @@ class RuleWatch(threading.Thread):
     which processes kept them busy while it ran (``pids`` and the bench, in cores; "other": the rest of
     the machine). An evaluation that ended before the watch began has no such figures."""
 
-    def __init__(self, prom_urls: list[str], pids: dict[str, int]):
+    def __init__(self, prom_urls: list[str], pids: dict[str, int], timeline: bool = False):
         super().__init__(daemon=True, name="rule-watch")
         self.urls, self.pids = prom_urls, pids
+        # With --timeline: every second, the raw tier's own figures (TIMELINE_METRICS) and the machine's
+        # pressure stall totals, to lay beside each evaluation and see what a slow one coincided with.
+        self.timeline: list[dict] | None = [] if timeline else None
         # group -> its lastEvaluation -> (when it began, wall seconds; the seconds it took)
         self.seen: dict[str, dict[str, tuple[float, float]]] = {}
         self.slowest: dict[str, dict] = {}
@@ -282,6 +328,9 @@ class RuleWatch(threading.Thread):
         used["bench"] = time.process_time()  # its own threads only: the stack's processes are its children
         used["machine"] = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
         self.samples.append((time.time(), used))
+        if self.timeline is not None:
+            figures = {**pressure_stalls(), **raw_tier_figures(self.urls[0])}
+            self.timeline.append({"t": self.samples[-1][0], "cpu_s": used, **figures})
 
     def cores_during(self, start: float, end: float) -> dict[str, float]:
         """Cores each process used from the last sample at or before ``start`` to the first at or after ``end``."""
@@ -429,6 +478,11 @@ def main() -> int:
         help=f"Go's GOGC for the raw tier, as fleetwatch up takes it (default {StackConfig.prometheus_gogc})",
     )
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--timeline",
+        type=Path,
+        help="write every evaluation of every group and a per-second sample of the raw tier's figures here (JSON)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the state directory (TSDB, logs) and say where")
     args = p.parse_args()
 
@@ -529,7 +583,7 @@ def main() -> int:
         before = {name: prometheus_figures(u) for name, u in proms.items()}
         wall, gateway_cpu, bench_cpu = time.monotonic(), cpu_s(gateway_pid), time.process_time()
         pids = {name: services[name].process.pid for name in (*PROMETHEUSES, "alertmanager", "gateway")}
-        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], pids)
+        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], pids, timeline=args.timeline is not None)
         rules.start()
         for n in range(args.requests):
             time.sleep(max(0.0, wall + 2 * n / args.rate - time.monotonic()))
@@ -547,6 +601,9 @@ def main() -> int:
                 crit_totals.add(page["total"])
         rules.stopped.set()
         rules.join(20)
+        if args.timeline:
+            evaluations = {name: sorted(seen.values()) for name, seen in rules.seen.items()}
+            args.timeline.write_text(json.dumps({"evaluations": evaluations, "samples": rules.timeline}))
         after = {name: prometheus_figures(u) for name, u in proms.items()}
         missed = {
             k: int(v - before[name]["missed"].get(k, 0)) for name in proms for k, v in after[name]["missed"].items()
