@@ -359,8 +359,8 @@ class RuleWatch(threading.Thread):
                     if last is None:
                         continue  # not evaluated yet
                     self._saw(g["name"], g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
-                    # The summary's rules share the layer's group (before the layer): their own share of the
-                    # group's last evaluation, unless one of them is already in the next (its start past the end).
+                    # The summary's rules follow the layer's in its group: their own share of the group's
+                    # last evaluation, unless one of them is already in the next (its start past the end).
                     summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
                     ended = last + timedelta(seconds=g["evaluationTime"])
                     if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):

@@ -1,9 +1,8 @@
 """Recording rules from the catalog (pure: objects in, text out).
 
-Two groups. GROUP: the per-host summary the host list shows and judges status
-by, computed at each evaluation rather than at each request from the layer the
-last evaluation recorded, then the normalisation layer (every catalog metric as
-``fleet:<name>``).
+Two groups. GROUP: the normalisation layer (every catalog metric as
+``fleet:<name>``), then the per-host summary the host list shows and judges
+status by, computed at each evaluation rather than at each request.
 DISCOVERY_GROUP, every DISCOVERY_EVERY of its intervals: the hosts Prometheus
 scrapes that the inventory lacks.
 """
@@ -31,7 +30,7 @@ HELD_FOR = "1m"  # REQ-HOST-004: crit when above 90 % for at least a minute
 CRIT_PCT = 90.0
 GROUP = "fleet-normalisation"
 SUMMARY, HELD = "fleet:host_summary", "fleet:host_summary_held"
-SUMMARY_RECORDS = (SUMMARY, HELD)  # the summary's rules, before the layer's in GROUP
+SUMMARY_RECORDS = (SUMMARY, HELD)  # the summary's rules, after the layer's in GROUP
 # Hosts with a heartbeat that the gateway's fleet_host_info (the inventory) lacks: the host list's
 # discovered hosts, joined once per evaluation of their group instead of at every page (10,000 series
 # each side). Not in GROUP: a host found a minute later is soon enough, and the join was the costliest
@@ -68,18 +67,13 @@ def render_normalisation_rules(
         # First in the group: rules of a group run in order, so the layer reads this evaluation's copies.
         derived = host_ids.derivation_rules(host_ids.families([r["expr"] for r in rules]), host_id_from)
         rules = derived + [{**r, "expr": host_ids.reading_derived(r["expr"])} for r in rules]
-    # The summary reads the layer's last round: this one's is not recorded yet (see GROUP below). So
-    # that "held for HELD_FOR" still takes a whole minute of recorded values, from the round a minute
-    # before the last to the last, its window is one interval longer.
-    held_s = promql_seconds(HELD_FOR) + promql_seconds(interval)
-    held_window = f"{held_s:g}s" if held_s == int(held_s) else f"{round(1000 * held_s)}ms"
     summary = []
     for field, (name, how) in HOST_SUMMARY.items():
         record = catalog[name].record
         summary.append(_summary_rule(SUMMARY, field, f"{how} by (host_id) ({record})"))
         if field in JUDGED:
             # Only hosts held above the crit line: usually none, so the list reads a handful of series.
-            held = f"max by (host_id) (min_over_time({record}[{held_window}])) > {CRIT_PCT:g}"
+            held = f"max by (host_id) (min_over_time({record}[{HELD_FOR}])) > {CRIT_PCT:g}"
             summary.append(_summary_rule(HELD, field, held))
     beat = host_ids.HEARTBEAT if host_id_from else 'up{job="fleetwatch"}'
     discovery = {
@@ -87,16 +81,13 @@ def render_normalisation_rules(
         "expr": f'group by (host_id, instance) ({beat} unless on(host_id) fleet_host_info{{host_id!=""}})',
     }
     every = f"{DISCOVERY_EVERY * promql_seconds(interval):g}s"
-    # The summary shares the layer's group, not a group of its own: a group of its own ran at an offset
-    # Prometheus derives from the file's path, so on some installs it ran while the layer's per-CPU rate
-    # (80,000 series at 10,000 hosts) held the CPUs, and took seconds. In the group it never does. It
-    # comes first, not after the layer: the layer's round allocates most of what the raw tier does, so
-    # Prometheus collects its garbage once a round, as the layer ends, and a summary after the layer ran
-    # inside that collection, one or two times slower (bench/fleet.py --timeline, docs/benchmarks.md).
-    # First, it reads values one interval older; vmalert's summary always did (see FROM_LAYER).
+    # The summary follows the layer in its group, not in a group of its own: a group of its own ran at
+    # an offset Prometheus derives from the file's path, so on some installs it ran while the layer's
+    # per-CPU rate (80,000 series at 10,000 hosts) held the CPUs, and took seconds (bench/fleet.py,
+    # docs/benchmarks.md). After the layer it never does, and it reads this evaluation's layer, not the last.
     doc = {
         "groups": [
-            {"name": GROUP, "interval": interval, "rules": summary + rules},
+            {"name": GROUP, "interval": interval, "rules": rules + summary},
             {"name": DISCOVERY_GROUP, "interval": every, "rules": [discovery]},
         ]
     }

@@ -49,7 +49,7 @@ def test_promtool_accepts_the_rules(tmp_path):
 def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_values(tmp_path):
     """Prometheus's own rule engine (promtool test rules) over raw memory readings every 15 s: a host at
     95 % for a minute of the layer's values is held (crit), one at 95 % for 45 s is not; the summary
-    shows the layer's last round (it runs before the layer, out of the garbage collection after it)."""
+    shows the layer of its own evaluation (it follows the layer in their group)."""
     (tmp_path / "rules.yml").write_text(render_normalisation_rules(CATALOG, "15s", rate_window_for(15)))
     total = {f'node_memory_MemTotal_bytes{{host_id="{h}"}}': "100x20" for h in ("steady", "blip")}
     # Samples every 15 s from 0 s: 50 % used, then 95 % from 60 s on (steady) or for 60-105 s (blip).
@@ -73,14 +73,13 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
                 "input_series": [{"series": k, "values": v} for k, v in {**total, **available}.items()],
                 "promql_expr_test": [
                     held("105s"),  # 45 s of 95 % recorded (60-105 s): too short for either
-                    held("120s"),  # a minute recorded by now (60-120 s), but the summary has read to 105 s
-                    held("135s", "steady"),
-                    held("180s", "steady"),  # blip's minute held a 50 % at 120 s
+                    held("120s", "steady"),  # a minute recorded (60-120 s); blip's held a 50 % at 120 s
+                    held("180s", "steady"),
                     {
                         "expr": 'fleet:host_summary{summary="mem_pct"}',
-                        "eval_time": "60s",  # the layer's 95 % of 60 s is not read before 75 s
+                        "eval_time": "60s",  # this evaluation's layer, not the last
                         "exp_samples": [
-                            {"labels": f'fleet:host_summary{{host_id="{h}", summary="mem_pct"}}', "value": 50}
+                            {"labels": f'fleet:host_summary{{host_id="{h}", summary="mem_pct"}}', "value": 95}
                             for h in ("blip", "steady")
                         ],
                     },
