@@ -47,6 +47,7 @@ and the gateway installs the starter alert rules itself), then:
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import random
 import re
@@ -72,8 +73,8 @@ from gateway.alert_events import go_time
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from rules_compiler.alerts import GROUP as ALERT_GROUP
 from rules_compiler.downsampling import DELAY
+from rules_compiler.recording import DISCOVERY_GROUP, HELD, SUMMARY, SUMMARY_RECORDS
 from rules_compiler.recording import GROUP as LAYER_GROUP
-from rules_compiler.recording import HELD, SUMMARY, SUMMARY_RECORDS
 
 INTERVAL_S = 15
 SPREAD_S = 12.0  # a round's requests go out over this much of the interval, as spread scrapes land
@@ -83,6 +84,8 @@ GOAL_RULES_S = 1.0
 RELOGIN_S = 600.0  # well inside the gateway's 15-minute access tokens
 PROMETHEUSES = ("prometheus", "downsampler", "longterm")  # the raw tier first
 SUMMARY_PART = f"{LAYER_GROUP}: host summary"  # the summary rules' share of each evaluation of their group
+RAW_TIER_GROUPS = {LAYER_GROUP, SUMMARY_PART, ALERT_GROUP, DISCOVERY_GROUP}
+MARK_S = 2.0  # how long before its end a collection of the raw tier is taken to have begun (--timeline)
 # The first evaluation of each level creates its series (1.4 million at 10,000 hosts) in the
 # downsampler and the long-term tier, seconds of both cores once after a start: measured after it,
 # and with --settle 0 as a start-up figure (docs/benchmarks.md).
@@ -395,7 +398,7 @@ class RuleWatch(threading.Thread):
                 for began, t in evaluations.values()
                 if began < end and began + t > start
             )
-        return {
+        figures = {
             name: {
                 "evaluations": len(t),
                 "max": round(max(t), 3),
@@ -403,6 +406,33 @@ class RuleWatch(threading.Thread):
                 "slowest": self.slowest.get(name),
             }
             for name, t in ((name, [t for _, t in seen.values()]) for name, seen in sorted(self.seen.items()))
+        }
+        if self.timeline:
+            for name in RAW_TIER_GROUPS & figures.keys():
+                figures[name]["beside_a_collection"] = self.beside_a_collection(name)
+        return figures
+
+    def beside_a_collection(self, name: str) -> dict[str, dict]:
+        """The group's evaluations that overlapped a garbage collection of the raw tier, and the others.
+
+        Go says when a collection ended, not when it began: its marking kept both cores busy for 1-2 s
+        before (J1's timeline), so an evaluation overlapped one that ended while it ran or up to MARK_S
+        after.
+        """
+        ended = sorted(
+            {s["go_memstats_last_gc_time_seconds"] for s in self.timeline if s.get("go_gc_duration_seconds_count")}
+        )
+        split: dict[str, list[float]] = {"overlapping": [], "others": []}
+        for began, seconds in self.seen[name].values():
+            i = bisect.bisect_left(ended, began)
+            split["overlapping" if i < len(ended) and ended[i] <= began + seconds + MARK_S else "others"].append(
+                seconds
+            )
+        return {
+            k: {"evaluations": len(t), "median": round(statistics.median(t), 3), "max": round(max(t), 3)}
+            if t
+            else {"evaluations": 0}
+            for k, t in split.items()
         }
 
 
@@ -674,6 +704,19 @@ def main() -> int:
             print(f"    while its slowest ran, cores: {', '.join(f'{k} {v:.2f}' for k, v in busy)}")
         if seen["slowest"] and seen["slowest"].get("overlapping"):
             print(f"    and evaluating: {', '.join(f'{g} {t:.2f} s' for g, t in seen['slowest']['overlapping'])}")
+        if "beside_a_collection" in seen:
+            beside = seen["beside_a_collection"]
+            print(
+                "    "
+                + "; ".join(
+                    f"{b['evaluations']} {label}"
+                    + (f": median {b['median']:.3f} s, max {b['max']:.3f} s" if b["evaluations"] else "")
+                    for label, b in (
+                        ("overlapping a garbage collection of the raw tier", beside["overlapping"]),
+                        ("others", beside["others"]),
+                    )
+                )
+            )
     print(
         f"while measuring ({f['measured_s']} s at {args.rate:g} requests/s): "
         f"Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
