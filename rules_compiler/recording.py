@@ -82,9 +82,10 @@ def render_normalisation_rules(
         derived = host_ids.derivation_rules(host_ids.families([r["expr"] for r in rules]), host_id_from)
         rules = derived + [{**r, "expr": host_ids.reading_derived(r["expr"])} for r in rules]
     interval_s = promql_seconds(interval)
-    # The summary runs up to SUMMARY_LAG[1] of an interval after the layer's last values: its window
-    # reaches that much further back, so "held for HELD_FOR" still takes the values of a whole minute.
-    held_window = f"{round(1000 * (promql_seconds(HELD_FOR) + 0.75 * interval_s))}ms"
+    # The summary runs after the layer's last values, by less than an interval: a window one interval
+    # longer than HELD_FOR takes the values of a whole minute wherever in the interval it runs.
+    held_s = promql_seconds(HELD_FOR) + interval_s
+    held_window = f"{held_s:g}s" if held_s == int(held_s) else f"{round(1000 * held_s)}ms"
     summary = []
     for field, (name, how) in HOST_SUMMARY.items():
         record = catalog[name].record
