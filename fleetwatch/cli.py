@@ -149,15 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 def write_rules(args: argparse.Namespace) -> int:
     """The catalog's normalisation layer for another Prometheus, host ids derived as asked."""
     interval_s = seconds(args.scrape_interval)
-    path = args.out / "fleet-normalisation.yml"
     text = render_normalisation_rules(
-        CATALOG,
-        args.scrape_interval,
-        rate_window_for(interval_s),
-        args.host_id_from or "",
-        rule_file=str(path.resolve()),  # where that Prometheus loads it from, as printed below
+        CATALOG, args.scrape_interval, rate_window_for(interval_s), args.host_id_from or ""
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "fleet-normalisation.yml"
     path.write_text(text)
     print(f"wrote {path}: add `{args.out.resolve()}/*.yml` to that Prometheus's rule_files")
     return 0

@@ -285,8 +285,6 @@ def render_configs(config: StackConfig) -> dict[str, Path]:
             config.scrape_interval,
             rate_window_for(interval_s),
             from_layer=config.backend != "victoriametrics",
-            # Prometheus phases each group by this path (the rule_files glob's match); vmalert its own way.
-            rule_file=str(paths["normalisation_rules"]) if config.backend != "victoriametrics" else "",
         ),
     )
     paths["downsampling_rules"] = downsampling_rules

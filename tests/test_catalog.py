@@ -21,18 +21,8 @@ import yaml
 
 from exporter import catalog_table as T
 from fleetwatch.testing.waits import wait_until
-from gateway.alert_events import go_time
-from rules_compiler import group_phase
 from rules_compiler.catalog import CATALOG, THROTTLE_REASONS, UnknownMetric, catalog_listing, resolve, valid_names
-from rules_compiler.recording import GROUP as LAYER_GROUP
-from rules_compiler.recording import (
-    HOST_SUMMARY,
-    JUDGED,
-    SUMMARY_GROUP,
-    SUMMARY_LAG,
-    rate_window_for,
-    render_normalisation_rules,
-)
+from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
 from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
 from tests.gpu_nodes import GpuNode
 
@@ -57,18 +47,15 @@ def test_promtool_accepts_the_rules(tmp_path):
 
 
 def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_values(tmp_path):
-    """Prometheus's own rule engine (promtool test rules) over the layer's memory values every 15 s,
-    the summary's rules evaluated 9 s after each (their group's lag behind the layer's): a host at
-    95 % for a whole minute of values is held (crit), one at 95 % for 45 s is not."""
-    groups = yaml.safe_load(render_normalisation_rules(CATALOG, "15s", rate_window_for(15)))["groups"]
-    summary = next(g for g in groups if g["name"] == SUMMARY_GROUP)
-    # promtool evaluates every group at multiples of its interval from 0: at 1.5 s, some land 9 s past a value.
-    doc = {"groups": [{"name": "summary", "interval": "1500ms", "rules": summary["rules"]}]}
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(doc))
-    # The layer's values every 15 s from 0 s: 50 % used, then 95 % from 60 s on (steady) or for 60-105 s (blip).
-    layer = {
-        'fleet:mem_used_pct{host_id="steady"}': "50x3 95x16",
-        'fleet:mem_used_pct{host_id="blip"}': "50x3 95x3 50x12",
+    """Prometheus's own rule engine (promtool test rules) over raw memory readings every 15 s: a host at
+    95 % for a minute of the layer's values is held (crit), one at 95 % for 45 s is not; the summary
+    shows the layer of its own evaluation (it follows the layer in their group)."""
+    (tmp_path / "rules.yml").write_text(render_normalisation_rules(CATALOG, "15s", rate_window_for(15)))
+    total = {f'node_memory_MemTotal_bytes{{host_id="{h}"}}': "100x20" for h in ("steady", "blip")}
+    # Samples every 15 s from 0 s: 50 % used, then 95 % from 60 s on (steady) or for 60-105 s (blip).
+    available = {
+        'node_memory_MemAvailable_bytes{host_id="steady"}': "50x3 5x16",
+        'node_memory_MemAvailable_bytes{host_id="blip"}': "50x3 5x3 50x12",
     }
 
     def held(at: str, *hosts: str) -> dict:
@@ -79,15 +66,23 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
 
     tests = {
         "rule_files": ["rules.yml"],
-        "evaluation_interval": "1500ms",
+        "evaluation_interval": "15s",
         "tests": [
             {
                 "interval": "15s",
-                "input_series": [{"series": k, "values": v} for k, v in layer.items()],
+                "input_series": [{"series": k, "values": v} for k, v in {**total, **available}.items()],
                 "promql_expr_test": [
-                    held("114s"),  # after the value of 105 s: 95 % for 45 s (60-105 s), too short for either
-                    held("129s", "steady"),  # after 120 s: a minute held; blip's value of 120 s is 50 %
-                    held("189s", "steady"),
+                    held("105s"),  # 45 s of 95 % recorded (60-105 s): too short for either
+                    held("120s", "steady"),  # a minute recorded (60-120 s); blip's held a 50 % at 120 s
+                    held("180s", "steady"),
+                    {
+                        "expr": 'fleet:host_summary{summary="mem_pct"}',
+                        "eval_time": "60s",  # this evaluation's layer, not the last
+                        "exp_samples": [
+                            {"labels": f'fleet:host_summary{{host_id="{h}", summary="mem_pct"}}', "value": 95}
+                            for h in ("blip", "steady")
+                        ],
+                    },
                 ],
             }
         ],
@@ -95,46 +90,6 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
     (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
     r = subprocess.run(["/usr/bin/promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_prometheus_evaluates_the_host_summary_after_the_layer_by_its_lag(prom, stack):
-    """The stack's Prometheus (1 s interval) starts each group of the normalisation file at the phase
-    group_phase computes from its name and the file's path, and so the summary's group SUMMARY_LAG
-    of the interval after the layer's."""
-
-    def started() -> dict[str, float]:
-        groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
-        ours = {g["name"]: (g["file"], go_time(g["lastEvaluation"])) for g in groups}
-        return {k: v for k, v in ours.items() if v[0].endswith("fleet-normalisation.yml") and v[1] is not None}
-
-    wait_until(lambda: len(started()) == 3, 30, "the normalisation file's three groups evaluated")
-    seen = started()
-    for name, (rule_file, at) in seen.items():
-        # lastEvaluation is when an evaluation began: its slot plus the scheduler's few milliseconds.
-        late = (at.timestamp() - group_phase.offset_s(rule_file, name, 1.0)) % 1.0
-        assert late < 0.02, (name, late)
-    summary = next(name for name in seen if name.startswith(SUMMARY_GROUP))
-    lag = (seen[summary][1].timestamp() - seen[LAYER_GROUP][1].timestamp()) % 1.0
-    assert SUMMARY_LAG[0] - 0.02 <= lag <= SUMMARY_LAG[1] + 0.02, (seen, lag)
-
-
-@pytest.mark.parametrize("interval_s", [1.0, 5.0, 15.0, 60.0])
-def test_the_summary_group_is_named_for_its_lag_wherever_its_file_lies(interval_s):
-    for n in range(50):
-        rule_file = f"/srv/fleetwatch-{n}/state/rules/fleet-normalisation.yml"
-        doc = yaml.safe_load(render_normalisation_rules(CATALOG, f"{interval_s:g}s", "60s", rule_file=rule_file))
-        summary = next(g["name"] for g in doc["groups"] if g["name"].startswith(SUMMARY_GROUP))
-        layer, after = (group_phase.offset_s(rule_file, g, interval_s) for g in (LAYER_GROUP, summary))
-        assert SUMMARY_LAG[0] <= (after - layer) % interval_s / interval_s <= SUMMARY_LAG[1]
-
-
-def test_xxh64_matches_the_reference_vectors():
-    for data, digest in [
-        (b"", 0xEF46DB3751D8E999),
-        (b"abc", 0x44BC2CF5AD770999),
-        (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),  # past one 32-byte stripe
-    ]:
-        assert group_phase.xxh64(data) == digest
 
 
 def test_the_shared_table_names_catalog_metrics_with_their_labels():

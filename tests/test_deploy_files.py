@@ -452,9 +452,6 @@ def test_gpu_health_row_has_data_for_a_sick_gpu_node(prom, sick_gpu_node, title,
 # --- the rules docker-compose's Prometheus loads ----------------------------------------------
 
 
-COMPOSE_RULE_FILE = "/etc/prometheus/rules/fleet-normalisation.yml"  # where compose's Prometheus loads it
-
-
 def compose_rules() -> dict[str, str]:
     """What the rules compiler renders for docker-compose's 15 s scrape interval, by path under deploy/docker."""
     from rules_compiler.catalog import CATALOG
@@ -463,9 +460,7 @@ def compose_rules() -> dict[str, str]:
 
     scrape = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["global"]["scrape_interval"]
     return {
-        "rules/fleet-normalisation.yml": render_normalisation_rules(
-            CATALOG, scrape, rate_window_for(int(scrape[:-1])), rule_file=COMPOSE_RULE_FILE
-        ),
+        "rules/fleet-normalisation.yml": render_normalisation_rules(CATALOG, scrape, rate_window_for(int(scrape[:-1]))),
         "downsampling.yml": render_downsampling_rules(CATALOG),
     }
 
