@@ -8,6 +8,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace as NS
@@ -162,24 +163,58 @@ def near(got: float, want: float, tolerance: float) -> None:
     assert math.isfinite(got) and abs(got - want) <= tolerance, f"Prometheus {got}, source {want} (±{tolerance})"
 
 
+class CounterLog:
+    """psutil's disk and net counters every 0.1 s, to difference over the window a rule evaluation read.
+
+    A rule evaluated at ``e`` reads [e - window, e], and ``e`` lies up to an interval (more when the
+    machine is busy) before the moment the test asks at: writes of other processes in between (page
+    writeback, journal commits) are in a delta taken at that moment but in no rate Prometheus recorded.
+    """
+
+    STEP_S = 0.1
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, dict, dict]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.time()
+            self.samples.append((now, psutil.disk_io_counters(perdisk=True), psutil.net_io_counters(pernic=True)))
+            self._stop.wait(self.STEP_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _at(self, t: float, kind: str) -> dict:
+        when, disk, net = min(self.samples, key=lambda s: abs(s[0] - t))
+        assert abs(when - t) <= 3 * self.STEP_S, f"no counters logged near {t} ({self.samples[0][0]}-{when})"
+        return disk if kind == "disk" else net
+
+    def delta(self, kind: str, start: float, end: float) -> dict[str, NS]:
+        """Per device (``disk``) or interface (``net``): each counter's growth from ``start`` to ``end``."""
+        before, after = self._at(start, kind), self._at(end, kind)
+        return {
+            k: NS(**{f: getattr(a, f) - getattr(before[k], f) for f in a._fields})
+            for k, a in after.items()
+            if k in before
+        }
+
+
 class Window(NamedTuple):
     """What psutil saw over one rate window of load; Prometheus is asked for its value at ``t1``."""
 
     host: str
     t1: float
     cpu_pct: list[float]  # per core, over the window
-    disk: dict[str, NS]  # counter deltas per device
-    net: dict[str, NS]  # counter deltas per interface
+    counters: CounterLog  # disk and net, from before the window to t1
     busy_pid: int
     busy_cpu_pct: float
     hog_pid: int
     hog_rss_bytes: int
-
-
-def _delta(after: dict, before: dict) -> dict[str, NS]:
-    return {
-        k: NS(**{f: getattr(a, f) - getattr(before[k], f) for f in a._fields}) for k, a in after.items() if k in before
-    }
 
 
 def _disk_traffic(path: Path, mib: int) -> None:
@@ -212,13 +247,13 @@ def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
         [sys.executable, "-c", "import time; b = b'x' * (256 << 20); print(flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE,
     )
+    counters = CounterLog()
     try:
         hog.stdout.readline()  # its memory is touched
-        time.sleep(1)
+        time.sleep(3)  # counters logged from before the window of an evaluation up to two intervals late
         # psutil's window [t0, t1] is Prometheus's rate window ending at t1; the traffic starts 2 s in and
         # ends 3 s before the end, so scrapes a second apart and a late rule evaluation still frame it.
         t0 = time.time()
-        disk0, net0 = psutil.disk_io_counters(perdisk=True), psutil.net_io_counters(pernic=True)
         busy0 = psutil.Process(busy.pid).cpu_times()
         psutil.cpu_percent(percpu=True)
         time.sleep(2)
@@ -228,10 +263,10 @@ def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
         time.sleep(left)
         t1 = time.time()
         cpu = psutil.cpu_percent(percpu=True)
-        disk1, net1 = psutil.disk_io_counters(perdisk=True), psutil.net_io_counters(pernic=True)
         busy1 = psutil.Process(busy.pid).cpu_times()
         rss = psutil.Process(hog.pid).memory_info().rss
     finally:
+        counters.stop()
         busy.kill()
         hog.kill()
         busy.wait()
@@ -243,8 +278,7 @@ def window(stack, prom, gpu_node, tmp_path_factory) -> Window:
         host,
         t1,
         cpu,
-        _delta(disk1, disk0),
-        _delta(net1, net0),
+        counters,
         busy.pid,
         100 * busy_s / (t1 - t0),
         hog.pid,
@@ -300,7 +334,11 @@ def check_rates(metric: str, counters: str, fields: tuple[str, ...], scale: floa
     relative, absolute = tol
 
     def check(prom, w: Window) -> None:
-        deltas = getattr(w, counters)
+        # The evaluation Prometheus answers with at t1, and so the window its rate() read.
+        ends = query(prom, f"timestamp({selector(CATALOG[metric].record, host_id=w.host)})", w.t1)
+        assert ends, f"no {metric} at {w.t1}"
+        end = float(ends[0]["value"][1])
+        deltas = w.counters.delta(counters, end - WINDOW_S, end)
         want = {d: sum(getattr(c, f) for f in fields) * scale for d, c in deltas.items()}
         got = by(prom, metric, "device", w.host, w.t1)
         assert got and set(got) <= set(want), (got.keys(), want.keys())
