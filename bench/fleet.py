@@ -243,6 +243,15 @@ def bench_prometheus_config(path: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def summed(text: str, names) -> dict[str, float]:
+    """Each of ``names`` that a /metrics page holds, summed over its labels."""
+    figures: dict[str, float] = {}
+    for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})? (\S+)$", text, re.M):
+        if m.group(1) in names:
+            figures[m.group(1)] = figures.get(m.group(1), 0.0) + float(m.group(2))
+    return figures
+
+
 def prometheus_figures(prom_url: str) -> dict:
     """From Prometheus's own /metrics: each rule group's missed iterations, its CPU seconds, the bytes
     it allocated and its garbage collections (what makes every query of the process slow at once)."""
@@ -250,16 +259,12 @@ def prometheus_figures(prom_url: str) -> dict:
     missed = re.finditer(
         r'^prometheus_rule_group_iterations_missed_total\{rule_group="[^"]*;([^"]+)"\} (\S+)$', text, re.M
     )
-
-    def counter(name: str) -> float:
-        m = re.search(rf"^{name} (\S+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
-
+    names = {"cpu_s": "process_cpu_seconds_total", "alloc_b": "go_memstats_alloc_bytes_total"}
+    names["gcs"] = "go_gc_duration_seconds_count"
+    figures = summed(text, names.values())
     return {
         "missed": {m.group(1): float(m.group(2)) for m in missed},
-        "cpu_s": counter("process_cpu_seconds_total"),
-        "alloc_b": counter("go_memstats_alloc_bytes_total"),
-        "gcs": counter("go_gc_duration_seconds_count"),
+        **{key: figures.get(name, 0.0) for key, name in names.items()},
     }
 
 
@@ -284,14 +289,9 @@ TIMELINE_METRICS = (
 
 def raw_tier_figures(prom_url: str) -> dict[str, float]:
     try:
-        text = requests.get(f"{prom_url}/metrics", timeout=5).text
+        return summed(requests.get(f"{prom_url}/metrics", timeout=5).text, TIMELINE_METRICS)
     except requests.RequestException:
         return {}
-    figures: dict[str, float] = {}
-    for m in re.finditer(r"^([a-z_]+)(?:\{[^}]*\})? (\S+)$", text, re.M):
-        if m.group(1) in TIMELINE_METRICS:
-            figures[m.group(1)] = figures.get(m.group(1), 0.0) + float(m.group(2))
-    return figures
 
 
 def pressure_stalls() -> dict[str, float]:
@@ -408,20 +408,20 @@ class RuleWatch(threading.Thread):
             for name, t in ((name, [t for _, t in seen.values()]) for name, seen in sorted(self.seen.items()))
         }
         if self.timeline:
+            ended = sorted(
+                {s["go_memstats_last_gc_time_seconds"] for s in self.timeline if s.get("go_gc_duration_seconds_count")}
+            )
             for name in RAW_TIER_GROUPS & figures.keys():
-                figures[name]["beside_a_collection"] = self.beside_a_collection(name)
+                figures[name]["beside_a_collection"] = self.beside_a_collection(name, ended)
         return figures
 
-    def beside_a_collection(self, name: str) -> dict[str, dict]:
+    def beside_a_collection(self, name: str, ended: list[float]) -> dict[str, dict]:
         """The group's evaluations that overlapped a garbage collection of the raw tier, and the others.
 
-        Go says when a collection ended, not when it began: its marking kept both cores busy for 1-2 s
-        before (J1's timeline), so an evaluation overlapped one that ended while it ran or up to MARK_S
-        after.
+        ``ended``: when each collection ended, in order. Go says when a collection ended, not when it
+        began: its marking kept both cores busy for 1-2 s before (J1's timeline), so an evaluation
+        overlapped one that ended while it ran or up to MARK_S after.
         """
-        ended = sorted(
-            {s["go_memstats_last_gc_time_seconds"] for s in self.timeline if s.get("go_gc_duration_seconds_count")}
-        )
         split: dict[str, list[float]] = {"overlapping": [], "others": []}
         for began, seconds in self.seen[name].values():
             i = bisect.bisect_left(ended, began)
