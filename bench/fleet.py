@@ -72,6 +72,7 @@ from fleetwatch.testing.waits import free_port, wait_until
 from gateway.alert_events import go_time
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from rules_compiler.alerts import GROUP as ALERT_GROUP
+from rules_compiler.alerts import is_alert_group
 from rules_compiler.downsampling import DELAY
 from rules_compiler.recording import DISCOVERY_GROUP, HELD, SUMMARY, SUMMARY_RECORDS
 from rules_compiler.recording import GROUP as LAYER_GROUP
@@ -322,6 +323,8 @@ class RuleWatch(threading.Thread):
         # group -> its lastEvaluation -> (when it began, wall seconds; the seconds it took)
         self.seen: dict[str, dict[str, tuple[float, float]]] = {}
         self.slowest: dict[str, dict] = {}
+        # With --timeline: each rule's evaluations, "group/record{labels}" -> its lastEvaluation -> seconds.
+        self.rule_seen: dict[str, dict[str, float]] = {}
         self.samples: list[tuple[float, dict[str, float]]] = []  # (wall time, CPU seconds so far by process)
         self.stopped = threading.Event()
 
@@ -361,7 +364,8 @@ class RuleWatch(threading.Thread):
                     last = go_time(g["lastEvaluation"])
                     if last is None:
                         continue  # not evaluated yet
-                    self._saw(g["name"], g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
+                    name = ALERT_GROUP if is_alert_group(g["name"]) else g["name"]  # GROUP-N: named for its phase
+                    self._saw(name, g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
                     # The summary's rules follow the layer's in its group: their own share of the group's
                     # last evaluation, unless one of them is already in the next (its start past the end).
                     summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
@@ -373,6 +377,11 @@ class RuleWatch(threading.Thread):
 
     def _saw(self, name: str, at: str, began: datetime, seconds: float, rules: list[dict], busy: float) -> None:
         self.seen.setdefault(name, {})[at] = (began.timestamp(), seconds)
+        if self.timeline is not None and name != SUMMARY_PART:  # the summary's rules are its group's
+            for r in rules:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(r.get("labels", {}).items()))
+                key = f"{name}/{r['name']}{{{labels}}}"
+                self.rule_seen.setdefault(key, {})[r["lastEvaluation"]] = r["evaluationTime"]
         if seconds > self.slowest.get(name, {}).get("s", -1):
             slow = sorted(rules, key=lambda r: -r["evaluationTime"])[:3]
             self.slowest[name] = {
@@ -407,6 +416,11 @@ class RuleWatch(threading.Thread):
             }
             for name, t in ((name, [t for _, t in seen.values()]) for name, seen in sorted(self.seen.items()))
         }
+        if {LAYER_GROUP, ALERT_GROUP} <= figures.keys():
+            # How far into the layer's interval the alert group starts (its name sets it: rules_compiler.alerts.LAG).
+            layer = min(began for began, _ in self.seen[LAYER_GROUP].values())
+            lags = [(began - layer) % INTERVAL_S for began, _ in self.seen[ALERT_GROUP].values()]
+            figures[ALERT_GROUP]["after_the_layer_s"] = round(statistics.median(lags), 2)
         if self.timeline:
             ended = sorted(
                 {s["go_memstats_last_gc_time_seconds"] for s in self.timeline if s.get("go_gc_duration_seconds_count")}
@@ -633,7 +647,10 @@ def main() -> int:
         rules.join(20)
         if args.timeline:
             evaluations = {name: sorted(seen.values()) for name, seen in rules.seen.items()}
-            args.timeline.write_text(json.dumps({"evaluations": evaluations, "samples": rules.timeline}))
+            by_rule = {key: list(seen.values()) for key, seen in rules.rule_seen.items()}
+            args.timeline.write_text(
+                json.dumps({"evaluations": evaluations, "samples": rules.timeline, "rules": by_rule})
+            )
         after = {name: prometheus_figures(u) for name, u in proms.items()}
         missed = {
             k: int(v - before[name]["missed"].get(k, 0)) for name in proms for k, v in after[name]["missed"].items()
@@ -699,6 +716,8 @@ def main() -> int:
             f"rule group {name:<34} {seen['evaluations']:>3} evaluations: median {seen['median']:.3f} s, "
             f"max {seen['max']:.3f} s, {missed} iterations missed"
         )
+        if "after_the_layer_s" in seen:
+            print(f"    starting {seen['after_the_layer_s']:.2f} s into the layer's {INTERVAL_S} s interval")
         if seen["slowest"] and seen["slowest"]["cores_by_process"]:
             busy = sorted(seen["slowest"]["cores_by_process"].items(), key=lambda kv: -kv[1])
             print(f"    while its slowest ran, cores: {', '.join(f'{k} {v:.2f}' for k, v in busy)}")

@@ -209,7 +209,9 @@ def publish() -> None:
     deployer = current_app.extensions["alert_deployer"]
     templates = notification_templates()
     deployer.deploy(
-        render_alert_rules(rules, interval, revision, current_app.config["RULES_DIALECT"]),
+        render_alert_rules(
+            rules, interval, revision, current_app.config["RULES_DIALECT"], deployer.group_name(interval)
+        ),
         render_alertmanager_config(rules, delivery(str(deployer.templates_path(templates)))),
         revision,
         len(rules),

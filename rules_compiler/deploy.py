@@ -18,13 +18,16 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import orjson
 import urllib3
+import yaml
 
-from rules_compiler.alerts import GROUP
+from rules_compiler import group_phase
+from rules_compiler.alerts import GROUP, LAG, is_alert_group
 from rules_compiler.notify_templates import templates_name
+from rules_compiler.recording import GROUP as LAYER_GROUP
 
 
 class DeployFailed(Exception):
@@ -79,6 +82,37 @@ class AlertDeployer:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def group_name(self, interval_s: float) -> str:
+        """The alert group's name, for the phase LAG after the layer's group, from where Prometheus's
+        rules API says the two files lie (and the alert file beside the layer's before it has one).
+
+        GROUP for vmalert (which starts groups at its own phases) and where the layer's group is not
+        loaded; the name of the group installed now where Prometheus does not answer.
+        """
+        if self.dialect == "vmalert":
+            return GROUP
+        try:
+            r = self._http.request("GET", f"{self.rules_url.rstrip('/')}/api/v1/rules")
+            groups = orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
+        except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
+            groups = None
+        if groups is None:
+            return self._installed_group()
+        layer = next((g for g in groups if g["name"] == LAYER_GROUP), None)
+        if layer is None:
+            return GROUP
+        ours = next((g["file"] for g in groups if is_alert_group(g["name"])), None)
+        rule_file = ours or str(PurePosixPath(layer["file"]).with_name(self.rules_path.name))
+        after = (group_phase.offset_s(layer["file"], LAYER_GROUP, layer["interval"]), layer["interval"])
+        return group_phase.name_lagging(rule_file, GROUP, interval_s, after, LAG)
+
+    def _installed_group(self) -> str:
+        try:
+            groups = yaml.safe_load(self.rules_path.read_text())["groups"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return GROUP
+        return next((g["name"] for g in groups if is_alert_group(g.get("name", ""))), GROUP)
 
     def templates_path(self, templates_text: str) -> Path:
         """Where the notification templates ``templates_text`` go: named by content, beside the config."""
@@ -170,7 +204,7 @@ class AlertDeployer:
             except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
                 groups = None
             if groups is not None:
-                ours = [g for g in groups if g["name"] == GROUP]
+                ours = [g for g in groups if is_alert_group(g["name"])]
                 rules = ours[0]["rules"] if ours else []
                 seen = {rule.get("annotations", {}).get("fleet_revision") for rule in rules}
                 if len(rules) == rule_count and (rule_count == 0 or seen == {revision}):

@@ -24,11 +24,16 @@ from fleetwatch.testing.api import ADMIN, VIEWER, api_session, bearer, http_logi
 from fleetwatch.testing.tls import self_signed_certificate
 from fleetwatch.testing.waits import free_port, wait_until
 from fleetwatch.testing.webhooks import Receiver
+from gateway.alert_events import go_time
+from rules_compiler import group_phase
 from rules_compiler.alertmanager import Delivery, render_alertmanager_config
 from rules_compiler.alerts import (
+    GROUP,
+    LAG,
     STARTER_RULES,
     AlertRule,
     RuleInvalid,
+    is_alert_group,
     parse_channel,
     parse_duration,
     parse_expression,
@@ -36,6 +41,7 @@ from rules_compiler.alerts import (
     render_alert_rules,
 )
 from rules_compiler.notify_templates import render_templates
+from rules_compiler.recording import GROUP as LAYER_GROUP
 
 GOLDEN = Path(__file__).parent / "golden"
 NASTY = 'Hot "CPU" {{ .Foo }}\n}} {x="y"} \\ end'
@@ -65,7 +71,7 @@ def url(api, path: str) -> str:
 def live_rules(stack) -> dict[str, dict]:
     """Prometheus's own view: the alerting rules it evaluates, by alert name."""
     groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", params={"type": "alert"}, timeout=10).json()
-    return {r["name"]: r for g in groups["data"]["groups"] if g["name"] == "fleet-alerts" for r in g["rules"]}
+    return {r["name"]: r for g in groups["data"]["groups"] if is_alert_group(g["name"]) for r in g["rules"]}
 
 
 # ---------------------------------------------------------------- the compiler
@@ -198,6 +204,50 @@ def test_starter_set_is_installed_and_live(api, stack):
     assert starter["rule-001"]["scope"] == {"tags": {"role": "!=gpu-only"}}
     assert starter["rule-006"]["expression"] == "no heartbeat for 2m"
     assert set(live_rules(stack)) >= {f"rule-00{i}" for i in range(1, 7)}
+
+
+def test_prometheus_starts_the_alert_group_its_lag_after_the_layer(api, stack):
+    """The group's name (fleet-alerts or fleet-alerts-N) puts it LAG of the layer's interval after the
+    layer's group, whose files Prometheus reports; each starts at the phase group_phase computes."""
+    groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    layer = next(g for g in groups if g["name"] == LAYER_GROUP)
+    ours = next(g for g in groups if is_alert_group(g["name"]))
+    assert ours["file"] == str(Path(layer["file"]).with_name("fleet-alerts.yml"))  # beside it, as guessed
+
+    def started(group: dict) -> float:
+        # lastEvaluation is when an evaluation began: its slot plus the scheduler's few milliseconds
+        # (tens on a busy machine: the interval here is 1 s).
+        at = go_time(group["lastEvaluation"]).timestamp()
+        late = (at - group_phase.offset_s(group["file"], group["name"], group["interval"])) % group["interval"]
+        assert late < 0.1, (group["name"], late)
+        return at
+
+    every = layer["interval"]
+    lag = (started(ours) - started(layer)) % every / every
+    assert LAG[0] - 0.1 <= lag <= LAG[1] + 0.1, (ours["name"], lag)
+
+
+@pytest.mark.parametrize("interval_s", [1.0, 15.0, 30.0, 60.0])
+def test_the_alert_group_is_named_for_its_lag_wherever_the_files_lie(interval_s):
+    layer_every = 15.0 if interval_s >= 15 else interval_s
+    for n in range(50):
+        rules = f"/srv/fleet-{n}/state/rules"
+        after = (group_phase.offset_s(f"{rules}/fleet-normalisation.yml", LAYER_GROUP, layer_every), layer_every)
+        name = group_phase.name_lagging(f"{rules}/fleet-alerts.yml", GROUP, interval_s, after, LAG)
+        assert is_alert_group(name)
+        started = group_phase.offset_s(f"{rules}/fleet-alerts.yml", name, interval_s)
+        assert LAG[0] <= (started - after[0]) % layer_every / layer_every <= LAG[1]
+    # Intervals that are not a multiple of the layer's drift through its phases: no name helps.
+    assert group_phase.name_lagging("/r/fleet-alerts.yml", GROUP, 20.0, (3.0, 15.0), LAG) == GROUP
+
+
+def test_xxh64_matches_the_reference_vectors():
+    for data, digest in [
+        (b"", 0xEF46DB3751D8E999),
+        (b"abc", 0x44BC2CF5AD770999),
+        (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),  # past one 32-byte stripe
+    ]:
+        assert group_phase.xxh64(data) == digest
 
 
 @pytest.mark.parametrize(
