@@ -209,7 +209,13 @@ def test_starter_set_is_installed_and_live(api, stack):
 def test_prometheus_starts_the_alert_group_its_lag_after_the_layer(api, stack):
     """The group's name (fleet-alerts or fleet-alerts-N) puts it LAG of the layer's interval after the
     layer's group, whose files Prometheus reports; each starts at the phase group_phase computes."""
-    groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
+
+    def evaluated() -> list[dict] | None:
+        groups = requests.get(f"{stack.urls()['prometheus']}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        ours = [g for g in groups if g["name"] == LAYER_GROUP or is_alert_group(g["name"])]
+        return ours if len(ours) == 2 and all(go_time(g["lastEvaluation"]) for g in ours) else None
+
+    groups = wait_until(evaluated, 30, "the layer's and the alert group evaluated")
     layer = next(g for g in groups if g["name"] == LAYER_GROUP)
     ours = next(g for g in groups if is_alert_group(g["name"]))
     assert ours["file"] == str(Path(layer["file"]).with_name("fleet-alerts.yml"))  # beside it, as guessed
