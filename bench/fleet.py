@@ -521,6 +521,13 @@ def main() -> int:
         default=StackConfig.prometheus_gogc,
         help=f"Go's GOGC for the raw tier, as fleetwatch up takes it (default {StackConfig.prometheus_gogc})",
     )
+    p.add_argument(
+        "--prometheus-memory-limit",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="a fixed heap goal for the raw tier instead of GOGC, as fleetwatch up takes it (L1/L2: 4500)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument(
         "--timeline",
@@ -540,6 +547,7 @@ def main() -> int:
         scrape_interval=f"{INTERVAL_S}s",
         gateway_workers=args.workers,
         prometheus_gogc=args.prometheus_gogc,
+        prometheus_memory_limit_mib=args.prometheus_memory_limit,
         gateway_env=GATEWAY_ENV,
     )
     paths = render_configs(config)
@@ -549,6 +557,7 @@ def main() -> int:
     figures: dict = {
         "hosts": args.hosts,
         "prometheus_gogc": args.prometheus_gogc,
+        "prometheus_memory_limit_mib": args.prometheus_memory_limit,
         "load_avg_at_start": [round(x, 2) for x in psutil.getloadavg()],
     }
     feeder = None

@@ -59,6 +59,12 @@ def _gogc(value: str) -> int:
     return int(value)
 
 
+def _memory_limit(value: str) -> int:
+    if not value.isdigit() or not 512 <= int(value) <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected MiB from 512 to 1048576, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fleetwatch", description="Run the fleetwatch stack locally.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "for about 1.8x the memory of Go's 100 (docs/benchmarks.md)",
     )
     up.add_argument(
+        "--prometheus-memory-limit",
+        type=_memory_limit,
+        default=0,
+        metavar="MIB",
+        help="a fixed heap goal for the raw-tier Prometheus instead of --prometheus-gogc (GOGC=off, "
+        "GOMEMLIMIT): steadier rule groups for large fleets; keep it well above the live heap "
+        "(docs/configuration.md)",
+    )
+    up.add_argument(
         "--no-slurm",
         action="store_true",
         help="no Slurm cluster collector or job accounting, even where sinfo answers (SLURM_CONF honoured)",
@@ -175,6 +190,7 @@ def stack_config(args: argparse.Namespace, slurm: bool | None = None) -> StackCo
         gateways=args.gateways,
         backend=args.backend,
         prometheus_gogc=args.prometheus_gogc,
+        prometheus_memory_limit_mib=args.prometheus_memory_limit,
     )
 
 

@@ -81,6 +81,12 @@ class StackConfig:
     # grows by what is live; at 10,000 hosts that took about 45 % of Prometheus's CPU and the small
     # rule groups waited for it. 200 halves that work for about 1.8x the memory (docs/benchmarks.md).
     prometheus_gogc: int = 200
+    # A fixed heap goal instead (GOGC=off, GOMEMLIMIT): Go collects when the heap reaches it, however
+    # small the live heap it marked last. With GOGC a collection that ends at a small live heap sets a
+    # low goal, the next comes sooner and they fall inside the small rule groups; at 10,000 hosts
+    # 4500 MiB gave one collection a round and every goal in both runs (docs/benchmarks.md, L1 and L2).
+    # It must stay well above the live heap (about 170 KiB a host there), or Go collects without pause.
+    prometheus_memory_limit_mib: int = 0  # 0: GOGC governs
 
 
 class ServiceFailed(RuntimeError):
@@ -371,7 +377,11 @@ def build_services(config: StackConfig, paths: dict[str, Path]) -> list[Service]
             ],
             f"http://{near_backend}:{ports.prometheus}/-/ready",
             logs / "prometheus.log",
-            env={"GOGC": str(config.prometheus_gogc)},
+            env=(
+                {"GOGC": "off", "GOMEMLIMIT": f"{config.prometheus_memory_limit_mib}MiB"}
+                if config.prometheus_memory_limit_mib
+                else {"GOGC": str(config.prometheus_gogc)}
+            ),
         ),
         Service(
             "alertmanager",

@@ -253,3 +253,17 @@ def test_prometheus_gogc_is_a_flag_of_up_within_bounds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["up", "--prometheus-gogc=off"])
     assert "expected a GOGC of 50 to 1000" in capsys.readouterr().err
+
+
+def test_prometheus_memory_limit_gives_the_raw_tier_a_fixed_heap_goal(tmp_path, capsys):
+    from fleetwatch.cli import build_parser, stack_config
+    from fleetwatch.stack import build_services, render_configs
+
+    args = ["up", f"--state-dir={tmp_path}", "--prometheus-memory-limit=4500"]
+    config = stack_config(build_parser().parse_args(args))
+    services = {s.name: s for s in build_services(config, render_configs(config))}
+    assert services["prometheus"].env == {"GOGC": "off", "GOMEMLIMIT": "4500MiB"}
+    assert "GOMEMLIMIT" not in services["longterm"].env and "GOMEMLIMIT" not in services["downsampler"].env
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--prometheus-memory-limit=4G"])
+    assert "expected MiB from 512 to 1048576" in capsys.readouterr().err
