@@ -92,11 +92,7 @@ class AlertDeployer:
         """
         if self.dialect == "vmalert":
             return GROUP
-        try:
-            r = self._http.request("GET", f"{self.rules_url.rstrip('/')}/api/v1/rules")
-            groups = orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
-        except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
-            groups = None
+        groups = self._rule_groups()
         if groups is None:
             return self._installed_group()
         layer = next((g for g in groups if g["name"] == LAYER_GROUP), None)
@@ -106,6 +102,14 @@ class AlertDeployer:
         rule_file = ours or str(PurePosixPath(layer["file"]).with_name(self.rules_path.name))
         after = (group_phase.offset_s(layer["file"], LAYER_GROUP, layer["interval"]), layer["interval"])
         return group_phase.name_lagging(rule_file, GROUP, interval_s, after, LAG)
+
+    def _rule_groups(self, **fields: str) -> list[dict] | None:
+        """The evaluator's rule groups (its rules API, ``fields`` as parameters); None where it does not answer."""
+        try:
+            r = self._http.request("GET", f"{self.rules_url.rstrip('/')}/api/v1/rules", fields=fields)
+            return orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
+        except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
+            return None
 
     def _installed_group(self) -> str:
         try:
@@ -198,11 +202,7 @@ class AlertDeployer:
         deadline = time.monotonic() + self.timeout_s
         seen = None
         while time.monotonic() < deadline:
-            try:
-                r = self._http.request("GET", f"{self.rules_url.rstrip('/')}/api/v1/rules", fields={"type": "alert"})
-                groups = orjson.loads(r.data)["data"]["groups"] if r.status == 200 else None
-            except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError):
-                groups = None
+            groups = self._rule_groups(type="alert")
             if groups is not None:
                 ours = [g for g in groups if is_alert_group(g["name"])]
                 rules = ours[0]["rules"] if ours else []
