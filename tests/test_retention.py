@@ -10,6 +10,7 @@ raw samples themselves.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import subprocess
@@ -106,9 +107,12 @@ def raw_samples(h0: int) -> list[tuple[int, float]]:
 
 def expected(samples, at: float, step_s: int) -> tuple[float, int]:
     """Mean and count of the raw samples a point at ``at`` stands for, (at - DELAY - step, at - DELAY],
-    computed here, not by Prometheus."""
+    computed here, not by Prometheus. ``samples`` are in time order (raw_samples), so the window is
+    found by bisection: a scan of the 79,000 samples per point took 20-30 s for a 7 d answer."""
     end = at - DELAY_S
-    inside = [v for ts, v in samples if end - step_s < ts <= end]
+    lo = bisect.bisect_right(samples, end - step_s, key=lambda s: s[0])
+    hi = bisect.bisect_right(samples, end, key=lambda s: s[0])
+    inside = [v for _, v in samples[lo:hi]]
     return (sum(inside) / len(inside) if inside else math.nan), len(inside)
 
 
