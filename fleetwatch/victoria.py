@@ -18,6 +18,7 @@ from rules_compiler.downsampling import SERIES_PATTERN
 from rules_compiler.promql import seconds
 
 BACKENDS = ("prometheus", "victoriametrics")
+MAX_QUERY_BYTES = 1 << 20
 
 
 def render_vm_configs(config: StackConfig, paths: dict[str, Path]) -> dict[str, Path]:
@@ -68,6 +69,9 @@ def vm_services(config: StackConfig, paths: dict[str, Path], services: list[Serv
                 "-search.latencyOffset=0s",
                 # A stopped series ends 5 min later, as in Prometheus, not one step later.
                 "-search.minStalenessInterval=5m",
+                # A page of the host list names its hosts in each query: 1,000 ids of up to 64
+                # characters, escaped, pass the default 16 KiB (a page of 50 with GPU checks did).
+                f"-search.maxQueryLen={MAX_QUERY_BYTES}",
                 "-loggerLevel=WARN",
             ],
             f"http://{host}:{port}/health",

@@ -8,24 +8,36 @@ busy GPU is not: utilisation is shown, never judged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from gateway.promql import selector
+from rules_compiler.promql import regex_any
 
 # XIDs after which the GPU needs a reset or service (NVIDIA's XID catalog): double-bit ECC,
 # fallen off the bus, contained and uncontained ECC errors.
 FATAL_XIDS = (48, 79, 94, 95)
 WARN_THROTTLE = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown")
+# The recorded GPU series a problem shows in (above 0).
+PROBLEMS = (
+    "fleet:gpu_ecc_uncorrectable",
+    "fleet:gpu_row_remap_failed",
+    "fleet:gpu_xid_last",
+    "fleet:gpu_remapped_rows_pending",
+    "fleet:gpu_throttled",
+)
 
 
-def problems_query(sel: Callable[..., str]) -> str:
-    """One PromQL query for every GPU problem of the hosts ``sel(record, **matchers)`` selects."""
-    terms = [
-        f"{sel('fleet:gpu_ecc_uncorrectable')} > 0",
-        f"{sel('fleet:gpu_row_remap_failed')} > 0",
-        *(f"{sel('fleet:gpu_xid_last')} == {xid}" for xid in FATAL_XIDS),
-        f"{sel('fleet:gpu_remapped_rows_pending')} > 0",
-        *(f"{sel('fleet:gpu_throttled', reason=reason)} > 0" for reason in WARN_THROTTLE),
-    ]
-    return " or ".join(terms)
+def problems_query(host_ids: list[str] | None) -> str:
+    """One PromQL query for every GPU problem of ``host_ids`` (None: the whole fleet).
+
+    One selector, the hosts named once: a term per cause, each naming the page's
+    hosts, made a page of 1,000 hosts' 64-character ids a query of 1 MB, past what
+    Prometheus's request line and VictoriaMetrics' ``-search.maxQueryLen`` take.
+    Only the throttle reasons judged (the other records have no ``reason``, which
+    the empty alternative matches) and values above 0 come back; reasons_by_host
+    keeps the fatal XIDs.
+    """
+    regex = {"reason": ["", *WARN_THROTTLE], **({} if host_ids is None else {"host_id": host_ids})}
+    matchers = selector("", regex=regex)[1:-1]  # checked and escaped; selector refuses the reserved __name__
+    return f"{{__name__=~{regex_any(list(PROBLEMS))},{matchers}}} > 0"
 
 
 def reasons_by_host(result: list[dict]) -> dict[str, list[str]]:
@@ -34,6 +46,8 @@ def reasons_by_host(result: list[dict]) -> dict[str, list[str]]:
     for s in result:
         labels, value = s["metric"], float(s["value"][1])
         gpu, name = labels.get("gpu_index", "?"), labels["__name__"]
+        if name == "fleet:gpu_xid_last" and value not in FATAL_XIDS:
+            continue  # an application's XID (13, 31, 43, ...): the GPU is fine
         crit, text = {
             "fleet:gpu_ecc_uncorrectable": (True, f"{value:g} uncorrectable ECC errors"),
             "fleet:gpu_row_remap_failed": (True, "row remapping failed"),

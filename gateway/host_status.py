@@ -56,7 +56,7 @@ def state_queries(
         # Only the hosts held above the crit line: usually none, instead of every host's minimum.
         f"{sel(HELD)} > {CRIT_PCT:g}",
         f"max by (host_id) (timestamp({sel(beat, **beat_matchers)} == 1))",
-        problems_query(sel),  # only sick or degraded GPUs: usually none
+        problems_query(None if whole_fleet else host_ids),  # only sick or degraded GPUs: usually none
         *([_look_back(down)] if down else []),
     ]
 
