@@ -17,7 +17,7 @@ from flask.views import MethodView
 from gateway.auth import audit
 from gateway.db import Host, db
 from gateway.errors import ApiError, Blueprint, Conflict
-from gateway.hosts import HostSchema
+from gateway.hosts import HostSchema, set_exporter
 from gateway.inventory import targets_changed
 from gateway.schemas import accepts
 
@@ -139,14 +139,14 @@ class HostImport(MethodView):
         created, row_hosts = [], []
         for fields in rows:
             host = existing.get(fields.get("id"))
+            plain = {k: v for k, v in fields.items() if k != "exporter"}
             if host is None:
-                host = Host(source="import", **{"tags": {}, **fields})
+                host = Host(source="import", **{"tags": {}, **plain})
                 created.append(host)
             else:
-                for key, value in fields.items():  # an empty cell leaves the field as it is
+                for key, value in plain.items():  # an empty cell leaves the field as it is
                     setattr(host, key, value)
-                if "exporter" in fields:
-                    host.pushes = False  # an address to scrape, as PATCH does
+            set_exporter(host, fields)  # "push" or an address to scrape, as POST and PATCH take it
             row_hosts.append(host)
         db.session.add_all(created)
         db.session.flush()

@@ -303,14 +303,14 @@ class Hosts(MethodView):
         if body.get("id") and db.session.execute(db.select(Host.pk).filter_by(id=body["id"])).first():
             raise Conflict(f"host {body['id']} exists", {"id": body["id"]})
         host = add_with_id(Host(**{k: v for k, v in body.items() if k not in ("id", "exporter")}), body.get("id"))
-        _set_exporter(host, body)
+        set_exporter(host, body)
         audit("host_create", host.id, hostname=host.hostname, tags=host.tags)
         db.session.commit()
         targets_changed()
         return {"id": host.id, "status": "created"}
 
 
-def _set_exporter(host: Host, body: dict) -> None:
+def set_exporter(host: Host, body: dict) -> None:
     """ "push": its agent pushes, nothing to scrape; an address (or null): Prometheus scrapes it from now on."""
     if "exporter" in body:
         host.pushes = body["exporter"] == PUSH
@@ -353,7 +353,7 @@ class HostById(MethodView):
         for key, value in body.items():
             if key != "exporter":
                 setattr(host, key, value)
-        _set_exporter(host, body)
+        set_exporter(host, body)
         audit("host_update", host.id, **body)
         db.session.commit()
         targets_changed()

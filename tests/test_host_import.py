@@ -57,6 +57,22 @@ def test_import_adds_every_row_with_its_fields(importer):
     assert audit and audit[0]["details"]["created"] == 3
 
 
+def test_a_push_row_is_a_pushing_host_never_a_target_and_an_upsert_address_scrapes_it(importer):
+    body = "hostname,exporter,id\npush-01.example.com,push,push-01\nscraped-01.example.com,10.0.9.8:9100,scraped-01\n"
+    assert importer.post("/api/v1/hosts/import", data=body, headers={**importer.admin, **CSV}).status_code == 201
+    host = importer.get("/api/v1/hosts/push-01", headers=importer.admin).get_json()["host"]
+    assert host["exporter"] == "push" and host["status_reasons"] == ["crit: agent never seen"], host
+    # The file once it holds this import (its scraped row): the pushing host is not in it.
+    targets = targets_once(importer.app.config["STATE_DIR"], lambda ts: "scraped-01" in str(ts))
+    assert {t["labels"]["host_id"] for t in targets} >= {"scraped-01"}
+    assert "push-01" not in {t["labels"]["host_id"] for t in targets}
+    again = "hostname,exporter,id\npush-01.example.com,10.0.9.9:9100,push-01\n"
+    r = importer.post("/api/v1/hosts/import?upsert=true", data=again, headers={**importer.admin, **CSV})
+    assert r.status_code == 201
+    targets = targets_once(importer.app.config["STATE_DIR"], lambda ts: "push-01" in str(ts))
+    assert {"targets": ["10.0.9.9:9100"], "labels": {"host_id": "push-01"}} in targets
+
+
 def test_bad_rows_are_named_by_number_and_field_and_nothing_is_imported(importer):
     before = host_count(importer)
     body = (
