@@ -26,6 +26,7 @@ from fleetwatch.testing.stack import shared_state_dir, stack_config
 from fleetwatch.testing.waits import free_port, wait_until
 from rules_compiler.alerts import AlertRule, parse_expression, parse_scope, render_alert_rules
 from rules_compiler.deploy import AlertDeployer, DeployFailed
+from rules_compiler.recording import SUMMARY_GROUP
 
 HOST = socket.gethostname()  # the stack's own exporter, scraped by vmagent
 VM_SERVICES = ["longterm", "prometheus", "vmagent", "alertmanager", "vmalert", "exporter"]
@@ -94,6 +95,7 @@ def test_no_prometheus_runs_and_vmalert_evaluates_the_same_rule_files(vm_stack):
     groups = requests.get(f"{vm_stack.urls()['vmalert']}/api/v1/rules", timeout=10).json()["data"]["groups"]
     files = {g["file"].rsplit("/", 1)[-1] for g in groups}
     assert {"fleet-normalisation.yml", "fleet-downsampling.yml", "fleet-alerts.yml"} <= files
+    assert SUMMARY_GROUP in {g["name"] for g in groups}  # the summary's rules timed apart from the layer's
     assert not [r["name"] for g in groups for r in g["rules"] if r.get("lastError")]
     PromClient(vm_stack.urls()["prometheus"]).wait_for('up{job="vmalert"} == 1')
     # The alert rules file in vmalert's dialect: no keep_firing_for, the hold-down in the expression.

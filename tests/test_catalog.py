@@ -23,7 +23,15 @@ import yaml
 from exporter import catalog_table as T
 from fleetwatch.testing.waits import wait_until
 from rules_compiler.catalog import CATALOG, THROTTLE_REASONS, UnknownMetric, catalog_listing, resolve, valid_names
-from rules_compiler.recording import HOST_SUMMARY, JUDGED, rate_window_for, render_normalisation_rules
+from rules_compiler.recording import (
+    GROUP,
+    HOST_SUMMARY,
+    JUDGED,
+    SUMMARY_GROUP,
+    SUMMARY_RECORDS,
+    rate_window_for,
+    render_normalisation_rules,
+)
 from tests.fake_nvml import GI_MIB, TOTAL, FakePynvml, h100, mig_h100
 from tests.gpu_nodes import GpuNode
 
@@ -612,6 +620,20 @@ def test_recorded_metric_equals_the_sources_reading(request, prom, metric):
     # Prometheus drops empty labels (slurm_job_id outside a job): the metric's labels at most, host_id always.
     allowed = {"__name__", "host_id", *CATALOG[metric].labels}
     assert series and all({"__name__", "host_id"} <= set(s["metric"]) <= allowed for s in series), series
+
+
+def test_the_summary_follows_the_layer_in_its_group_except_for_vmalert_where_it_has_its_own():
+    def groups(**kw) -> dict[str, list[str]]:
+        doc = yaml.safe_load(render_normalisation_rules(CATALOG, "15s", "60s", **kw))
+        assert all(g["interval"] == "15s" for g in doc["groups"][:-1])  # all but discovery
+        return {g["name"]: [r["record"] for r in g["rules"]] for g in doc["groups"]}
+
+    prometheus, vmalert = groups(), groups(from_layer=False)
+    assert SUMMARY_GROUP not in prometheus
+    summary_from = prometheus[GROUP].index(SUMMARY_RECORDS[0])
+    assert set(prometheus[GROUP][summary_from:]) == set(SUMMARY_RECORDS)  # after every layer rule
+    assert vmalert[SUMMARY_GROUP] == prometheus[GROUP][summary_from:]
+    assert vmalert[GROUP] == prometheus[GROUP][:summary_from]
 
 
 def test_cpu_utilization_reads_the_cores_recorded_before_it_except_for_vmalert():
