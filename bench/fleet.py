@@ -40,7 +40,12 @@ and the gateway installs the starter alert rules itself), then:
    off: every request reaches Prometheus.
 
     .venv/bin/python -P bench/fleet.py [--hosts 10000] [--requests 200] [--rate 4] [--settle 330]
-        [--json PATH] [--keep]
+        [--backend prometheus|victoriametrics] [--json PATH] [--keep]
+
+With ``--backend victoriametrics`` the stack is `fleetwatch up --backend victoriametrics`'s: the
+feed goes to the raw VictoriaMetrics, vmalert evaluates every rule file (the summary in a group of
+its own there: rules_compiler/recording.py), and the downsampled windows are counted in the
+long-term tier.
 
 (-P: bench/ must not shadow the packages the stack imports.)
 """
@@ -58,7 +63,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -70,12 +75,13 @@ from fleetwatch.testing.api import ADMIN, api_session
 from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.prom import PromClient
 from fleetwatch.testing.waits import free_port, wait_until
+from fleetwatch.victoria import BACKENDS
 from gateway.alert_events import go_time
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from rules_compiler.alerts import GROUP as ALERT_GROUP
 from rules_compiler.alerts import is_alert_group
 from rules_compiler.downsampling import DELAY
-from rules_compiler.recording import DISCOVERY_GROUP, HELD, SUMMARY, SUMMARY_RECORDS
+from rules_compiler.recording import DISCOVERY_GROUP, HELD, SUMMARY, SUMMARY_GROUP, SUMMARY_RECORDS
 from rules_compiler.recording import GROUP as LAYER_GROUP
 
 INTERVAL_S = 15
@@ -84,9 +90,15 @@ CPUS = 4
 GOAL_LIST_MS = 200.0
 GOAL_RULES_S = 1.0
 RELOGIN_S = 600.0  # well inside the gateway's 15-minute access tokens
-PROMETHEUSES = ("prometheus", "downsampler", "longterm")  # the raw tier first
+# The backend's processes whose CPU, allocation and memory are measured, the raw tier first.
+ENGINES = {
+    "prometheus": ("prometheus", "downsampler", "longterm"),
+    "victoriametrics": ("prometheus", "longterm", "vmagent", "vmalert"),
+}
 SUMMARY_PART = f"{LAYER_GROUP}: host summary"  # the summary rules' share of each evaluation of their group
 RAW_TIER_GROUPS = {LAYER_GROUP, SUMMARY_PART, ALERT_GROUP, DISCOVERY_GROUP}
+# vmalert's iteration summary per group (RuleWatch): the sum and count of its evaluations' seconds.
+ITERATIONS = re.compile(r'^vmalert_iteration_duration_seconds_(sum|count)\{group="([^"]*)"[^}]*\} (\S+)$', re.M)
 MARK_S = 2.0  # how long before its end a collection of the raw tier is taken to have begun (--timeline)
 # The first evaluation of each level creates its series (1.4 million at 10,000 hosts) in the
 # downsampler and the long-term tier, seconds of both cores once after a start: measured after it,
@@ -238,8 +250,8 @@ def csv_rows(parts: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_prometheus_config(path: Path) -> None:
-    """The stack's prometheus.yml less the hosts' scrape job: their samples are sent."""
+def without_the_hosts_job(path: Path) -> None:
+    """A scrape config of the stack (Prometheus's, vmagent's) less the hosts' job: their samples are sent."""
     config = yaml.safe_load(path.read_text())
     config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "fleetwatch"]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -254,18 +266,27 @@ def summed(text: str, names) -> dict[str, float]:
     return figures
 
 
+def shown_as(group: str) -> str:
+    """The name a rule group's figures go by: the alert group whatever its phase's suffix (GROUP-N), and
+    vmalert's summary group as the summary's share of the layer's group it is on Prometheus."""
+    return ALERT_GROUP if is_alert_group(group) else SUMMARY_PART if group == SUMMARY_GROUP else group
+
+
 def prometheus_figures(prom_url: str) -> dict:
-    """From Prometheus's own /metrics: each rule group's missed iterations, its CPU seconds, the bytes
-    it allocated and its garbage collections (what makes every query of the process slow at once)."""
+    """From a store's (or vmalert's) own /metrics: each rule group's missed iterations, its CPU seconds,
+    the bytes it allocated and its garbage collections (what makes every query of the process slow at once)."""
     text = requests.get(f"{prom_url}/metrics", timeout=60).text
     missed = re.finditer(
-        r'^prometheus_rule_group_iterations_missed_total\{rule_group="[^"]*;([^"]+)"\} (\S+)$', text, re.M
+        r'^(?:prometheus_rule_group_iterations_missed_total\{rule_group="[^"]*;([^"]+)"'
+        r'|vmalert_iteration_missed_total\{group="([^"]+)"[^}]*)\} (\S+)$',
+        text,
+        re.M,
     )
     names = {"cpu_s": "process_cpu_seconds_total", "alloc_b": "go_memstats_alloc_bytes_total"}
     names["gcs"] = "go_gc_duration_seconds_count"
     figures = summed(text, names.values())
     return {
-        "missed": {m.group(1): float(m.group(2)) for m in missed},
+        "missed": {shown_as(m.group(1) or m.group(2)): float(m.group(3)) for m in missed},
         **{key: figures.get(name, 0.0) for key, name in names.items()},
     }
 
@@ -313,11 +334,20 @@ class RuleWatch(threading.Thread):
     every second); of each group's slowest, when it was, its slowest rules, how busy the machine's
     CPUs were in the second it was read (all of them slow at once, and busy: waiting, not work), and
     which processes kept them busy while it ran (``pids`` and the bench, in cores; "other": the rest of
-    the machine). An evaluation that ended before the watch began has no such figures."""
+    the machine). An evaluation that ended before the watch began has no such figures.
 
-    def __init__(self, prom_urls: list[str], pids: dict[str, int], timeline: bool = False):
+    ``vmalert``: ``rule_urls`` are vmalert's, whose rules API gives no group's time and rules' times
+    that are not their own (two rules of 0.3 and 0.1 s showed 0.71 and 0.81 s): each group's
+    evaluations are told by its iteration summary's sum and count instead, and begin, as far as
+    the watch knows, up to a second early."""
+
+    def __init__(
+        self, rule_urls: list[str], raw_url: str, pids: dict[str, int], timeline: bool = False, vmalert: bool = False
+    ):
         super().__init__(daemon=True, name="rule-watch")
-        self.urls, self.pids = prom_urls, pids
+        self.urls, self.raw_url, self.pids, self.vmalert = rule_urls, raw_url, pids, vmalert
+        self.iterations: dict[str, dict[str, float]] = {}  # vmalert: group -> its summary's last sum and count
+        self.unseen = 0  # vmalert: evaluations between two readings of their group, so not told apart
         # With --timeline: every second, the raw tier's own figures (TIMELINE_METRICS) and the machine's
         # pressure stall totals, to lay beside each evaluation and see what a slow one coincided with.
         self.timeline: list[dict] | None = [] if timeline else None
@@ -336,7 +366,7 @@ class RuleWatch(threading.Thread):
         used["machine"] = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
         self.samples.append((time.time(), used))
         if self.timeline is not None:
-            figures = {**pressure_stalls(), **raw_tier_figures(self.urls[0])}
+            figures = {**pressure_stalls(), **raw_tier_figures(self.raw_url)}
             self.timeline.append({"t": self.samples[-1][0], "cpu_s": used, **figures})
 
     def cores_during(self, start: float, end: float) -> dict[str, float]:
@@ -358,23 +388,40 @@ class RuleWatch(threading.Thread):
             self._sample()
             for url in self.urls:
                 try:
-                    groups = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+                    (self._vmalert if self.vmalert else self._prometheus)(url, busy)
                 except (requests.RequestException, KeyError, ValueError):
                     continue  # a slow answer is no evaluation lost: each one stays the last for its interval
-                for g in groups:
-                    last = go_time(g["lastEvaluation"])
-                    if last is None:
-                        continue  # not evaluated yet
-                    name = ALERT_GROUP if is_alert_group(g["name"]) else g["name"]  # GROUP-N: named for its phase
-                    self._saw(name, g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
-                    # The summary's rules follow the layer's in its group: their own share of the group's
-                    # last evaluation, unless one of them is already in the next (its start past the end).
-                    summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
-                    ended = last + timedelta(seconds=g["evaluationTime"])
-                    if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):
-                        seconds = sum(r["evaluationTime"] for r in summary)
-                        began = min(go_time(r["lastEvaluation"]) or last for r in summary)
-                        self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, summary, busy)
+
+    def _prometheus(self, url: str, busy: float) -> None:
+        for g in requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]:
+            last = go_time(g["lastEvaluation"])
+            if last is None:
+                continue  # not evaluated yet
+            self._saw(shown_as(g["name"]), g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
+            # The summary's rules follow the layer's in its group: their own share of the group's
+            # last evaluation, unless one of them is already in the next (its start past the end).
+            summary = [r for r in g["rules"] if r["name"] in SUMMARY_RECORDS]
+            ended = last + timedelta(seconds=g["evaluationTime"])
+            if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):
+                seconds = sum(r["evaluationTime"] for r in summary)
+                began = min(go_time(r["lastEvaluation"]) or last for r in summary)
+                self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, summary, busy)
+
+    def _vmalert(self, url: str, busy: float) -> None:
+        text, now = requests.get(f"{url}/metrics", timeout=10).text, time.time()
+        totals: dict[str, dict[str, float]] = {}
+        for kind, group, value in ITERATIONS.findall(text):
+            totals.setdefault(group, {})[kind] = float(value)
+        for group, now_at in totals.items():
+            before, self.iterations[group] = self.iterations.get(group), now_at
+            if before is None or now_at["count"] == before["count"]:
+                continue  # the first reading, or no evaluation since the last
+            if now_at["count"] > before["count"] + 1:
+                self.unseen += int(now_at["count"] - before["count"])  # only their sum is known
+                continue
+            seconds = now_at["sum"] - before["sum"]
+            began = datetime.fromtimestamp(now - seconds, UTC)
+            self._saw(shown_as(group), f"{group}#{now_at['count']:.0f}", began, seconds, [], busy)
 
     def _saw(self, name: str, at: str, began: datetime, seconds: float, rules: list[dict], busy: float) -> None:
         self.seen.setdefault(name, {})[at] = (began.timestamp(), seconds)
@@ -395,7 +442,8 @@ class RuleWatch(threading.Thread):
     def figures(self) -> dict[str, dict]:
         # Cores are counted at the end, not when the evaluation is seen: the sample after its end is
         # often not taken yet then (H3's slowest summary had none).
-        one_group = {LAYER_GROUP, SUMMARY_PART}  # the summary and the layer share a group: never at once
+        # On Prometheus the summary and the layer share a group: never at once.
+        one_group = set() if self.vmalert else {LAYER_GROUP, SUMMARY_PART}
         for name, slow in self.slowest.items():
             start, seconds = self.seen[name][slow["at"]]
             end = start + seconds
@@ -540,6 +588,12 @@ def main() -> int:
         type=Path,
         help="write every evaluation of every group and a per-second sample of the raw tier's figures here (JSON)",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="prometheus",
+        help="the storage backend, as fleetwatch up --backend takes it (docs/backends.md)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the state directory (TSDB, logs) and say where")
     args = p.parse_args()
 
@@ -554,21 +608,25 @@ def main() -> int:
         gateway_workers=args.workers,
         prometheus_gogc=args.prometheus_gogc,
         prometheus_memory_limit_mib=args.prometheus_memory_limit,
+        backend=args.backend,
         gateway_env=GATEWAY_ENV,
     )
     paths = render_configs(config)
-    bench_prometheus_config(paths["prometheus"])
+    for scraper in ("prometheus", "vmagent"):
+        if scraper in paths:  # vmagent: --backend victoriametrics
+            without_the_hosts_job(paths[scraper])
     services = {s.name: s for s in build_services(config, paths)}
     started = []
     figures: dict = {
         "hosts": args.hosts,
+        "backend": args.backend,
         "prometheus_gogc": args.prometheus_gogc,
         "prometheus_memory_limit_mib": args.prometheus_memory_limit,
         "load_avg_at_start": [round(x, 2) for x in psutil.getloadavg()],
     }
     feeder = None
     try:
-        for name in ("longterm", "downsampler", "prometheus", "alertmanager", "gateway"):
+        for name in [n for n in services if n != "exporter"]:  # the stack's order: stores, rule engines, gateway
             services[name].start()
             started.append(services[name])
             services[name].wait_ready(120)
@@ -638,11 +696,19 @@ def main() -> int:
         crit_expected = sum(1 for k in parts.values() if expected_status(k) == "crit")
         crit_totals = set()
         gateway_pid = services["gateway"].process.pid
-        proms = {name: f"http://127.0.0.1:{getattr(config.ports, name)}" for name in PROMETHEUSES}
+        engines = ENGINES[args.backend]
+        proms = {name: f"http://127.0.0.1:{getattr(config.ports, name)}" for name in engines}
         before = {name: prometheus_figures(u) for name, u in proms.items()}
         wall, gateway_cpu, bench_cpu = time.monotonic(), cpu_s(gateway_pid), time.process_time()
-        pids = {name: services[name].process.pid for name in (*PROMETHEUSES, "alertmanager", "gateway")}
-        rules = RuleWatch([proms["prometheus"], proms["downsampler"]], pids, timeline=args.timeline is not None)
+        pids = {name: services[name].process.pid for name in (*engines, "alertmanager", "gateway")}
+        vmalert = args.backend == "victoriametrics"  # it evaluates every file; on Prometheus two tiers do
+        rules = RuleWatch(
+            [proms["vmalert"]] if vmalert else [proms["prometheus"], proms["downsampler"]],
+            proms["prometheus"],
+            pids,
+            timeline=args.timeline is not None,
+            vmalert=vmalert,
+        )
         rules.start()
         for n in range(args.requests):
             time.sleep(max(0.0, wall + 2 * n / args.rate - time.monotonic()))
@@ -696,11 +762,13 @@ def main() -> int:
                 "prometheus_alloc_mib_per_s": {name: round(a, 1) for name, a in alloc.items()},
                 "prometheus_gcs": gcs,
                 "bench_cpu_cores": round(bench_cores, 2),
-                "downsampled": downsampled_windows(proms["downsampler"], time.monotonic() - wall),
+                # On VictoriaMetrics vmalert's levels reach the long-term tier (and the raw one) through vmagent.
+                "downsampled": downsampled_windows(proms["longterm" if vmalert else "downsampler"], measured),
                 "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 1),
                 "status_crit_expected": crit_expected,
                 "measured_s": round(measured, 1),
                 "rule_group_s": rules.figures(),
+                "rule_evaluations_unseen": rules.unseen,
                 "prometheus_rss_mb": {name: round(rss_mb(services[name].process.pid), 1) for name in proms},
                 "gateway_rss_mb": round(rss_mb(services["gateway"].process.pid), 1),
                 "load_avg_at_end": [round(x, 2) for x in psutil.getloadavg()],
@@ -754,15 +822,17 @@ def main() -> int:
             )
     print(
         f"while measuring ({f['measured_s']} s at {args.rate:g} requests/s): "
-        f"Prometheus used {f['prometheus_cpu_cores']} cores; the gateway "
+        f"{args.backend} used {f['prometheus_cpu_cores']} cores; the gateway "
         f"{f['gateway_cpu_ms_per_request']} ms of CPU per request (its status watcher included); "
         f"{f['request_errors']} requests failed"
     )
     print(
-        f"Prometheus allocated {f['prometheus_alloc_mib_per_s']} MiB/s and collected garbage "
+        f"{args.backend} allocated {f['prometheus_alloc_mib_per_s']} MiB/s and collected garbage "
         f"{f['prometheus_gcs']} times; the bench itself (feed, requests, rule watch) used {f['bench_cpu_cores']} cores"
     )
-    print(f"RSS: Prometheus {f['prometheus_rss_mb']} MiB, gateway (all processes) {f['gateway_rss_mb']} MiB")
+    if f["rule_evaluations_unseen"]:
+        print(f"{f['rule_evaluations_unseen']} evaluations of vmalert's groups came too close together to tell apart")
+    print(f"RSS: {args.backend} {f['prometheus_rss_mb']} MiB, gateway (all processes) {f['gateway_rss_mb']} MiB")
     d = f["downsampled"]
     print(
         f"1-minute windows of fleet:cpu_utilization downsampled meanwhile: {d['windows']:,}, "
