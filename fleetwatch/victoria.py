@@ -35,11 +35,16 @@ def render_vm_configs(config: StackConfig, paths: dict[str, Path]) -> dict[str, 
         for sd in job.get("file_sd_configs", ()):
             sd.pop("refresh_interval", None)  # refused: -promscrape.fileSDCheckInterval instead
     scrape = {"global": {k: prom["global"][k] for k in ("scrape_interval", "scrape_timeout")}, "scrape_configs": jobs}
-    out = {"vmagent": state / "vm" / "scrape.yml", "vm_longterm_filter": state / "vm" / "longterm-filter.yml"}
+    out = {"vmagent": state / "vm" / "scrape.yml"}
     out["vmagent"].parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out["vmagent"], yaml.safe_dump(scrape, sort_keys=False))
-    keep = [{"source_labels": ["__name__"], "regex": SERIES_PATTERN, "action": "keep"}]
-    _write_atomic(out["vm_longterm_filter"], yaml.safe_dump(keep, sort_keys=False))
+    # The downsampled series to the long-term tier only, as the Prometheus stack sends them: the gateway
+    # reads every level there, and in the raw tier they were 1.4 million series at 10,000 hosts whose
+    # first evaluation held back its ingestion for minutes (bench/fleet.py --backend victoriametrics).
+    for tier, action in (("raw", "drop"), ("longterm", "keep")):
+        out[f"vm_{tier}_filter"] = state / "vm" / f"{tier}-filter.yml"
+        only = [{"source_labels": ["__name__"], "regex": SERIES_PATTERN, "action": action}]
+        _write_atomic(out[f"vm_{tier}_filter"], yaml.safe_dump(only, sort_keys=False))
     # A rule file left by a Prometheus run: vmalert refuses keep_firing_for at start-up, and the
     # gateway writes the file again in vmalert's dialect from its database as it starts.
     alerts = state / "rules" / "fleet-alerts.yml"
@@ -90,7 +95,7 @@ def vm_services(config: StackConfig, paths: dict[str, Path], services: list[Serv
                 f"-promscrape.fileSDCheckInterval={min(5, interval_s)}s",
                 f"-remoteWrite.url={raw}/api/v1/write",
                 f"-remoteWrite.url={longterm}/api/v1/write",
-                f"-remoteWrite.urlRelabelConfig=,{paths['vm_longterm_filter']}",
+                f"-remoteWrite.urlRelabelConfig={paths['vm_raw_filter']},{paths['vm_longterm_filter']}",
                 f"-remoteWrite.tmpDataPath={state / 'vmagent' / 'queue'}",
                 "-loggerLevel=WARN",
             ],

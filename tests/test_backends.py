@@ -254,6 +254,14 @@ def test_downsampled_series_and_only_those_reach_the_long_term_tier(backend_stac
     names = longterm.query('count by (__name__) ({__name__=~".+"})')
     assert names and all(is_downsampled(s["metric"]["__name__"]) for s in names), names
     assert longterm.query(f'fleet:cpu_utilization{{host_id="{history}"}}') == []
+    # And the levels only there: the raw tier never gets them (on VictoriaMetrics, vmagent drops them for it),
+    # neither the probe nor the live levels of the stack's own exporter.
+    live = f'fleet:cpu_utilization:avg1m{{host_id="{HOST}"}}'
+    longterm.wait_for(live, timeout_s=90)
+    raw = PromClient(urls["prometheus"])
+    if "downsampler" not in urls:
+        requests.get(f"{urls['prometheus']}/internal/force_flush", timeout=10)  # all it took is searchable
+    assert raw.query('fleet:backend_probe:avg5m{host_id="be-probe"}') == [] and raw.query(live) == []
 
 
 def test_a_page_of_a_thousand_hosts_with_the_longest_ids_is_listed(api):
