@@ -36,11 +36,13 @@ HOSTS = {
     "hot-0": ("db", 99.0, 40.0, 0, "crit"),
     "silent-0": ("db", None, None, None, "crit"),
     "gone-0": ("web", None, None, 200, "crit"),
+    "stopped-0": ("web", None, None, 150, "crit"),  # its samples stopped: no failed scrape recorded since
     "ok-3": ("web", 10.0, 10.0, 0, "ok"),
     "hot-1": ("web", 97.0, 95.0, 0, "crit"),
     "maint-hot": ("db", 99.0, 40.0, 0, "maintenance"),
     "maint-ok": ("web", 20.0, 20.0, 0, "maintenance"),
 }
+STOPPED = {"stopped-0"}
 PUSHING = "push-0"  # its agent never pushed: crit
 DISCOVERED_HOST = "found-hot"  # scraped, not in the inventory, hot
 
@@ -56,8 +58,8 @@ def _series(now: float) -> list[bytes]:
         if beat_age is not None:
             up = {"job": "fleetwatch", "host_id": host_id, "instance": f"{host_id}.invalid:9101"}
             add("up", up, 1.0, now - beat_age)
-            for ago in range(beat_age - 15, -1, -15):  # its scrapes failed since, as Prometheus records them
-                add("up", up, 0.0, now - ago)
+            for ago in range(beat_age - 15, -1, -15) if host_id not in STOPPED else ():
+                add("up", up, 0.0, now - ago)  # its scrapes failed since, as Prometheus records them
         if cpu is None:
             continue
         for field, value in (("cpu_pct", cpu), ("mem_pct", mem), ("disk_pct", 40.0), ("net_tx_mbps", 1.0)):
@@ -162,6 +164,8 @@ def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(flee
                 same["metrics_summary"],
             )
     assert everyone["gone-0"]["status_reasons"] == ["crit: no heartbeat for 2m"]
+    # Its last `up` says 1, 150 s ago: the beat is that sample's, not the query's (was "ok" on Prometheus).
+    assert everyone["stopped-0"]["status_reasons"] == ["crit: no heartbeat for 2m"]
     assert everyone["silent-0"]["status_reasons"] == ["crit: never seen"]
     assert everyone["hot-1"]["status_reasons"] == ["crit: cpu_pct above 90 for 1m", "crit: mem_pct above 90 for 1m"]
     assert everyone[DISCOVERED_HOST]["source"] == "discovered"
