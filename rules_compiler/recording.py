@@ -3,8 +3,9 @@
 Two groups. GROUP: the normalisation layer (every catalog metric as
 ``fleet:<name>``), then the per-host summary the host list shows and judges
 status by, computed at each evaluation rather than at each request (for
-vmalert, in a group of its own: SUMMARY_GROUP). DISCOVERY_GROUP, every DISCOVERY_EVERY of its intervals: the hosts Prometheus
-scrapes that the inventory lacks.
+vmalert, in a group of its own: SUMMARY_GROUP). DISCOVERY_GROUP, every
+DISCOVERY_EVERY of its intervals: the hosts Prometheus scrapes that the
+inventory lacks.
 """
 
 from __future__ import annotations
