@@ -762,7 +762,7 @@ def main() -> int:
                 "prometheus_alloc_mib_per_s": {name: round(a, 1) for name, a in alloc.items()},
                 "prometheus_gcs": gcs,
                 "bench_cpu_cores": round(bench_cores, 2),
-                # On VictoriaMetrics vmalert's levels reach the long-term tier (and the raw one) through vmagent.
+                # On VictoriaMetrics vmalert's levels reach the long-term tier through vmagent.
                 "downsampled": downsampled_windows(proms["longterm" if vmalert else "downsampler"], measured),
                 "gateway_cpu_ms_per_request": round(gateway_cpu_ms, 1),
                 "status_crit_expected": crit_expected,

@@ -65,7 +65,7 @@ def _beats(up: str) -> str:
     """When each ``up`` series last said 1: its sample's own time, where it says 1 now.
 
     Not ``timestamp(up == 1)``: the timestamp of an expression is the evaluation's
-    on Prometheus (a beat 4 min old looked fresh) and, on VictoriaMetrics, one a
+    on Prometheus (a beat up to 5 min old, the lookback, looked fresh) and, on VictoriaMetrics, one a
     cached subquery kept (minutes old while samples came every 15 s: 9,775 hosts of
     10,000 "no heartbeat" in bench/fleet.py --backend victoriametrics). Of a plain
     selector both give the sample's.
