@@ -52,7 +52,6 @@ from fleetwatch.testing.api import api_session
 from fleetwatch.testing.figures import pct, print_checks
 from fleetwatch.testing.waits import wait_until
 from gateway.app import DEFAULTS
-from rules_compiler.recording import HOST_SUMMARY, SUMMARY
 
 STEP_S = 5
 SUMMARY_SERIES = {
@@ -71,8 +70,9 @@ AHEAD_S = 600  # samples reach 10 min past "now": queries and rule evaluations t
 
 
 def write_history(path: Path, hosts: int, now: float) -> int:
-    """OpenMetrics text, up to now + 10 min: 65 min of cpu for host 0, 3 min of the catalog and summary series
-    and 16 min of up for all hosts.
+    """OpenMetrics text, up to now + 10 min: 65 min of cpu for host 0, 3 min of the series the host list's
+    summary reads and 16 min of up for all hosts (no fleet:host_summary_held: it is recorded only for hosts
+    held above 90 %, and these stay below 70).
 
     Queries at "now" ignore later samples; they are there so that the gateway
     sees fresh data for the whole run, as with scraping.
@@ -88,17 +88,6 @@ def write_history(path: Path, hosts: int, now: float) -> int:
                     value = 40 + 30 * ((i * 7 + k) % 13) / 13
                     f.write(f'{series}{{host_id="{host_id(i)}"{labels}}} {value:.2f} {ts:.0f}\n')
                     samples += 1
-        # What the stack's summary rules record (rules_compiler/recording.py) for hosts without GPUs;
-        # no fleet:host_summary_held: it is recorded only for hosts held above 90 %, and these stay below 70.
-        for series, fields in ((SUMMARY, [f for f in HOST_SUMMARY if f != "gpu_pct"]),):
-            f.write(f"# TYPE {series} gauge\n")
-            for i in range(hosts):
-                for field in fields:
-                    for k in range(3 * 60 // STEP_S, -AHEAD_S // STEP_S, -1):
-                        value = 40 + 30 * ((i * 7 + k) % 13) / 13
-                        ts = now - k * STEP_S
-                        f.write(f'{series}{{host_id="{host_id(i)}",summary="{field}"}} {value:.2f} {ts:.0f}\n')
-                        samples += 1
         f.write("# TYPE up gauge\n")
         for i in range(hosts):
             for k in range(16 * 4, -AHEAD_S // 15, -1):
@@ -339,7 +328,7 @@ def main() -> int:
             listing = s.get(f"{gw_url}/api/v1/hosts?limit={args.hosts}").json()
             return listing if all(h["metrics_summary"]["cpu_pct"] is not None for h in listing["hosts"]) else None
 
-        listing = wait_until(summarised, 60, "the first evaluations of the summary rules", 1.0)
+        listing = wait_until(summarised, 60, "every host summarised", 1.0)
         assert len(listing["hosts"]) == args.hosts and listing["hosts"][-1]["metrics_summary"]["cpu_pct"] is not None
         host_list = timed(s, f"{gw_url}/api/v1/hosts?limit={args.hosts}", max(20, args.repeat // 4))
         concurrent = load(shipped.url, shipped_headers, args.clients, args.duration, args.hosts)

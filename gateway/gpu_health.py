@@ -8,8 +8,7 @@ busy GPU is not: utilisation is shown, never judged.
 
 from __future__ import annotations
 
-from gateway.promql import selector
-from rules_compiler.promql import regex_any
+from gateway.promql import any_of
 
 # XIDs after which the GPU needs a reset or service (NVIDIA's XID catalog): double-bit ECC,
 # fallen off the bus, contained and uncontained ECC errors.
@@ -36,8 +35,7 @@ def problems_query(host_ids: list[str] | None) -> str:
     keeps the fatal XIDs.
     """
     regex = {"reason": ["", *WARN_THROTTLE], **({} if host_ids is None else {"host_id": host_ids})}
-    matchers = selector("", regex=regex)[1:-1]  # checked and escaped; selector refuses the reserved __name__
-    return f"{{__name__=~{regex_any(list(PROBLEMS))},{matchers}}} > 0"
+    return f"{any_of(list(PROBLEMS), regex)} > 0"
 
 
 def reasons_by_host(result: list[dict]) -> dict[str, list[str]]:

@@ -1,17 +1,18 @@
 """A host's status (§8.2), judged from what Prometheus records: for a page of hosts, or the whole fleet.
 
 A page of the host list costs one round of concurrent PromQL queries for the
-whole page (summary, values held over the last minute, heartbeat, sick GPUs),
-never one per host; hosts down now cost one more look back for their last
-heartbeat. Filtering by status and the status watcher judge the whole fleet
-from only what judges (values held above the crit line and levels above the
-warn line: usually a handful of series, and one heartbeat per host), then show
-a page: at 10,000 hosts that is a fraction of the summary's 50,000 series.
+whole page (its hosts' layer series the summary combines, values held over the
+last minute, heartbeat, sick GPUs), never one per host; hosts down now cost one
+more look back for their last heartbeat. Filtering by status and the status
+watcher judge the whole fleet from only what judges (values held above the
+crit line and levels above the warn line: usually a handful of series, and one
+heartbeat per host), then show a page.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,14 +25,18 @@ from gateway.alert_silences import maintenance
 from gateway.db import Host, HostStatusSeen, db
 from gateway.discovery import discovered_from, discovery_queries, heartbeat
 from gateway.gpu_health import problems_query, reasons_by_host
-from gateway.promql import selector
-from rules_compiler.recording import CRIT_PCT, HELD, HELD_FOR, HOST_SUMMARY, JUDGED, SUMMARY
+from gateway.promql import any_of, selector
+from rules_compiler.catalog import CATALOG
+from rules_compiler.recording import CRIT_PCT, HELD, HELD_FOR, HOST_SUMMARY, JUDGED
 
 WARN_PCT = 70.0
 HEARTBEAT_LOST_S = 120
 NEVER_SEEN = "crit: never seen"  # no heartbeat now, and none found by a look back (if one was made)
 NO_HEARTBEAT = "crit: no heartbeat for 2m"
 SILENT = (NEVER_SEEN, NO_HEARTBEAT)  # the reasons of a host without a heartbeat now
+# The layer series each summary field combines: recorded series -> (field, how its host's series combine).
+SUMMARY_SOURCES = {CATALOG[metric].record: (field, how) for field, (metric, how) in HOST_SUMMARY.items()}
+_COMBINE = {"max": max, "sum": math.fsum, "avg": lambda v: math.fsum(v) / len(v)}
 
 
 def state_queries(
@@ -46,11 +51,19 @@ def state_queries(
 
     # Only the hosts asked about: a page of 50 costs Prometheus a tenth of the fleet
     # (for the whole fleet a matcher of every id would only add work).
+    hosts = {} if whole_fleet else {"host_id": host_ids}
+
     def sel(name: str, **matchers: str) -> str:
-        return selector(name, matchers, regex=None if whole_fleet else {"host_id": host_ids})
+        return selector(name, matchers, regex=hosts)
 
     beat, beat_matchers = heartbeat()
-    now = sel(SUMMARY) if summary else f"{selector(SUMMARY, regex={'summary': list(JUDGED)})} >= {WARN_PCT:g}"
+    if summary:
+        # One selector for every field: the page's hosts named once, their series combined in Python.
+        now = any_of(list(SUMMARY_SOURCES), hosts)
+    else:
+        # Every judged field combines by max: a host is at or above the warn line where any series is.
+        judged = [r for r, (field, _) in SUMMARY_SOURCES.items() if field in JUDGED]
+        now = f"{any_of(judged)} >= {WARN_PCT:g}"
     return [
         now,
         # Only the hosts held above the crit line: usually none, instead of every host's minimum.
@@ -73,6 +86,19 @@ def _beats(up: str) -> str:
     return f"(timestamp({up}) and {up} == 1)"
 
 
+def _summaries(series: list[dict]) -> dict[str, dict[str, float]]:
+    """Each host's summary fields from its layer series, combined as HOST_SUMMARY says (NaN left out)."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for s in series:
+        source, value = SUMMARY_SOURCES.get(s["metric"].get("__name__", "")), float(s["value"][1])
+        if source is not None and not math.isnan(value):
+            found.setdefault((s["metric"].get("host_id", ""), source[0]), []).append(value)
+    values: dict[str, dict[str, float]] = {}
+    for (host_id, field), v in found.items():
+        values.setdefault(host_id, {})[field] = _round(_COMBINE[HOST_SUMMARY[field][1]](v))
+    return values
+
+
 def _look_back(down: list[str]) -> str:
     """The last heartbeat in 15 min of hosts without one now."""
     beat, beat_matchers = heartbeat()
@@ -93,9 +119,7 @@ def judge(
     now_result, held_result, seen_result, gpu_result, *looked = results
     gpu_reasons = reasons_by_host(gpu_result)
 
-    values: dict[str, dict[str, float]] = {}
-    for s in now_result:
-        values.setdefault(s["metric"].get("host_id", ""), {})[s["metric"]["summary"]] = _round(float(s["value"][1]))
+    values = _summaries(now_result)
     held = {(s["metric"].get("host_id", ""), s["metric"]["summary"]) for s in held_result}
     flagged = {h for h, _ in held} | {h for h, v in values.items() if any((v.get(f) or 0) >= WARN_PCT for f in JUDGED)}
     seen = {s["metric"].get("host_id", ""): float(s["value"][1]) for s in seen_result}

@@ -32,6 +32,13 @@ def selector(metric: str, matchers: dict[str, str] | None = None, regex: dict[st
     return f"{metric}{{{','.join(parts)}}}"
 
 
+def any_of(metrics: list[str], regex: dict[str, list[str]] | None = None) -> str:
+    """``{__name__=~"m1|m2", b=~"y|z"}``: one selector for several series names (a label
+    name checked and every value escaped as by ``selector``, which refuses the reserved ``__name__``)."""
+    matchers = selector("", regex=regex)[1:-1]
+    return f"{{__name__=~{regex_any(metrics)}{',' if matchers else ''}{matchers}}}"
+
+
 def _check_label(name: str) -> None:
     if not is_label_name(name):
         raise ApiError(f"invalid label name {name!r}", {"label": name})

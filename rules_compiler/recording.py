@@ -1,11 +1,15 @@
 """Recording rules from the catalog (pure: objects in, text out).
 
 Two groups. GROUP: the normalisation layer (every catalog metric as
-``fleet:<name>``), then the per-host summary the host list shows and judges
-status by, computed at each evaluation rather than at each request (for
-vmalert, in a group of its own: SUMMARY_GROUP). DISCOVERY_GROUP, every
-DISCOVERY_EVERY of its intervals: the hosts Prometheus scrapes that the
-inventory lacks.
+``fleet:<name>``), then each host's judged levels held over the last minute,
+which a status needs for every host at once (for vmalert, in a group of its
+own: SUMMARY_GROUP). DISCOVERY_GROUP, every DISCOVERY_EVERY of its intervals:
+the hosts Prometheus scrapes that the inventory lacks.
+
+The host list's summary (HOST_SUMMARY) is not recorded: the gateway reads a
+page's layer series in one selector and combines them (gateway/host_status.py).
+Recorded for every host at every evaluation it was 50,000 series read and
+50,000 written per round at 10,000 hosts, for pages that show 50.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from rules_compiler import host_ids
 from rules_compiler.catalog import CatalogMetric
 from rules_compiler.promql import seconds as promql_seconds
 
-# field of the host list's metrics_summary -> (catalog metric, how a host's several series combine)
+# field of the host list's metrics_summary -> (catalog metric, how a host's several series combine:
+# gateway/host_status.py combines them as these PromQL aggregations would)
 HOST_SUMMARY = {
     "cpu_pct": ("cpu.utilization", "max"),
     "mem_pct": ("mem.used_pct", "max"),
@@ -30,10 +35,9 @@ JUDGED = ("cpu_pct", "mem_pct", "disk_pct")
 HELD_FOR = "1m"  # REQ-HOST-004: crit when above 90 % for at least a minute
 CRIT_PCT = 90.0
 GROUP = "fleet-normalisation"
-# vmalert only: the summary's own group (render_normalisation_rules says why).
+# vmalert only: the held levels' own group (render_normalisation_rules says why).
 SUMMARY_GROUP = "fleet-host-summary"
-SUMMARY, HELD = "fleet:host_summary", "fleet:host_summary_held"
-SUMMARY_RECORDS = (SUMMARY, HELD)  # the summary's rules, after the layer's in GROUP
+HELD = "fleet:host_summary_held"  # one rule per JUDGED field, after the layer's in GROUP
 # Hosts with a heartbeat that the gateway's fleet_host_info (the inventory) lacks: the host list's
 # discovered hosts, joined once per evaluation of their group instead of at every page (10,000 series
 # each side). Not in GROUP: a host found a minute later is soon enough, and the join was the costliest
@@ -60,10 +64,10 @@ def render_normalisation_rules(
 
     ``host_id_from`` (``instance`` or ``nodename``): the exporters' series come without
     host_id, and the layer reads copies with one derived (rules_compiler/host_ids.py).
-    ``from_layer``: FROM_LAYER's series read the layer, and the summary follows it in GROUP
+    ``from_layer``: FROM_LAYER's series read the layer, and the held levels follow it in GROUP
     (Prometheus); false for vmalert, whose rules read what VictoriaMetrics held before the round
-    (docs/backends.md): there the summary reads the last round's layer wherever it runs, so it is
-    SUMMARY_GROUP, its evaluation timed apart (vmalert times groups, not rules).
+    (docs/backends.md): there they read the last round's layer wherever they run, so they are
+    SUMMARY_GROUP, their evaluation timed apart (vmalert times groups, not rules).
     """
     rules = [
         {"record": m.record, "expr": _layer_expr(m, catalog, rate_window, from_layer)}
@@ -73,25 +77,27 @@ def render_normalisation_rules(
         # First in the group: rules of a group run in order, so the layer reads this evaluation's copies.
         derived = host_ids.derivation_rules(host_ids.families([r["expr"] for r in rules]), host_id_from)
         rules = derived + [{**r, "expr": host_ids.reading_derived(r["expr"])} for r in rules]
-    summary = []
-    for field, (name, how) in HOST_SUMMARY.items():
-        record = catalog[name].record
-        summary.append(_summary_rule(SUMMARY, field, f"{how} by (host_id) ({record})"))
-        if field in JUDGED:
-            # Only hosts held above the crit line: usually none, so the list reads a handful of series.
-            held = f"max by (host_id) (min_over_time({record}[{HELD_FOR}])) > {CRIT_PCT:g}"
-            summary.append(_summary_rule(HELD, field, held))
+    # Only hosts held above the crit line: usually none, so judging the fleet reads a handful of series.
+    held = [
+        {
+            "record": HELD,
+            "expr": f"max by (host_id) (min_over_time({catalog[HOST_SUMMARY[field][0]].record}[{HELD_FOR}]))"
+            f" > {CRIT_PCT:g}",
+            "labels": {"summary": field},
+        }
+        for field in JUDGED
+    ]
     beat = host_ids.HEARTBEAT if host_id_from else 'up{job="fleetwatch"}'
     discovery = {
         "record": DISCOVERED,
         "expr": f'group by (host_id, instance) ({beat} unless on(host_id) fleet_host_info{{host_id!=""}})',
     }
     every = f"{DISCOVERY_EVERY * promql_seconds(interval):g}s"
-    # The summary follows the layer in its group, not in a group of its own: a group of its own ran at
-    # an offset Prometheus derives from the file's path, so on some installs it ran while the layer's
+    # The held levels follow the layer in its group, not in a group of their own: a group of its own ran
+    # at an offset Prometheus derives from the file's path, so on some installs it ran while the layer's
     # per-CPU rate (80,000 series at 10,000 hosts) held the CPUs, and took seconds (bench/fleet.py,
-    # docs/benchmarks.md). After the layer it never does, and it reads this evaluation's layer, not the last.
-    layer = [(GROUP, rules + summary)] if from_layer else [(GROUP, rules), (SUMMARY_GROUP, summary)]
+    # docs/benchmarks.md). After the layer they never do, and they read this evaluation's layer.
+    layer = [(GROUP, rules + held)] if from_layer else [(GROUP, rules), (SUMMARY_GROUP, held)]
     groups = [{"name": name, "interval": interval, "rules": r} for name, r in layer]
     doc = {"groups": [*groups, {"name": DISCOVERY_GROUP, "interval": every, "rules": [discovery]}]}
     header = "# Generated by fleetwatch from rules_compiler/catalog.py: edit that, not this file.\n"
@@ -114,8 +120,3 @@ def rate_window_for(scrape_interval_s: float) -> str:
     # 15 s floor, not longer: at 1 s scrapes the layer fills after two scrapes
     # and follows a change within seconds; at the default 5 s it is 20 s.
     return f"{max(15, int(4 * scrape_interval_s))}s"
-
-
-def _summary_rule(record: str, field: str, expr: str) -> dict:
-    # One series per host and field: a host page is then one plain selector, not a join.
-    return {"record": record, "expr": expr, "labels": {"summary": field}}

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rules_compiler.catalog import CATALOG
+from rules_compiler.recording import HOST_SUMMARY, JUDGED
+
 OUT = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 RAW = {"type": "prometheus", "uid": "prometheus"}
 LONGTERM = {"type": "prometheus", "uid": "prometheus-longterm"}
@@ -110,8 +113,16 @@ def longterm(pid: int, title: str, record: str, y: int, unit: str = "percent") -
     }
 
 
+def host_summary() -> str:
+    """Each host's summary fields as the host list shows them, one series per host and field (label ``summary``)."""
+    return " or ".join(
+        f'label_replace({how} by (host_id) ({CATALOG[metric].record}{{{H}}}), "summary", "{field}", "", "")'
+        for field, (metric, how) in HOST_SUMMARY.items()
+    )
+
+
 def fleet() -> dict:
-    summary = f"fleet:host_summary{{{H}}}"
+    judged = "|".join(CATALOG[HOST_SUMMARY[field][0]].record for field in JUDGED)
     return dashboard(
         "fleetwatch-fleet",
         "fleetwatch / Fleet overview",
@@ -122,7 +133,7 @@ def fleet() -> dict:
                 2,
                 "stat",
                 "Hosts above 90 % (CPU, memory or disk)",
-                [target(f"count(max by (host_id) ({summary} > 90)) or vector(0)")],
+                [target(f'count(max by (host_id) ({{__name__=~"{judged}",{H}}} > 90)) or vector(0)')],
                 6,
                 0,
                 6,
@@ -143,7 +154,7 @@ def fleet() -> dict:
                 5,
                 "table",
                 "Status by host",
-                [target(f"max by (host_id, summary) ({summary})", ref="A", instant=True)],
+                [target(host_summary(), ref="A", instant=True)],
                 0,
                 4,
                 24,

@@ -25,10 +25,10 @@ from fleetwatch.testing.waits import wait_until
 from rules_compiler.catalog import CATALOG, THROTTLE_REASONS, UnknownMetric, catalog_listing, resolve, valid_names
 from rules_compiler.recording import (
     GROUP,
+    HELD,
     HOST_SUMMARY,
     JUDGED,
     SUMMARY_GROUP,
-    SUMMARY_RECORDS,
     rate_window_for,
     render_normalisation_rules,
 )
@@ -53,13 +53,12 @@ def test_promtool_accepts_the_rules(tmp_path):
     path.write_text(render_normalisation_rules(CATALOG, "5s", "20s"))
     r = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(CATALOG) + len(HOST_SUMMARY) + len(JUDGED) + 1} rules found" in r.stdout  # + discovered
+    assert f"SUCCESS: {len(CATALOG) + len(JUDGED) + 1} rules found" in r.stdout  # + discovered
 
 
 def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_values(tmp_path):
     """Prometheus's own rule engine (promtool test rules) over raw memory readings every 15 s: a host at
-    95 % for a minute of the layer's values is held (crit), one at 95 % for 45 s is not; the summary
-    shows the layer of its own evaluation (it follows the layer in their group)."""
+    95 % for a minute of the layer's values is held (crit), one at 95 % for 45 s is not."""
     (tmp_path / "rules.yml").write_text(render_normalisation_rules(CATALOG, "15s", rate_window_for(15)))
     total = {f'node_memory_MemTotal_bytes{{host_id="{h}"}}': "100x20" for h in ("steady", "blip")}
     # Samples every 15 s from 0 s: 50 % used, then 95 % from 60 s on (steady) or for 60-105 s (blip).
@@ -85,14 +84,6 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
                     held("105s"),  # 45 s of 95 % recorded (60-105 s): too short for either
                     held("120s", "steady"),  # a minute recorded (60-120 s); blip's held a 50 % at 120 s
                     held("180s", "steady"),
-                    {
-                        "expr": 'fleet:host_summary{summary="mem_pct"}',
-                        "eval_time": "60s",  # this evaluation's layer, not the last
-                        "exp_samples": [
-                            {"labels": f'fleet:host_summary{{host_id="{h}", summary="mem_pct"}}', "value": 95}
-                            for h in ("blip", "steady")
-                        ],
-                    },
                 ],
             }
         ],
@@ -622,7 +613,13 @@ def test_recorded_metric_equals_the_sources_reading(request, prom, metric):
     assert series and all({"__name__", "host_id"} <= set(s["metric"]) <= allowed for s in series), series
 
 
-def test_the_summary_follows_the_layer_in_its_group_except_for_vmalert_where_it_has_its_own():
+def test_every_judged_field_is_its_hosts_maximum():
+    """The whole fleet's warn levels are read as the judged layer series at or above the line
+    (gateway/host_status.py): right only where the field is the largest of its host's series."""
+    assert all(HOST_SUMMARY[field][1] == "max" for field in JUDGED)
+
+
+def test_the_held_levels_follow_the_layer_in_its_group_except_for_vmalert_where_they_have_their_own():
     def groups(**kw) -> dict[str, list[str]]:
         doc = yaml.safe_load(render_normalisation_rules(CATALOG, "15s", "60s", **kw))
         assert all(g["interval"] == "15s" for g in doc["groups"][:-1])  # all but discovery
@@ -630,10 +627,10 @@ def test_the_summary_follows_the_layer_in_its_group_except_for_vmalert_where_it_
 
     prometheus, vmalert = groups(), groups(from_layer=False)
     assert SUMMARY_GROUP not in prometheus
-    summary_from = prometheus[GROUP].index(SUMMARY_RECORDS[0])
-    assert set(prometheus[GROUP][summary_from:]) == set(SUMMARY_RECORDS)  # after every layer rule
-    assert vmalert[SUMMARY_GROUP] == prometheus[GROUP][summary_from:]
-    assert vmalert[GROUP] == prometheus[GROUP][:summary_from]
+    held_from = prometheus[GROUP].index(HELD)
+    assert prometheus[GROUP][held_from:] == [HELD] * len(JUDGED)  # after every layer rule
+    assert vmalert[SUMMARY_GROUP] == prometheus[GROUP][held_from:]
+    assert vmalert[GROUP] == prometheus[GROUP][:held_from]
 
 
 def test_cpu_utilization_reads_the_cores_recorded_before_it_except_for_vmalert():

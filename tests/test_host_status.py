@@ -4,11 +4,12 @@ Each ``?status=`` test runs twice: with the fleet judged at the request (no
 recent round of the status watcher) and from the watcher's last round, which
 is what a filtered list reads while that round is recent.
 
-The recorded series the gateway judges by (fleet:host_summary, its values held
-above the crit line over a minute, ``up``) are remote-written into a fresh
-Prometheus for hosts made ok, warm, hot, silent, silent for minutes, pushing,
-in maintenance, and one Prometheus knows that the inventory lacks; that
-Prometheus runs the stack's summary rules, which record the discovered hosts.
+The recorded series the gateway judges by (the layer's series the summary
+combines, their values held above the crit line over a minute, ``up``) are
+remote-written into a fresh Prometheus for hosts made ok, warm, hot, silent,
+silent for minutes, pushing, in maintenance, and one Prometheus knows that the
+inventory lacks; that Prometheus runs the stack's rules, which record the
+discovered hosts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gateway.db import HostStatusSeen, Lease, db
 from gateway.remote_write import RemoteWriter, encode_labels, encode_timeseries
 from gateway.status_watch import LEASE, record_max_age_s
 from rules_compiler.catalog import CATALOG
-from rules_compiler.recording import DISCOVERED, render_normalisation_rules
+from rules_compiler.recording import DISCOVERED, HELD, render_normalisation_rules
 
 # host id: (tags, cpu %, mem %, seconds since its last good scrape or None for never scraped, expected status)
 HOSTS = {
@@ -62,10 +63,19 @@ def _series(now: float) -> list[bytes]:
                 add("up", up, 0.0, now - ago)  # its scrapes failed since, as Prometheus records them
         if cpu is None:
             continue
-        for field, value in (("cpu_pct", cpu), ("mem_pct", mem), ("disk_pct", 40.0), ("net_tx_mbps", 1.0)):
-            add("fleet:host_summary", {"host_id": host_id, "summary": field}, value, now)
-            if field != "net_tx_mbps" and value > 90:  # held over the last minute: the same, steady
-                add("fleet:host_summary_held", {"host_id": host_id, "summary": field}, value, now)
+        # Two disks and two NICs: the summary shows the fuller disk and the NICs' sum.
+        for metric, labels, value in (
+            ("cpu.utilization", {}, cpu),
+            ("mem.used_pct", {}, mem),
+            ("disk.used_pct", {"mountpoint": "/"}, 40.0),
+            ("disk.used_pct", {"mountpoint": "/data"}, 20.0),
+            ("net.tx_mbps", {"device": "eth0"}, 1.0),
+            ("net.tx_mbps", {"device": "eth1"}, 0.5),
+        ):
+            add(CATALOG[metric].record, {"host_id": host_id, **labels}, value, now)
+        for field, value in (("cpu_pct", cpu), ("mem_pct", mem)):
+            if value > 90:  # held over the last minute: the same, steady
+                add(HELD, {"host_id": host_id, "summary": field}, value, now)
     return out
 
 
@@ -169,7 +179,9 @@ def test_a_filtered_page_shows_the_summary_and_the_reasons_of_the_full_list(flee
     assert everyone["silent-0"]["status_reasons"] == ["crit: never seen"]
     assert everyone["hot-1"]["status_reasons"] == ["crit: cpu_pct above 90 for 1m", "crit: mem_pct above 90 for 1m"]
     assert everyone[DISCOVERED_HOST]["source"] == "discovered"
-    assert everyone["warm-0"]["metrics_summary"]["mem_pct"] == 82.0
+    assert everyone["warm-0"]["metrics_summary"] == {
+        "cpu_pct": 40.0, "mem_pct": 82.0, "gpu_pct": None, "disk_pct": 40.0, "net_tx_mbps": 1.5
+    }  # fmt: skip
 
 
 def test_a_status_filter_serves_the_watchers_round_only_while_it_is_recent(fleet):
