@@ -78,11 +78,13 @@ def render_normalisation_rules(
         derived = host_ids.derivation_rules(host_ids.families([r["expr"] for r in rules]), host_id_from)
         rules = derived + [{**r, "expr": host_ids.reading_derived(r["expr"])} for r in rules]
     # Only hosts held above the crit line: usually none, so judging the fleet reads a handful of series.
+    # Filtered before the hosts' series are combined, so the aggregation groups those few, not every
+    # host's (the same answer: a host's largest value is above the line where any of its values is).
     held = [
         {
             "record": HELD,
-            "expr": f"max by (host_id) (min_over_time({catalog[HOST_SUMMARY[field][0]].record}[{HELD_FOR}]))"
-            f" > {CRIT_PCT:g}",
+            "expr": f"max by (host_id) (min_over_time({catalog[HOST_SUMMARY[field][0]].record}[{HELD_FOR}])"
+            f" > {CRIT_PCT:g})",
             "labels": {"summary": field},
         }
         for field in JUDGED

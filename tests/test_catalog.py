@@ -66,12 +66,19 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
         'node_memory_MemAvailable_bytes{host_id="steady"}': "50x3 5x16",
         'node_memory_MemAvailable_bytes{host_id="blip"}': "50x3 5x3 50x12",
     }
+    # Two filesystems of one host, one full from 60 s on: the host is held at that one's level.
+    disks = {
+        'node_filesystem_size_bytes{host_id="steady", mountpoint="/"}': "100x20",
+        'node_filesystem_size_bytes{host_id="steady", mountpoint="/data"}': "100x20",
+        'node_filesystem_avail_bytes{host_id="steady", mountpoint="/"}': "60x20",
+        'node_filesystem_avail_bytes{host_id="steady", mountpoint="/data"}': "50x3 3x16",
+    }
 
-    def held(at: str, *hosts: str) -> dict:
+    def held(at: str, *hosts: str, field: str = "mem_pct", value: float = 95) -> dict:
         samples = [
-            {"labels": f'fleet:host_summary_held{{host_id="{h}", summary="mem_pct"}}', "value": 95} for h in hosts
+            {"labels": f'fleet:host_summary_held{{host_id="{h}", summary="{field}"}}', "value": value} for h in hosts
         ]
-        return {"expr": 'fleet:host_summary_held{summary="mem_pct"}', "eval_time": at, "exp_samples": samples}
+        return {"expr": f'fleet:host_summary_held{{summary="{field}"}}', "eval_time": at, "exp_samples": samples}
 
     tests = {
         "rule_files": ["rules.yml"],
@@ -79,11 +86,13 @@ def test_a_host_is_held_above_the_crit_line_after_a_whole_minute_of_recorded_val
         "tests": [
             {
                 "interval": "15s",
-                "input_series": [{"series": k, "values": v} for k, v in {**total, **available}.items()],
+                "input_series": [{"series": k, "values": v} for k, v in {**total, **available, **disks}.items()],
                 "promql_expr_test": [
                     held("105s"),  # 45 s of 95 % recorded (60-105 s): too short for either
                     held("120s", "steady"),  # a minute recorded (60-120 s); blip's held a 50 % at 120 s
                     held("180s", "steady"),
+                    held("105s", field="disk_pct"),
+                    held("180s", "steady", field="disk_pct", value=97),
                 ],
             }
         ],
