@@ -403,12 +403,12 @@ class RuleWatch(threading.Thread):
             self._saw(shown_as(g["name"]), g["lastEvaluation"], last, g["evaluationTime"], g["rules"], busy)
             # The held rules follow the layer's in its group: their own share of the group's
             # last evaluation, unless one of them is already in the next (its start past the end).
-            summary = [r for r in g["rules"] if r["name"] == HELD]
+            held = [r for r in g["rules"] if r["name"] == HELD]
             ended = last + timedelta(seconds=g["evaluationTime"])
-            if summary and all((go_time(r["lastEvaluation"]) or last) <= ended for r in summary):
-                seconds = sum(r["evaluationTime"] for r in summary)
-                began = min(go_time(r["lastEvaluation"]) or last for r in summary)
-                self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, summary, busy)
+            if held and all((go_time(r["lastEvaluation"]) or last) <= ended for r in held):
+                seconds = sum(r["evaluationTime"] for r in held)
+                began = min(go_time(r["lastEvaluation"]) or last for r in held)
+                self._saw(SUMMARY_PART, g["lastEvaluation"], began, seconds, held, busy)
 
     def _vmalert(self, url: str, busy: float) -> None:
         text, now = requests.get(f"{url}/metrics", timeout=10).text, time.time()

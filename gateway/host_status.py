@@ -27,15 +27,15 @@ from gateway.discovery import discovered_from, discovery_queries, heartbeat
 from gateway.gpu_health import problems_query, reasons_by_host
 from gateway.promql import any_of, selector
 from rules_compiler.catalog import CATALOG
-from rules_compiler.recording import CRIT_PCT, HELD, HELD_FOR, HOST_SUMMARY, JUDGED
+from rules_compiler.recording import CRIT_PCT, HELD, HELD_FOR, HOST_SUMMARY, JUDGED, judged_records, summary_sources
 
 WARN_PCT = 70.0
 HEARTBEAT_LOST_S = 120
 NEVER_SEEN = "crit: never seen"  # no heartbeat now, and none found by a look back (if one was made)
 NO_HEARTBEAT = "crit: no heartbeat for 2m"
 SILENT = (NEVER_SEEN, NO_HEARTBEAT)  # the reasons of a host without a heartbeat now
-# The layer series each summary field combines: recorded series -> (field, how its host's series combine).
-SUMMARY_SOURCES = {CATALOG[metric].record: (field, how) for field, (metric, how) in HOST_SUMMARY.items()}
+SUMMARY_SOURCES = summary_sources(CATALOG)
+JUDGED_SOURCES = list(judged_records(CATALOG))
 _COMBINE = {"max": max, "sum": math.fsum, "avg": lambda v: math.fsum(v) / len(v)}
 
 
@@ -62,8 +62,7 @@ def state_queries(
         now = any_of(list(SUMMARY_SOURCES), hosts)
     else:
         # Every judged field combines by max: a host is at or above the warn line where any series is.
-        judged = [r for r, (field, _) in SUMMARY_SOURCES.items() if field in JUDGED]
-        now = f"{any_of(judged)} >= {WARN_PCT:g}"
+        now = f"{any_of(JUDGED_SOURCES)} >= {WARN_PCT:g}"
     return [
         now,
         # Only the hosts held above the crit line: usually none, instead of every host's minimum.
@@ -88,14 +87,14 @@ def _beats(up: str) -> str:
 
 def _summaries(series: list[dict]) -> dict[str, dict[str, float]]:
     """Each host's summary fields from its layer series, combined as HOST_SUMMARY says (NaN left out)."""
-    found: dict[tuple[str, str], list[float]] = {}
+    found: dict[tuple[str, tuple[str, str]], list[float]] = {}
     for s in series:
         source, value = SUMMARY_SOURCES.get(s["metric"].get("__name__", "")), float(s["value"][1])
         if source is not None and not math.isnan(value):
-            found.setdefault((s["metric"].get("host_id", ""), source[0]), []).append(value)
+            found.setdefault((s["metric"].get("host_id", ""), source), []).append(value)
     values: dict[str, dict[str, float]] = {}
-    for (host_id, field), v in found.items():
-        values.setdefault(host_id, {})[field] = _round(_COMBINE[HOST_SUMMARY[field][1]](v))
+    for (host_id, (field, how)), v in found.items():
+        values.setdefault(host_id, {})[field] = _round(_COMBINE[how](v))
     return values
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from rules_compiler.catalog import CATALOG
-from rules_compiler.recording import HOST_SUMMARY, JUDGED
+from rules_compiler.recording import judged_records, summary_sources
 
 OUT = Path(__file__).resolve().parents[1] / "grafana" / "dashboards"
 RAW = {"type": "prometheus", "uid": "prometheus"}
@@ -116,13 +116,13 @@ def longterm(pid: int, title: str, record: str, y: int, unit: str = "percent") -
 def host_summary() -> str:
     """Each host's summary fields as the host list shows them, one series per host and field (label ``summary``)."""
     return " or ".join(
-        f'label_replace({how} by (host_id) ({CATALOG[metric].record}{{{H}}}), "summary", "{field}", "", "")'
-        for field, (metric, how) in HOST_SUMMARY.items()
+        f'label_replace({how} by (host_id) ({record}{{{H}}}), "summary", "{field}", "", "")'
+        for record, (field, how) in summary_sources(CATALOG).items()
     )
 
 
 def fleet() -> dict:
-    judged = "|".join(CATALOG[HOST_SUMMARY[field][0]].record for field in JUDGED)
+    judged = "|".join(judged_records(CATALOG))
     return dashboard(
         "fleetwatch-fleet",
         "fleetwatch / Fleet overview",
